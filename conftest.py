@@ -1,0 +1,17 @@
+"""Shared pytest set-up: doctest namespace and deterministic, 2-thread torch."""
+
+import pytest
+import torch
+
+import necklace
+from necklace import FeatureSpec
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _doctest_namespace(doctest_namespace: dict) -> None:
+    doctest_namespace["torch"] = torch
+    doctest_namespace["necklace"] = necklace
+    doctest_namespace["FeatureSpec"] = FeatureSpec
+    torch.manual_seed(0)

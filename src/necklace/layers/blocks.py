@@ -1,0 +1,156 @@
+"""Refine blocks applied after a node's fusion, and the block table the graph engine builds from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, _choices_error
+
+__all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "build_block"]
+
+
+class Bottleneck(nn.Module):
+    """Two convs (``k[0]`` then ``k[1]``) with a residual add when ``shortcut`` and shapes allow.
+
+    Example:
+        >>> Bottleneck(32, 32)(torch.zeros(1, 32, 5, 7)).shape
+        torch.Size([1, 32, 5, 7])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        shortcut: bool = True,
+        kernels: tuple[int, int] = (3, 3),
+        expansion: float = 0.5,
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.cv1 = ConvNormAct(in_channels, hidden, kernels[0], cfg=cfg)
+        self.cv2 = ConvNormAct(hidden, out_channels, kernels[1], cfg=cfg)
+        self.add = shortcut and in_channels == out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """YOLOv8's C2f: 1x1 to ``2c``, split, ``n`` bottlenecks on the second half keeping every
+    intermediate, concat ``(2 + n) c`` and 1x1 to ``out_channels`` (``c = out_channels * expansion``).
+
+    Example:
+        >>> C2f(96, 64, n=2)(torch.zeros(1, 96, 9, 13)).shape
+        torch.Size([1, 64, 9, 13])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n: int = 1,
+        shortcut: bool = False,
+        expansion: float = 0.5,
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__()
+        self.c = int(out_channels * expansion)
+        self.cv1 = ConvNormAct(in_channels, 2 * self.c, 1, cfg=cfg)
+        self.cv2 = ConvNormAct((2 + n) * self.c, out_channels, 1, cfg=cfg)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, (3, 3), 1.0, cfg) for _ in range(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).split((self.c, self.c), dim=1))
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, dim=1))
+
+
+class CSPBlock(nn.Module):
+    """CSP (YOLOv5 C3 / YOLOX CSPLayer): two 1x1 branches, ``n`` bottlenecks on one, concat, 1x1.
+
+    Example:
+        >>> CSPBlock(96, 64, n=1)(torch.zeros(1, 96, 9, 13)).shape
+        torch.Size([1, 64, 9, 13])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n: int = 1,
+        shortcut: bool = False,
+        expansion: float = 0.5,
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = int(out_channels * expansion)
+        self.cv1 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+        self.cv2 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+        self.cv3 = ConvNormAct(2 * hidden, out_channels, 1, cfg=cfg)
+        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut, (1, 3), 1.0, cfg) for _ in range(n)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+def _identity(in_channels: int, out_channels: int, cfg: ConvCfg) -> nn.Module:
+    if in_channels != out_channels:
+        raise ValueError(
+            f"block 'identity' cannot change channels ({in_channels} -> {out_channels}); use block 'conv' "
+            "or make the node's channels equal to its fused input channels."
+        )
+    return nn.Identity()
+
+
+def _conv(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 3) -> nn.Module:
+    return ConvNormAct(in_channels, out_channels, kernel, cfg=cfg)
+
+
+def _separable(
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    kernel: int = 3,
+    act_first: bool = False,
+    pw_bias: bool | None = None,
+) -> nn.Module:
+    return SeparableConv(in_channels, out_channels, kernel, cfg=cfg, act_first=act_first, pw_bias=pw_bias)
+
+
+def _c2f(
+    in_channels: int, out_channels: int, cfg: ConvCfg, n: int = 1, shortcut: bool = False, expansion: float = 0.5
+) -> nn.Module:
+    return C2f(in_channels, out_channels, n, shortcut, expansion, cfg)
+
+
+def _csp(
+    in_channels: int, out_channels: int, cfg: ConvCfg, n: int = 1, shortcut: bool = False, expansion: float = 0.5
+) -> nn.Module:
+    return CSPBlock(in_channels, out_channels, n, shortcut, expansion, cfg)
+
+
+#: name -> builder(in_channels, out_channels, cfg, **block_args)
+BLOCKS: dict[str, Callable[..., nn.Module]] = {
+    "identity": _identity,
+    "conv": _conv,
+    "separable": _separable,
+    "c2f": _c2f,
+    "csp": _csp,
+}
+
+
+def build_block(name: str, in_channels: int, out_channels: int, cfg: ConvCfg, **args: Any) -> nn.Module:
+    """Build the refine block ``name`` (see :data:`BLOCKS`) mapping ``in_channels`` -> ``out_channels``."""
+    if name not in BLOCKS:
+        raise _choices_error("block", name, list(BLOCKS))
+    try:
+        return BLOCKS[name](in_channels, out_channels, cfg, **args)
+    except TypeError as e:
+        raise TypeError(f"block {name!r} got bad arguments {args}: {e}") from None

@@ -1,0 +1,145 @@
+"""BiFPN (Tan et al., EfficientDet, 2020): weighted bidirectional cells, nodes with one input removed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
+from necklace.layers.conv import ConvCfg
+from necklace.necks.common import resolve_levels
+from necklace.spec import FeatureSpec, validate_in_specs
+
+__all__ = ["BIFPN_KNOBS", "BIFPN_PRESETS", "BiFPNPreset", "bifpn", "bifpn_graph"]
+
+BIFPN_KNOBS = (
+    "preset (d0..d7)",
+    "width",
+    "repeats",
+    "levels",
+    "fuse (fast|softmax|sum)",
+    "act",
+    "separable",
+    "upsample",
+    "downsample (maxpool|avgpool|conv)",
+    "padding (symmetric|same)",
+    "redundant_bias",
+)
+
+
+@dataclass(frozen=True)
+class BiFPNPreset:
+    """EfficientDet-Dx BiFPN settings (width, repeats, fusion) and the image size it was trained at."""
+
+    width: int
+    repeats: int
+    fuse: str
+    image_size: int
+
+
+#: EfficientDet D0..D7 (README / model_config.py of the reference implementations).
+BIFPN_PRESETS: dict[str, BiFPNPreset] = {
+    "d0": BiFPNPreset(64, 3, "fast", 512),
+    "d1": BiFPNPreset(88, 4, "fast", 640),
+    "d2": BiFPNPreset(112, 5, "fast", 768),
+    "d3": BiFPNPreset(160, 6, "fast", 896),
+    "d4": BiFPNPreset(224, 7, "fast", 1024),
+    "d5": BiFPNPreset(288, 7, "fast", 1280),
+    "d6": BiFPNPreset(384, 8, "sum", 1280),
+    "d7": BiFPNPreset(384, 8, "sum", 1536),
+}
+
+
+def bifpn_graph(
+    in_specs: Sequence[FeatureSpec],
+    preset: str | None = "d0",
+    width: int | None = None,
+    repeats: int | None = None,
+    levels: Sequence[int] | None = None,
+    fuse: str | None = None,
+    act: str = "swish",
+    separable: bool = True,
+    upsample: str = "nearest",
+    downsample: str = "maxpool",
+    padding: str = "symmetric",
+    redundant_bias: bool = False,
+    norm_eps: float = 1e-3,
+    norm_momentum: float = 0.01,
+) -> NeckGraph:
+    """The BiFPN graph (EfficientDet's ``bifpn_config``), ``repeats`` cells deep.
+
+    Per cell, top-down nodes for levels ``hi-1 .. lo`` read ``[latest(l), latest(l+1)]``; bottom-up nodes for
+    ``lo+1 .. hi`` read every earlier node at ``l`` plus ``latest(l-1)``. Levels above the backbone are made by
+    a 1x1 conv + BN then 3x3/2 max-pool (P6), then max-pool (P7). Nodes fuse with fast-normalised weights
+    (``fuse='fast'``), ``softmax`` or ``sum`` and refine with act -> separable 3x3 -> BN (pre-activation).
+    Explicit ``width``/``repeats``/``fuse`` override the preset. ``padding='same'`` and ``redundant_bias=True``
+    reproduce the TF-ported ``tf_efficientdet_*`` weights.
+
+    Example:
+        >>> g = bifpn_graph([FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32)], preset="d0")
+        >>> len(g.nodes), [s.stride for s in g.out_specs]
+        (26, [8, 16, 32, 64, 128])
+    """
+    if preset is not None and preset not in BIFPN_PRESETS:
+        raise ValueError(f"unknown BiFPN preset {preset!r}; choose one of {sorted(BIFPN_PRESETS)} or None.")
+    p = BIFPN_PRESETS[preset] if preset is not None else BiFPNPreset(64, 3, "fast", 512)
+    width = p.width if width is None else width
+    repeats = p.repeats if repeats is None else repeats
+    fuse = p.fuse if fuse is None else fuse
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    if not isinstance(width, int) or width <= 0:
+        raise ValueError(
+            f"BiFPN width must be one positive int (all levels are fused by weighted sums), got {width!r}."
+        )
+    in_specs = validate_in_specs(in_specs)
+    lo, hi = resolve_levels(in_specs, levels, default_extra=2 if max(s.level for s in in_specs) == 5 else 0)
+    if hi - lo < 1:
+        raise ValueError(f"BiFPN needs at least two levels, got levels {lo}..{hi}.")
+    top_in = max(s.level for s in in_specs)
+    nodes: list[Node] = []
+    latest: dict[int, list[str]] = {}
+    for level in range(lo, min(top_in, hi) + 1):
+        latest[level] = [input_name(level)]
+    prev = input_name(top_in)
+    for level in range(top_in + 1, hi + 1):  # P6 = pool(bn(conv1x1(C5))), P7 = pool(P6)
+        name = f"P{level}_in"
+        nodes.append(Node(name, level, (Edge(prev, down=downsample),), channels=width))
+        latest[level] = [name]
+        prev = name
+    block = "separable" if separable else "conv"
+    block_args: dict[str, object] = {"act_first": True, "pw_bias": redundant_bias} if separable else {}
+    for r in range(repeats):
+        cell: dict[int, list[str]] = {level: list(v) for level, v in latest.items()}
+        for level in range(hi - 1, lo - 1, -1):
+            name = f"r{r}_P{level}_td" if level > lo else f"r{r}_P{level}_out"
+            nodes.append(Node(name, level, (cell[level][-1], cell[level + 1][-1]), width, fuse, block, block_args))
+            cell[level].append(name)
+        for level in range(lo + 1, hi + 1):
+            name = f"r{r}_P{level}_out"
+            nodes.append(Node(name, level, (*cell[level], cell[level - 1][-1]), width, fuse, block, block_args))
+            cell[level].append(name)
+        latest = {level: [cell[level][-1]] for level in cell}
+    conv = ConvCfg(norm="bn", act=act, norm_eps=norm_eps, norm_momentum=norm_momentum, padding=padding)
+    align = ConvCfg(norm="bn", bias=True if redundant_bias else None, norm_eps=norm_eps, norm_momentum=norm_momentum)
+    return NeckGraph(
+        in_specs=in_specs,
+        nodes=tuple(nodes),
+        outputs=tuple(latest[level][0] for level in range(lo, hi + 1)),
+        conv=conv,
+        align=align,
+        up=upsample,
+        down=downsample,
+    )
+
+
+def bifpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
+    """Build a BiFPN neck (see :func:`bifpn_graph`).
+
+    Example:
+        >>> neck = bifpn([FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32)], preset="d0")
+        >>> feats = [torch.randn(1, 40, 25, 33), torch.randn(1, 112, 13, 17), torch.randn(1, 320, 7, 9)]
+        >>> [tuple(o.shape[1:]) for o in neck(feats)]
+        [(64, 25, 33), (64, 13, 17), (64, 7, 9), (64, 4, 5), (64, 2, 3)]
+    """
+    return GraphNeck(bifpn_graph(in_specs, **options))  # type: ignore[arg-type]

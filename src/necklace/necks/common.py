@@ -1,0 +1,85 @@
+"""Helpers shared by the graph generators: level ranges, per-level widths, extra coarse levels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from necklace.graph import Edge, Node, input_name
+from necklace.spec import MAX_LEVEL, FeatureSpec
+
+__all__ = ["EXTRA_MODES", "extra_level_nodes", "resolve_levels", "resolve_widths"]
+
+EXTRA_MODES = ("subsample", "maxpool", "conv")
+
+
+def resolve_levels(
+    in_specs: Sequence[FeatureSpec], levels: Sequence[int] | None, default_extra: int
+) -> tuple[int, int]:
+    """Return the output level range ``(lo, hi)``; default: the input levels plus ``default_extra`` coarser ones."""
+    in_levels = [s.level for s in in_specs]
+    if levels is None:
+        return min(in_levels), max(in_levels) + default_extra
+    if isinstance(levels, str) or len(levels) != 2:
+        raise ValueError(f"levels must be a (min_level, max_level) pair such as (3, 7), got {levels!r}.")
+    lo, hi = int(levels[0]), int(levels[1])
+    if lo > hi:
+        raise ValueError(f"levels {levels!r}: min_level {lo} is above max_level {hi}.")
+    if lo < min(in_levels) or lo > max(in_levels):
+        raise ValueError(
+            f"levels {levels!r}: the finest output level {lo} (stride {2**lo}) must be one of the backbone's "
+            f"levels {in_levels} (strides {[s.stride for s in in_specs]}). Add a backbone map at stride "
+            f"{2**lo} to in_specs (e.g. features_only out_indices including it) or raise min_level."
+        )
+    if hi > MAX_LEVEL:
+        raise ValueError(f"levels {levels!r}: max_level {hi} is above the supported {MAX_LEVEL}.")
+    return lo, hi
+
+
+def resolve_widths(width: int | Sequence[int], lo: int, hi: int) -> dict[int, int]:
+    """Map each level ``lo..hi`` to its channel count: one ``C`` for all, or one value per level."""
+    n = hi - lo + 1
+    if isinstance(width, int) and not isinstance(width, bool):
+        widths = [width] * n
+    elif isinstance(width, Sequence) and not isinstance(width, str) and len(width) == n:
+        widths = [int(w) for w in width]
+    else:
+        raise ValueError(
+            f"width must be one int or a list of {n} ints (one per output level {lo}..{hi}), got {width!r}."
+        )
+    for w in widths:
+        if w <= 0:
+            raise ValueError(f"width values must be positive, got {width!r}.")
+    return {lo + i: w for i, w in enumerate(widths)}
+
+
+def extra_level_nodes(
+    top_in_level: int,
+    hi: int,
+    widths: dict[int, int],
+    mode: str,
+    source: str,
+    last_output: str,
+    relu_before_extra: bool,
+    prefix: str = "P",
+) -> list[Node]:
+    """Nodes for the levels coarser than the backbone's last one (``top_in_level + 1 .. hi``).
+
+    ``mode``: ``subsample`` (1x1 max-pool stride 2, torchvision ``LastLevelMaxPool``), ``maxpool`` (3x3/2),
+    ``conv`` (3x3 stride-2 conv, RetinaNet P6/P7). ``source``: ``input`` (first extra level from the backbone's
+    C5) or ``output`` (from the neck's P5). ``relu_before_extra`` applies a ReLU before the 2nd and later
+    extra levels (torchvision/detectron2 P7 = conv(relu(P6)); mmdet's default omits it).
+    """
+    if mode not in EXTRA_MODES:
+        raise ValueError(f"extra {mode!r} is not one of {list(EXTRA_MODES)}.")
+    if source not in ("input", "output"):
+        raise ValueError(f"extra_source {source!r} must be 'input' (from C{top_in_level}) or 'output'.")
+    nodes = []
+    prev = last_output
+    for level in range(top_in_level + 1, hi + 1):
+        first = level == top_in_level + 1
+        src = input_name(top_in_level) if (first and source == "input") else prev
+        pre = "relu" if (relu_before_extra and not first) else None
+        name = f"{prefix}{level}"
+        nodes.append(Node(name, level, (Edge(src, down=mode, pre_act=pre),), channels=widths[level]))
+        prev = name
+    return nodes
