@@ -1,0 +1,41 @@
+"""Small helpers shared by the tests: input specs and random feature pyramids."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from necklace import FeatureSpec
+
+#: Input specs the contract tests run every neck on (3 and 4 levels).
+SPEC_SETS: dict[str, tuple[FeatureSpec, ...]] = {
+    "c3c5": (FeatureSpec(24, 8), FeatureSpec(48, 16), FeatureSpec(96, 32)),
+    "c2c5": (FeatureSpec(16, 4), FeatureSpec(24, 8), FeatureSpec(48, 16), FeatureSpec(96, 32)),
+}
+
+#: Image sizes: square and divisible, odd in both directions.
+IMAGE_SIZES: dict[str, tuple[int, int]] = {"64x64": (64, 64), "97x131": (97, 131)}
+
+
+def pyramid(specs: Sequence[FeatureSpec], image_size: tuple[int, int], batch: int = 2, seed: int = 0):
+    """Random maps of size ceil(H/stride) x ceil(W/stride) per level, like a padded-conv backbone."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    return [
+        torch.randn(batch, s.channels, math.ceil(h / s.stride), math.ceil(w / s.stride), generator=g) for s in specs
+    ]
+
+
+def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm non-trivial running stats and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
