@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/necklace bench fpn pafpn bifpn yolo_pafpn
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check src tests conftest.py $(wildcard benchmarks)
 
 typecheck: install
 	$(BIN)/mypy

@@ -29,7 +29,12 @@ BIFPN_KNOBS = (
 
 @dataclass(frozen=True)
 class BiFPNPreset:
-    """EfficientDet-Dx BiFPN settings (width, repeats, fusion) and the image size it was trained at."""
+    """EfficientDet-Dx BiFPN settings (width, repeats, fusion) and the image size it was trained at.
+
+    Example:
+        >>> BIFPN_PRESETS["d1"]
+        BiFPNPreset(width=88, repeats=4, fuse='fast', image_size=640)
+    """
 
     width: int
     repeats: int

@@ -17,7 +17,12 @@ YOLO_KNOBS = ("preset (n|s|m|l|x)", "depth", "width", "max_channels", "block (c2
 
 @dataclass(frozen=True)
 class YoloPreset:
-    """YOLOv8 compound scaling: ``depth`` multiplies block repeats, ``width`` channels (capped)."""
+    """YOLOv8 compound scaling: ``depth`` multiplies block repeats, ``width`` channels (capped).
+
+    Example:
+        >>> YOLO_PRESETS["s"]
+        YoloPreset(depth=0.33, width=0.5, max_channels=1024)
+    """
 
     depth: float
     width: float
