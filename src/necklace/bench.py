@@ -1,0 +1,455 @@
+"""Measure necks: parameters, FLOPs and latency, returned as frozen dataclasses (nothing is printed here).
+
+FLOPs are counted by :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix
+multiplies as ``2 x MACs`` and ignores element-wise ops, pooling and resizing (so a fused sum or a max-pool
+costs 0). Latency is wall-clock time of ``module(inputs)`` in ``eval()`` mode under ``torch.no_grad()``.
+
+Example:
+    >>> r = bench_neck("fpn", image_size=(64, 64), options={"width": 16}, warmup=0, repeats=1)
+    >>> r.params > 0 and r.flops > 0 and r.latency.median_ms > 0
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from necklace.registry import build_neck, neck_info
+from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
+
+__all__ = [
+    "BenchResult",
+    "LatencyStats",
+    "bench_neck",
+    "count_flops",
+    "count_macs",
+    "count_params",
+    "default_image_size",
+    "default_in_specs",
+    "measure_latency",
+    "random_features",
+]
+
+#: ``progress(done, total)``: called with the number of timed repeats done so far.
+Progress = Callable[[int, int], None]
+
+#: Backbone feature widths used when no ``in_specs`` are given (strides 8, 16, 32).
+RESNET50_C3_C5 = (FeatureSpec(512, 8), FeatureSpec(1024, 16), FeatureSpec(2048, 32))
+EFFICIENTNET_B0_C3_C5 = (FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32))
+YOLOV8N_C3_C5 = (FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32))
+
+#: EfficientDet Dx -> channels of its EfficientNet backbone at strides 8/16/32 (B0..B6; D7 reuses B6).
+_EFFICIENTNET_CHANNELS = {
+    "d0": (40, 112, 320),
+    "d1": (40, 112, 320),
+    "d2": (48, 120, 352),
+    "d3": (48, 136, 384),
+    "d4": (56, 160, 448),
+    "d5": (64, 176, 512),
+    "d6": (72, 200, 576),
+    "d7": (72, 200, 576),
+}
+DEFAULT_IMAGE_SIZE = 640
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock latency of one forward pass, in milliseconds, over ``repeats`` timed runs.
+
+    Example:
+        >>> s = LatencyStats.from_seconds([0.003, 0.001, 0.002])
+        >>> s.median_ms, s.min_ms, s.max_ms, s.repeats
+        (2.0, 1.0, 3.0, 3)
+    """
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    repeats: int
+
+    @classmethod
+    def from_seconds(cls, times_s: Sequence[float]) -> LatencyStats:
+        """Summarise per-run times given in seconds."""
+        if not times_s:
+            raise ValueError("LatencyStats needs at least one timing; run with repeats >= 1.")
+        ms = [t * 1e3 for t in times_s]
+        return cls(
+            median_ms=statistics.median(ms),
+            min_ms=min(ms),
+            max_ms=max(ms),
+            mean_ms=statistics.fmean(ms),
+            repeats=len(ms),
+        )
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict (JSON-ready)."""
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "mean_ms": self.mean_ms,
+            "repeats": self.repeats,
+        }
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything :func:`bench_neck` measured for one neck, plus the settings it ran under.
+
+    ``flops``/``macs`` are exact counts for one forward pass of the whole batch (``flops = 2 * macs``);
+    ``gflops``/``gmacs`` are the same in units of 1e9. ``out_shapes`` are the shapes the neck returned.
+
+    Example:
+        >>> r = bench_neck("yolo_pafpn", image_size=(64, 96), warmup=0, repeats=1)
+        >>> r.out_shapes
+        ((1, 64, 8, 12), (1, 128, 4, 6), (1, 256, 2, 3))
+        >>> r.gflops > 0, list(r.to_row())[:5]
+        (True, ['name', 'options', 'in_specs', 'out_shapes', 'params'])
+    """
+
+    name: str
+    options: dict[str, Any]
+    in_specs: tuple[FeatureSpec, ...]
+    out_specs: tuple[FeatureSpec, ...]
+    out_shapes: tuple[tuple[int, ...], ...]
+    params: int
+    flops: int
+    latency: LatencyStats
+    image_size: tuple[int, int]
+    batch: int
+    threads: int
+    device: str = "cpu"
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates (``flops // 2``)."""
+        return self.flops // 2
+
+    @property
+    def gflops(self) -> float:
+        """FLOPs in units of 1e9."""
+        return self.flops / 1e9
+
+    @property
+    def gmacs(self) -> float:
+        """MACs in units of 1e9."""
+        return self.macs / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-ready): settings, counts and latency statistics."""
+        return {
+            "name": self.name,
+            "options": dict(self.options),
+            "in_specs": [s.to_dict() for s in self.in_specs],
+            "out_specs": [s.to_dict() for s in self.out_specs],
+            "out_shapes": [list(s) for s in self.out_shapes],
+            "params": self.params,
+            "flops": self.flops,
+            "macs": self.macs,
+            "gflops": self.gflops,
+            "gmacs": self.gmacs,
+            "latency": self.latency.to_dict(),
+            "image_size": list(self.image_size),
+            "batch": self.batch,
+            "threads": self.threads,
+            "device": self.device,
+            "torch_version": self.torch_version,
+        }
+
+    def to_row(self) -> dict[str, str | int | float]:
+        """Flat dict of scalars (one CSV row); specs, shapes and options are compact strings."""
+        return {
+            "name": self.name,
+            "options": ";".join(f"{k}={v}" for k, v in self.options.items()),
+            "in_specs": " ".join(f"{s.channels}@{s.stride}" for s in self.in_specs),
+            "out_shapes": " ".join("x".join(map(str, s)) for s in self.out_shapes),
+            "params": self.params,
+            "flops": self.flops,
+            "macs": self.macs,
+            "gflops": self.gflops,
+            "median_ms": self.latency.median_ms,
+            "min_ms": self.latency.min_ms,
+            "max_ms": self.latency.max_ms,
+            "mean_ms": self.latency.mean_ms,
+            "repeats": self.latency.repeats,
+            "image_h": self.image_size[0],
+            "image_w": self.image_size[1],
+            "batch": self.batch,
+            "threads": self.threads,
+            "device": self.device,
+            "torch_version": self.torch_version,
+        }
+
+
+# ----------------------------------------------------------------------------------------------- counting
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (shared parameters counted once).
+
+    Example:
+        >>> count_params(nn.Conv2d(3, 4, 3))  # 3*4*9 weights + 4 biases
+        112
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _forward(module: nn.Module, inputs: Any) -> Any:
+    return module(inputs)
+
+
+def count_flops(module: nn.Module, inputs: Any) -> int:
+    """FLOPs of one ``module(inputs)`` call as torch counts them: ``2 x MACs`` of convs and matmuls.
+
+    ``inputs`` is passed as the single positional argument (a tensor, or a list of maps for a neck).
+    Element-wise ops, pooling and interpolation are not counted. Runs under ``no_grad`` in the module's
+    current train/eval mode.
+
+    Example:
+        >>> conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        >>> count_flops(conv, torch.zeros(1, 8, 10, 12)) == 2 * 8 * 16 * 9 * 10 * 12
+        True
+    """
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        _forward(module, inputs)
+    return int(counter.get_total_flops())
+
+
+def count_macs(module: nn.Module, inputs: Any) -> int:
+    """Multiply-accumulates of one ``module(inputs)`` call: ``count_flops(...) // 2``."""
+    return count_flops(module, inputs) // 2
+
+
+# ----------------------------------------------------------------------------------------------- timing
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    if threads is None:
+        yield previous
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int (or None for torch's current {previous}), got {threads!r}.")
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _device_of(module: nn.Module, inputs: Any) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    if isinstance(inputs, torch.Tensor):
+        return inputs.device
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], torch.Tensor):
+        return inputs[0].device
+    return torch.device("cpu")
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _check_count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return value
+
+
+def measure_latency(
+    module: nn.Module,
+    inputs: Any,
+    warmup: int = 2,
+    repeats: int = 10,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> LatencyStats:
+    """Time ``module(inputs)`` ``repeats`` times after ``warmup`` untimed runs, in eval mode under no_grad.
+
+    ``threads`` sets ``torch.set_num_threads`` for the measurement only. On CUDA the device is synchronised
+    around each run. The module's train/eval mode is restored afterwards. ``progress(done, repeats)`` is
+    called before the first and after every timed run.
+
+    Example:
+        >>> s = measure_latency(nn.Conv2d(3, 8, 3), torch.zeros(1, 3, 16, 16), warmup=1, repeats=3, threads=1)
+        >>> s.repeats, s.min_ms <= s.median_ms <= s.max_ms
+        (3, True)
+    """
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
+    sync = _synchronizer(_device_of(module, inputs))
+    was_training = module.training
+    module.eval()
+    times: list[float] = []
+    try:
+        with _num_threads(threads), torch.no_grad():
+            for _ in range(warmup):
+                _forward(module, inputs)
+            sync()
+            if progress is not None:
+                progress(0, repeats)
+            for i in range(repeats):
+                start = time.perf_counter()
+                _forward(module, inputs)
+                sync()
+                times.append(time.perf_counter() - start)
+                if progress is not None:
+                    progress(i + 1, repeats)
+    finally:
+        module.train(was_training)
+    return LatencyStats.from_seconds(times)
+
+
+# ----------------------------------------------------------------------------------------------- defaults
+def _preset(options: Mapping[str, Any], default: str) -> str | None:
+    value = options.get("preset", default)
+    return None if value is None else str(value)
+
+
+def default_in_specs(name: str, options: Mapping[str, Any] | None = None) -> tuple[FeatureSpec, ...]:
+    """Typical backbone ``in_specs`` for neck ``name`` (strides 8/16/32), honouring a ``preset`` option.
+
+    ``fpn``/``pafpn``: ResNet-50 C3-C5 (plus C2 = 256@4 when ``levels`` starts at 2); ``bifpn``: the
+    EfficientNet-B0..B6 of EfficientDet D0..D7; ``yolo_pafpn``: the YOLOv8 backbone of the same preset (n:
+    64/128/256). Other registered necks get ResNet-50 C3-C5.
+
+    Example:
+        >>> [s.channels for s in default_in_specs("bifpn", {"preset": "d3"})]
+        [48, 136, 384]
+        >>> [s.channels for s in default_in_specs("yolo_pafpn", {"preset": "s"})]
+        [128, 256, 512]
+    """
+    neck_info(name)  # unknown names fail here with the list of known necks
+    options = dict(options or {})
+    if name == "bifpn":
+        b_chans = _EFFICIENTNET_CHANNELS.get(_preset(options, "d0") or "d0", _EFFICIENTNET_CHANNELS["d0"])
+        return tuple(FeatureSpec(c, s) for c, s in zip(b_chans, (8, 16, 32), strict=True))
+    if name == "yolo_pafpn":
+        from necklace.necks.yolo import YOLO_PRESETS, YoloPreset
+
+        y_preset = _preset(options, "n")
+        base = YOLO_PRESETS.get(y_preset, YOLO_PRESETS["n"]) if y_preset is not None else YoloPreset(1.0, 1.0, 1024)
+        width = float(options.get("width") or base.width)
+        cap = int(options.get("max_channels") or base.max_channels)
+        chans = [math.ceil(min(c, cap) * width / 8) * 8 for c in (256, 512, 1024)]
+        return tuple(FeatureSpec(c, s) for c, s in zip(chans, (8, 16, 32), strict=True))
+    levels = options.get("levels")
+    if isinstance(levels, Sequence) and not isinstance(levels, str) and levels and int(levels[0]) <= 2:
+        return (FeatureSpec(256, 4), *RESNET50_C3_C5)
+    return RESNET50_C3_C5
+
+
+def default_image_size(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """Image size ``(H, W)`` to benchmark ``name`` at: 640, or a BiFPN preset's own size (d0: 512).
+
+    Example:
+        >>> default_image_size("fpn"), default_image_size("bifpn"), default_image_size("bifpn", {"preset": "d4"})
+        ((640, 640), (512, 512), (1024, 1024))
+    """
+    options = dict(options or {})
+    if name == "bifpn":
+        from necklace.necks.bifpn import BIFPN_PRESETS
+
+        preset = _preset(options, "d0")
+        size = BIFPN_PRESETS[preset].image_size if preset in BIFPN_PRESETS else 512
+        return (size, size)
+    return (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
+
+def _check_image_size(image_size: Sequence[int] | int) -> tuple[int, int]:
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if (
+        not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        raise ValueError(f"image_size must be (H, W) with two positive ints, e.g. (640, 640); got {image_size!r}.")
+    return (int(image_size[0]), int(image_size[1]))
+
+
+def random_features(
+    in_specs: Sequence[FeatureSpec],
+    image_size: tuple[int, int],
+    batch: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[torch.Tensor]:
+    """Random backbone maps for an ``H x W`` image: level ``i`` is ``(batch, C_i, ceil(H/s_i), ceil(W/s_i))``.
+
+    Example:
+        >>> [tuple(f.shape) for f in random_features([FeatureSpec(8, 8), FeatureSpec(16, 16)], (97, 131))]
+        [(1, 8, 13, 17), (1, 16, 7, 9)]
+    """
+    gen = torch.Generator().manual_seed(seed)
+    h, w = _check_image_size(image_size)
+    return [torch.randn(batch, s.channels, *s.size_for(h, w), generator=gen).to(device) for s in in_specs]
+
+
+def bench_neck(
+    name: str,
+    in_specs: Sequence[FeatureSpec | tuple[int, int]] | None = None,
+    image_size: tuple[int, int] | int | None = None,
+    batch: int = 1,
+    options: Mapping[str, Any] | None = None,
+    warmup: int = 2,
+    repeats: int = 10,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> BenchResult:
+    """Build neck ``name`` with ``options`` and measure params, FLOPs and latency on random backbone maps.
+
+    Defaults: ``in_specs`` from :func:`default_in_specs`, ``image_size`` from :func:`default_image_size`.
+    Inputs are random maps of ``ceil(H / stride)`` per level; FLOPs are for the whole batch.
+
+    Example:
+        >>> r = bench_neck("bifpn", in_specs=[(16, 8), (32, 16), (64, 32)], image_size=(64, 64),
+        ...                options={"width": 16, "repeats": 1}, warmup=0, repeats=2)
+        >>> [s.stride for s in r.out_specs], r.latency.repeats
+        ([8, 16, 32, 64, 128], 2)
+    """
+    options = dict(options or {})
+    specs = validate_in_specs(as_feature_specs(in_specs)) if in_specs is not None else default_in_specs(name, options)
+    size = _check_image_size(image_size if image_size is not None else default_image_size(name, options))
+    _check_count("batch", batch, 1)
+    _check_count("warmup", warmup, 0)
+    _check_count("repeats", repeats, 1)
+    dev = torch.device(device)
+    module = build_neck(name, specs, **options).to(dev).eval()
+    feats = random_features(specs, size, batch=batch, seed=seed, device=dev)
+    with torch.no_grad():
+        outs = _forward(module, feats)
+    out_shapes = tuple(tuple(int(d) for d in o.shape) for o in outs)
+    out_specs = tuple(getattr(module, "out_specs", ()))
+    flops = count_flops(module, feats)
+    with _num_threads(threads) as used_threads:
+        latency = measure_latency(module, feats, warmup=warmup, repeats=repeats, progress=progress)
+    return BenchResult(
+        name=name,
+        options=options,
+        in_specs=tuple(specs),
+        out_specs=out_specs,
+        out_shapes=out_shapes,
+        params=count_params(module),
+        flops=flops,
+        latency=latency,
+        image_size=size,
+        batch=batch,
+        threads=used_threads,
+        device=str(dev),
+    )

@@ -1,0 +1,1 @@
+"""Weight converters from other libraries' necks."""
