@@ -8,10 +8,12 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test lint typecheck unit clean
 
-$(STAMP): pyproject.toml constraints.txt
+# the stamp name carries the hash of the dependency files, so it is rebuilt exactly when they change
+$(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps mmdet
 	@rm -f $(VENV)/.necklace-deps-*
 	@touch $(STAMP)
 
