@@ -9,6 +9,7 @@ Example:
     [(1, 256, 13, 17), (1, 256, 7, 9), (1, 256, 4, 5), (1, 256, 2, 3)]
 """
 
+from necklace.deploy import DeployReport, deploy
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
 from necklace.registry import NeckInfo, build_neck, list_necks, neck_info, register_neck
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvCfg",
+    "DeployReport",
     "Edge",
     "FeatureSpec",
     "GraphNeck",
@@ -26,6 +28,7 @@ __all__ = [
     "Node",
     "__version__",
     "build_neck",
+    "deploy",
     "list_necks",
     "neck_info",
     "register_neck",

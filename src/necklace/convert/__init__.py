@@ -5,7 +5,13 @@ Each ``from_*`` function maps a peer's state dict onto a necklace neck built wit
 """
 
 from necklace.convert.effdet import effdet_bifpn_key_map, from_effdet_bifpn, to_effdet_bifpn
-from necklace.convert.mmdet import from_mmdet_fpn, from_mmdet_pafpn, mmdet_neck_options, neck_from_mmdet
+from necklace.convert.mmdet import (
+    from_mmdet_fpn,
+    from_mmdet_nasfpn,
+    from_mmdet_pafpn,
+    mmdet_neck_options,
+    neck_from_mmdet,
+)
 from necklace.convert.torchvision import fpn_from_torchvision, from_torchvision_fpn, torchvision_fpn_options
 
 __all__ = [
@@ -13,6 +19,7 @@ __all__ = [
     "fpn_from_torchvision",
     "from_effdet_bifpn",
     "from_mmdet_fpn",
+    "from_mmdet_nasfpn",
     "from_mmdet_pafpn",
     "from_torchvision_fpn",
     "mmdet_neck_options",

@@ -36,10 +36,10 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from necklace.convert.torchvision import _check_graph, _fpn_layout, _indices, _map_weights, _source_state
-from necklace.graph import GraphNeck
+from necklace.graph import GraphNeck, input_name
 from necklace.spec import FeatureSpec, as_feature_specs
 
-__all__ = ["from_mmdet_fpn", "from_mmdet_pafpn", "mmdet_neck_options", "neck_from_mmdet"]
+__all__ = ["from_mmdet_fpn", "from_mmdet_nasfpn", "from_mmdet_pafpn", "mmdet_neck_options", "neck_from_mmdet"]
 
 _NORM_ABBRS = ("bn", "gn", "ln", "in")
 _ACTS = {"ReLU": "relu", "ReLU6": "relu6", "SiLU": "silu", "Swish": "silu", "HSwish": "hardswish", "GELU": "gelu"}
@@ -291,3 +291,85 @@ def neck_from_mmdet(module: nn.Module, in_specs: Sequence[FeatureSpec | tuple[in
     neck = cast(GraphNeck, build_neck(kind, in_specs, **opts))
     neck.load_state_dict((from_mmdet_fpn if kind == "fpn" else from_mmdet_pafpn)(module, neck))
     return neck
+
+
+# --------------------------------------------------------------------------- NAS-FPN
+def _nasfpn_options(module: nn.Module, neck: GraphNeck) -> dict[str, Any]:
+    """The ``nasfpn_graph`` options equivalent to an mmdet ``NASFPN`` module, for ``neck``'s in_specs."""
+    m: Any = module
+    if type(m).__name__ != "NASFPN":
+        raise ValueError(f"expected an mmdet NASFPN module, got {type(m).__name__}.")
+    specs = neck.in_specs
+    if [s.channels for s in specs] != list(m.in_channels):
+        raise ValueError(
+            f"the mmdet NASFPN reads maps with channels {list(m.in_channels)}; the necklace neck's in_specs have "
+            f"{[s.channels for s in specs]}. Give one FeatureSpec per map mmdet receives, finest first."
+        )
+    if m.end_level not in (-1, len(specs) - 1):
+        raise ValueError(f"mmdet end_level={m.end_level} has no necklace nasfpn equivalent (drop those inputs).")
+    norm_cfg = m.norm_cfg
+    if norm_cfg is None:
+        norm = None
+    elif norm_cfg.get("type") in ("BN", "BN2d", "SyncBN"):
+        norm = "bn"
+    else:
+        raise ValueError(f"mmdet NASFPN norm_cfg {norm_cfg!r}: necklace's nasfpn converter supports BN or None.")
+    lo = specs[m.start_level].level
+    return {"width": int(m.out_channels), "stack_times": int(m.stack_times), "levels": (lo, lo + 4), "norm": norm}
+
+
+def from_mmdet_nasfpn(
+    state_dict: Mapping[str, Tensor] | nn.Module, neck: nn.Module, prefix: str = ""
+) -> dict[str, Tensor]:
+    """Map an mmdet ``NASFPN`` state dict (or the module) onto a necklace ``nasfpn`` neck's keys.
+
+    =================================================  ===================================================
+    mmdet                                              necklace
+    =================================================  ===================================================
+    ``lateral_convs.{i}.conv`` / ``.bn``               ``nodes.P<l>_in.edges.0.align.conv`` / ``.norm``
+    ``extra_downsamples.{i}.0.conv`` / ``.bn``         ``nodes.P<top+1+i>_in.edges.0.align.conv`` / ``.norm``
+    ``fpn_stages.{s}.{cell}.out_conv.conv`` / ``.bn``  ``nodes.s<s>_<cell>.block.conv`` / ``.norm``
+    =================================================  ===================================================
+
+    Build the neck with ``build_neck("nasfpn", in_specs, width=out_channels, stack_times=stack_times,
+    levels=(l, l + 4))`` where ``l`` is the level of mmdet's ``start_level`` input. Passing the module also
+    checks those options; mismatches raise ``ValueError``.
+    """
+    from necklace.necks.nasfpn import NASFPN_CELLS, nasfpn_graph, nasfpn_input_name
+
+    hint = (
+        "Build the neck with build_neck('nasfpn', in_specs, width=out_channels, stack_times=stack_times, "
+        "levels=(l, l + 4)), l = the level of mmdet's start_level input."
+    )
+    if not isinstance(neck, GraphNeck) or "s0_gp_64_4" not in neck.nodes:
+        raise ValueError(f"the target is not a necklace nasfpn neck (no node 's0_gp_64_4'). {hint}")
+    if isinstance(state_dict, nn.Module):
+        opts = _nasfpn_options(state_dict, neck)
+        _check_graph(neck, nasfpn_graph(neck.in_specs, **opts), "mmdet NASFPN", opts, "nasfpn")
+    sd = _source_state(state_dict, prefix)
+    graph = neck.graph
+    in_names = {input_name(s.level) for s in graph.in_specs}
+    lat_levels: list[int] = []
+    extra_levels: list[int] = []
+    for node in graph.nodes:
+        if node.name == nasfpn_input_name(node.level):
+            (lat_levels if node.edges[0].source in in_names else extra_levels).append(node.level)
+    stages = sum(1 for n in graph.nodes if n.name.endswith("_gp_64_4"))
+    for name, want in (
+        ("lateral_convs", len(lat_levels)),
+        ("extra_downsamples", len(extra_levels)),
+        ("fpn_stages", stages),
+    ):
+        got = _indices(sd, name)
+        if got != list(range(want)):
+            raise ValueError(f"the mmdet NASFPN state dict has {name} {got}; the neck has {want}. {hint}")
+    pairs = []
+    for i, level in enumerate(lat_levels):
+        pairs.append(_pair(sd, f"nodes.{nasfpn_input_name(level)}.edges.0.align", f"lateral_convs.{i}"))
+    for i, level in enumerate(extra_levels):
+        pairs.append(_pair(sd, f"nodes.{nasfpn_input_name(level)}.edges.0.align", f"extra_downsamples.{i}.0"))
+    for k in range(stages):
+        for cell, *_, with_conv in NASFPN_CELLS:
+            if with_conv:
+                pairs.append(_pair(sd, f"nodes.s{k}_{cell}.block", f"fpn_stages.{k}.{cell}.out_conv"))
+    return _map_weights(sd, neck, pairs, "mmdet NASFPN", hint)

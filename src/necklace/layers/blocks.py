@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, _choices_error
+from necklace.layers.rep import GhostConv, RepBlock, RepConv, require_bn
 
 __all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "build_block"]
 
@@ -109,8 +110,8 @@ def _identity(in_channels: int, out_channels: int, cfg: ConvCfg) -> nn.Module:
     return nn.Identity()
 
 
-def _conv(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 3) -> nn.Module:
-    return ConvNormAct(in_channels, out_channels, kernel, cfg=cfg)
+def _conv(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 3, act_first: bool = False) -> nn.Module:
+    return ConvNormAct(in_channels, out_channels, kernel, cfg=cfg, act_first=act_first)
 
 
 def _separable(
@@ -136,6 +137,24 @@ def _csp(
     return CSPBlock(in_channels, out_channels, n, shortcut, expansion, cfg)
 
 
+def _repconv(
+    in_channels: int, out_channels: int, cfg: ConvCfg, groups: int = 1, identity: bool = True, alpha: bool = False
+) -> nn.Module:
+    require_bn(cfg, "block 'repconv'")
+    return RepConv(in_channels, out_channels, 1, groups, cfg, identity, alpha)
+
+
+def _rep_block(
+    in_channels: int, out_channels: int, cfg: ConvCfg, n: int = 1, identity: bool = True, alpha: bool = False
+) -> nn.Module:
+    require_bn(cfg, "block 'rep_block'")
+    return RepBlock(in_channels, out_channels, n, cfg, identity, alpha)
+
+
+def _ghost(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 1) -> nn.Module:
+    return GhostConv(in_channels, out_channels, kernel, cfg=cfg)
+
+
 #: name -> builder(in_channels, out_channels, cfg, **block_args)
 BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "identity": _identity,
@@ -143,6 +162,9 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "separable": _separable,
     "c2f": _c2f,
     "csp": _csp,
+    "repconv": _repconv,
+    "rep_block": _rep_block,
+    "ghost": _ghost,
 }
 
 

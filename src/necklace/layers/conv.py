@@ -124,6 +124,9 @@ def pad_same(x: Tensor, kernel: int, stride: int, dilation: int = 1, value: floa
 class ConvNormAct(nn.Module):
     """``Conv2d -> norm -> act`` with 'auto' bias (none when a norm follows).
 
+    ``act_first=True`` gives the pre-activation order ``act -> Conv2d -> norm`` (mmcv merge cells' out conv,
+    ``order=('act', 'conv', 'norm')``); the activation then never runs in place on the input.
+
     Example:
         >>> m = ConvNormAct(8, 16, kernel=3, stride=2)
         >>> m(torch.zeros(2, 8, 15, 20)).shape  # ceil(15/2), ceil(20/2)
@@ -139,22 +142,39 @@ class ConvNormAct(nn.Module):
         groups: int = 1,
         dilation: int = 1,
         cfg: ConvCfg | None = None,
+        act_first: bool = False,
     ) -> None:
         super().__init__()
         cfg = cfg or ConvCfg()
         self.same = cfg.padding == "same" and stride > 1
+        self.act_first = act_first
         pad = 0 if self.same else (kernel - 1) // 2 * dilation
         self.kernel, self.stride, self.dilation = kernel, stride, dilation
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel, stride, pad, dilation=dilation, groups=groups, bias=cfg.use_bias
         )
         self.norm = cfg.norm_layer(out_channels)
-        self.act = make_act(cfg.act)
+        self.act = make_act(cfg.act, inplace=not act_first)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.act_first:
+            x = self.act(x)
         if self.same:
             x = pad_same(x, self.kernel, self.stride, self.dilation)
-        return self.act(self.norm(self.conv(x)))
+        x = self.norm(self.conv(x))
+        return x if self.act_first else self.act(x)
+
+    def fuse(self) -> bool:
+        """Fold a BatchNorm ``norm`` (running statistics) into ``conv``: the conv gains a bias, ``norm`` becomes
+        ``nn.Identity``. An explicit deploy-time transformation (idempotent); returns whether a BN was folded.
+        """
+        from necklace.layers.rep import fold_bn_into_conv
+
+        if not isinstance(self.norm, nn.modules.batchnorm._BatchNorm) or self.norm.running_mean is None:
+            return False
+        fold_bn_into_conv(self.conv, self.norm)
+        self.norm = nn.Identity().train(self.training)
+        return True
 
 
 class SeparableConv(nn.Module):
@@ -197,3 +217,13 @@ class SeparableConv(nn.Module):
         if self.same:
             x = pad_same(x, self.kernel, self.stride)
         return self.act(self.norm(self.pw(self.dw(x))))
+
+    def fuse(self) -> bool:
+        """Fold a BatchNorm ``norm`` into the pointwise conv (see :meth:`ConvNormAct.fuse`)."""
+        from necklace.layers.rep import fold_bn_into_conv
+
+        if not isinstance(self.norm, nn.modules.batchnorm._BatchNorm) or self.norm.running_mean is None:
+            return False
+        fold_bn_into_conv(self.pw, self.norm)
+        self.norm = nn.Identity().train(self.training)
+        return True

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 __all__ = ["FUSE_MODES", "Fuse"]
 
-FUSE_MODES = ("sum", "concat", "fast", "softmax")
+FUSE_MODES = ("sum", "concat", "fast", "softmax", "gp")
 
 
 class Fuse(nn.Module):
@@ -16,7 +16,8 @@ class Fuse(nn.Module):
     - ``sum``: element-wise sum (channels must match);
     - ``concat``: channel concatenation;
     - ``fast``: EfficientDet fast-normalised fusion ``sum(relu(w_i) x_i) / (sum(relu(w)) + eps)``, eps 1e-4;
-    - ``softmax``: ``sum(softmax(w)_i x_i)``.
+    - ``softmax``: ``sum(softmax(w)_i x_i)``;
+    - ``gp``: NAS-FPN global-pooling attention of two inputs, ``x2 + sigmoid(GAP(x2)) * x1`` (gate in fp32).
 
     Weights are one scalar per input, initialised to 1 (so both weighted modes start as the mean).
 
@@ -31,14 +32,31 @@ class Fuse(nn.Module):
         super().__init__()
         if mode not in FUSE_MODES:
             raise ValueError(f"unknown fusion {mode!r}; choose one of {list(FUSE_MODES)}.")
+        if mode == "gp" and n_inputs != 2:
+            raise ValueError(f"fusion 'gp' (x2 + sigmoid(GAP(x2)) * x1) takes exactly 2 inputs, got {n_inputs}.")
         self.mode, self.n_inputs, self.eps = mode, n_inputs, eps
         if mode in ("fast", "softmax"):
             self.weight: nn.Parameter | None = nn.Parameter(torch.ones(n_inputs))
         else:
             self.weight = None
+        self.register_buffer("frozen_weight", None)  # set by freeze(); absent from the state dict until then
+        self.frozen_weight: Tensor | None
+
+    def freeze(self) -> None:
+        """Store the normalised weights as the constant buffer ``frozen_weight`` and drop the parameter ``weight``.
+
+        An explicit deploy-time transformation (idempotent): the forward output is unchanged, nothing is trainable.
+        """
+        if self.weight is None:
+            return
+        frozen = self.normalized_weights().detach().clone()
+        self.weight = None
+        self.frozen_weight = frozen
 
     def normalized_weights(self) -> Tensor:
         """The per-input weights the forward applies (after ReLU-normalisation or softmax)."""
+        if self.frozen_weight is not None:
+            return self.frozen_weight
         if self.weight is None:
             return torch.ones(self.n_inputs)
         if self.mode == "softmax":
@@ -47,7 +65,7 @@ class Fuse(nn.Module):
         return w / (w.sum() + self.eps)
 
     def forward(self, xs: list[Tensor]) -> Tensor:
-        if len(xs) == 1 and self.weight is None:
+        if len(xs) == 1 and self.weight is None and self.frozen_weight is None:
             return xs[0]
         if self.mode == "concat":
             return torch.cat(xs, dim=1)
@@ -56,6 +74,9 @@ class Fuse(nn.Module):
             for x in xs[2:]:
                 out = out + x
             return out
+        if self.mode == "gp":  # gate (N, C, 1, 1) in fp32: GAP + sigmoid overflow-safe under fp16/autocast
+            gate = torch.sigmoid(xs[1].float().mean(dim=(2, 3), keepdim=True)).to(xs[1].dtype)
+            return xs[1] + gate * xs[0]
         w = self.normalized_weights().to(xs[0].dtype)
         out = xs[0] * w[0]
         for i in range(1, len(xs)):

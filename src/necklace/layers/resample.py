@@ -10,7 +10,7 @@ from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, make_act, 
 __all__ = ["DOWN_MODES", "UP_MODES", "Resample", "match_size"]
 
 UP_MODES = ("nearest", "bilinear", "transposed")
-DOWN_MODES = ("conv", "dwconv", "maxpool", "avgpool", "subsample")
+DOWN_MODES = ("conv", "dwconv", "maxpool", "avgpool", "subsample", "maxpool2")
 
 
 def match_size(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
@@ -30,6 +30,8 @@ def match_size(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
 def _down_pool(mode: str, same: bool) -> nn.Module:
     if mode == "subsample":
         return nn.MaxPool2d(kernel_size=1, stride=2)
+    if mode == "maxpool2":  # 2x2/2 max-pool, ceil-sized (= TF SAME); n of them = mmcv merge cells' 2^n pool
+        return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
     if same:
         return _SamePool(mode)
     if mode == "maxpool":

@@ -2,6 +2,7 @@
 
 from necklace.necks.bifpn import BIFPN_KNOBS, BIFPN_PRESETS, bifpn, bifpn_graph
 from necklace.necks.fpn import FPN_KNOBS, fpn, fpn_graph
+from necklace.necks.nasfpn import NASFPN_KNOBS, nasfpn, nasfpn_graph
 from necklace.necks.pafpn import PAFPN_KNOBS, pafpn, pafpn_graph
 from necklace.necks.yolo import YOLO_KNOBS, YOLO_PRESETS, yolo_pafpn, yolo_pafpn_graph
 from necklace.registry import register_neck
@@ -13,6 +14,8 @@ __all__ = [
     "bifpn_graph",
     "fpn",
     "fpn_graph",
+    "nasfpn",
+    "nasfpn_graph",
     "pafpn",
     "pafpn_graph",
     "yolo_pafpn",
@@ -39,6 +42,13 @@ register_neck(
     summary="repeated weighted bidirectional cells, single-input nodes removed, separable convs (EfficientDet D0-D7)",
     paper="Tan et al., EfficientDet: Scalable and Efficient Object Detection, CVPR 2020",
     knobs=BIFPN_KNOBS,
+)
+register_neck(
+    "nasfpn",
+    nasfpn,
+    summary="stacked NAS-searched merge cells (sum / global-pooling attention) over P3-P7, ReLU-conv-BN outputs",
+    paper="Ghiasi et al., NAS-FPN: Learning Scalable Feature Pyramid Architecture for Object Detection, CVPR 2019",
+    knobs=NASFPN_KNOBS,
 )
 register_neck(
     "yolo_pafpn",

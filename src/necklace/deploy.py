@@ -1,0 +1,320 @@
+"""Deployment transformations on a copy of a model, with verified equality (DESIGN habit 8).
+
+:func:`deploy` re-parameterises every block that has a ``reparameterize()`` method (RepConv and friends), folds
+every Conv+BatchNorm pair (:func:`fuse_conv_bn`), freezes the learnable weights of weighted fusions into constant
+buffers (:meth:`necklace.layers.Fuse.freeze`), optionally picks the faster memory format, and checks that the
+deployed model gives the original's outputs. Each step is an explicit module transformation; ``forward`` is
+never patched. The original model is left untouched.
+
+Everything folds *running* BatchNorm statistics, so the model must be in ``eval()`` mode first: forgetting it is
+the most reported "train vs deploy mismatch" with RepVGG-style models.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from necklace.layers.conv import ConvNormAct, SeparableConv
+from necklace.layers.fuse import Fuse
+from necklace.layers.rep import fold_bn_into_conv
+from necklace.spec import FeatureSpec
+
+__all__ = ["DeployReport", "deploy", "example_pyramid", "freeze_fusions", "fuse_conv_bn", "reparameterize"]
+
+#: Image size the automatic example pyramid is derived from: odd in both directions on purpose.
+EXAMPLE_IMAGE_SIZE = (97, 131)
+
+
+@dataclass(frozen=True)
+class DeployReport:
+    """What :func:`deploy` did, attached to the deployed model as ``deployed.deploy_report``.
+
+    ``max_abs_diff`` is the largest absolute output difference from the original model; ``max_rel_diff`` the
+    largest of ``max|deployed - original| / max|original|`` over output tensors (``None`` when not checked).
+    ``latency_ms`` holds ``(contiguous, channels_last)`` forward times when the memory format was chosen by
+    measurement.
+
+    Example:
+        >>> import necklace
+        >>> neck = necklace.build_neck("yolo_pafpn", [(16, 8), (32, 16), (64, 32)]).eval()
+        >>> report = necklace.deploy(neck, channels_last=False).deploy_report
+        >>> report.checked, report.folded_bn > 0, report.max_rel_diff < 1e-4
+        (True, True, True)
+    """
+
+    reparameterized: int
+    folded_bn: int
+    frozen_fusions: int
+    channels_last: bool
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    latency_ms: tuple[float, float] | None = None
+
+    @property
+    def checked(self) -> bool:
+        """Whether the outputs were compared with the original model's."""
+        return self.max_abs_diff is not None
+
+    @staticmethod
+    def of(model: nn.Module) -> DeployReport:
+        """The report attached to a model returned by :func:`deploy` (typed access to ``deploy_report``)."""
+        report = model.__dict__.get("deploy_report")
+        if not isinstance(report, DeployReport):
+            raise ValueError(f"{type(model).__name__} was not produced by necklace.deploy(); it has no deploy_report.")
+        return report
+
+
+def _require_eval(model: nn.Module, what: str) -> None:
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(
+            f"{what}: the model is in training mode ({len(training)} module(s), e.g. {training[0]!r}); "
+            "call model.eval() first: BN folding uses running statistics."
+        )
+
+
+def reparameterize(model: nn.Module) -> int:
+    """Call ``reparameterize()`` on every submodule that has one (in place); return how many were called.
+
+    Works for necklace's :class:`~necklace.layers.RepConv` / :class:`~necklace.layers.RepBlock` and for
+    third-party blocks with the same method (timm ``RepVggBlock``, MobileOne, ...).
+    """
+    count = 0
+    for m in list(model.modules()):
+        fn = getattr(m, "reparameterize", None)
+        if callable(fn):
+            fn()
+            count += 1
+    return count
+
+
+def _fold_all(model: nn.Module) -> int:
+    count = 0
+    for m in list(model.modules()):
+        if isinstance(m, (ConvNormAct, SeparableConv)):
+            count += int(m.fuse())
+        elif isinstance(m, nn.Sequential):
+            children = list(m.named_children())
+            for (_, conv), (bn_name, bn) in itertools.pairwise(children):
+                if (
+                    isinstance(conv, nn.Conv2d)
+                    and isinstance(bn, _BatchNorm)
+                    and bn.running_mean is not None
+                    and bn.num_features == conv.out_channels
+                ):
+                    fold_bn_into_conv(conv, bn)
+                    setattr(m, bn_name, nn.Identity().train(bn.training))
+                    count += 1
+    return count
+
+
+def fuse_conv_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fold every BatchNorm that follows a conv into that conv's weight and bias; return the fused model.
+
+    Folds :class:`~necklace.layers.ConvNormAct` (conv + BN), :class:`~necklace.layers.SeparableConv` (pointwise
+    conv + BN) via their explicit ``fuse()`` methods, and ``nn.Conv2d`` directly followed by a BatchNorm inside an
+    ``nn.Sequential``. Each folded BN becomes ``nn.Identity``. Works on a deep copy unless ``inplace=True``.
+    The model must be in ``eval()`` mode.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()).eval()
+        >>> fused = fuse_conv_bn(m)
+        >>> [type(c).__name__ for c in fused], fused[0].bias is not None
+        (['Conv2d', 'Identity', 'ReLU'], True)
+    """
+    _require_eval(model, "fuse_conv_bn")
+    if not inplace:
+        model = copy.deepcopy(model)
+    with torch.no_grad():
+        _fold_all(model)
+    return model
+
+
+def freeze_fusions(model: nn.Module) -> int:
+    """Freeze every weighted :class:`~necklace.layers.Fuse` (fast / softmax) into constant buffers; return how
+    many were frozen (in place)."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, Fuse) and m.weight is not None:
+            m.freeze()
+            count += 1
+    return count
+
+
+def _first_tensor(model: nn.Module) -> Tensor | None:
+    for p in model.parameters():
+        return p
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b
+    return None
+
+
+def example_pyramid(
+    in_specs: tuple[FeatureSpec, ...] | list[FeatureSpec],
+    image_size: tuple[int, int] = EXAMPLE_IMAGE_SIZE,
+    batch: int = 2,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> list[Tensor]:
+    """Random backbone maps for ``in_specs``: ``ceil(H / stride) x ceil(W / stride)`` per level, finest first.
+
+    Example:
+        >>> [tuple(t.shape) for t in example_pyramid([FeatureSpec(16, 8), FeatureSpec(32, 16)], batch=1)]
+        [(1, 16, 13, 17), (1, 32, 7, 9)]
+    """
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_size
+    return [
+        torch.randn(batch, s.channels, math.ceil(h / s.stride), math.ceil(w / s.stride), generator=g).to(
+            device=device, dtype=dtype
+        )
+        for s in in_specs
+    ]
+
+
+def _auto_inputs(model: nn.Module) -> tuple[Any, ...] | None:
+    specs = getattr(model, "in_specs", None)
+    if not isinstance(specs, (tuple, list)) or not specs or not all(isinstance(s, FeatureSpec) for s in specs):
+        return None
+    ref = _first_tensor(model)
+    device = ref.device if ref is not None else None
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else None
+    return (example_pyramid(specs, device=device, dtype=dtype),)
+
+
+def _flatten(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for k in out for t in _flatten(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    return []
+
+
+def _compare(ref: Any, got: Any) -> tuple[float, float]:
+    a, b = _flatten(ref), _flatten(got)
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
+        raise RuntimeError(
+            f"deploy: the deployed model's outputs {[tuple(t.shape) for t in b]} do not match the original's "
+            f"{[tuple(t.shape) for t in a]}."
+        )
+    max_abs = max_rel = 0.0
+    for x, y in zip(a, b, strict=True):
+        if x.numel() == 0:
+            continue
+        x64, y64 = x.detach().double(), y.detach().double()
+        diff = (x64 - y64).abs().max().item()
+        scale = x64.abs().max().item()
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / scale if scale > 0 else diff)
+    return max_abs, max_rel
+
+
+def _time_ms(model: nn.Module, inputs: tuple[Any, ...], runs: int = 3) -> float:
+    cuda = any(t.is_cuda for t in _flatten(list(inputs)))
+    best = math.inf
+    with torch.no_grad():
+        model(*inputs)  # warm-up
+        for _ in range(runs):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model(*inputs)
+            if cuda:
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def deploy(
+    model: nn.Module,
+    example_inputs: Any = None,
+    channels_last: bool | None = None,
+    check: bool = True,
+    rtol: float = 1e-4,
+) -> nn.Module:
+    """Return a deployment copy of ``model``: re-parameterised, Conv+BN folded, fusion weights frozen, in eval.
+
+    Steps, all explicit module transformations on a deep copy (the original is untouched):
+    :func:`reparameterize`, :func:`fuse_conv_bn`, :func:`freeze_fusions`, then the memory format.
+
+    ``example_inputs``: a ``tuple`` is the positional arguments of ``model(...)``; anything else (a tensor, a
+    list of tensors for a neck, a dict) is its single argument. When omitted and the model has ``in_specs``
+    (every necklace neck), a random pyramid at odd sizes derived from a 97x131 image is used.
+
+    ``channels_last``: ``True``/``False`` forces the memory format; ``None`` times both on the example inputs
+    (a warm-up and 3 runs each) and keeps the faster (contiguous when there are no inputs).
+
+    ``check``: compare the deployed outputs with the original's and raise ``RuntimeError`` when the relative
+    difference (``max|diff| / max|original|`` per output) exceeds ``rtol``; without any inputs it warns.
+
+    The result is the deployed module (same class as ``model``); the :class:`DeployReport` is its
+    ``deploy_report`` attribute. Raises ``ValueError`` if any module of ``model`` is in training mode.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU()).eval()
+        >>> d = deploy(m, torch.randn(1, 3, 11, 13))
+        >>> d.deploy_report.folded_bn, d.deploy_report.max_rel_diff < 1e-5
+        (1, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"deploy expects an nn.Module, got {type(model).__name__}.")
+    _require_eval(model, "deploy")
+    deployed = copy.deepcopy(model)
+    with torch.no_grad():
+        n_rep = reparameterize(deployed)
+        n_bn = _fold_all(deployed)
+        n_frozen = freeze_fusions(deployed)
+    deployed.eval()
+
+    if example_inputs is None:
+        inputs = _auto_inputs(model)
+    else:
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+    latency: tuple[float, float] | None = None
+    use_cl = bool(channels_last)
+    if channels_last is None and inputs is not None:
+        t_contiguous = _time_ms(deployed, inputs)
+        deployed.to(memory_format=torch.channels_last)
+        t_cl = _time_ms(deployed, inputs)
+        latency = (t_contiguous, t_cl)
+        use_cl = t_cl < t_contiguous
+        if not use_cl:
+            deployed.to(memory_format=torch.contiguous_format)
+    elif use_cl:
+        deployed.to(memory_format=torch.channels_last)
+
+    max_abs = max_rel = None
+    if check and inputs is None:
+        warnings.warn(
+            "deploy: no example_inputs and the model has no in_specs, so the outputs were not checked; pass "
+            "example_inputs to verify the deployed model.",
+            stacklevel=2,
+        )
+    elif check and inputs is not None:
+        with torch.no_grad():
+            max_abs, max_rel = _compare(model(*inputs), deployed(*inputs))
+        if not max_rel <= rtol:
+            raise RuntimeError(
+                f"deploy: the deployed model differs from the original: max abs diff {max_abs:.3g}, max relative "
+                f"diff {max_rel:.3g} > rtol {rtol:g}. A block may change behaviour when fused (e.g. a custom "
+                "reparameterize()), or the precision is too low for this rtol."
+            )
+    report = DeployReport(n_rep, n_bn, n_frozen, use_cl, max_abs, max_rel, latency)
+    object.__setattr__(deployed, "deploy_report", report)
+    return deployed
