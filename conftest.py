@@ -1,4 +1,4 @@
-"""Shared pytest set-up: doctest namespace and deterministic, 2-thread torch."""
+"""Shared pytest set-up: doctest namespace and deterministic, single-thread torch."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 import necklace
 from necklace import FeatureSpec
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny test tensors: one thread avoids OpenMP spin-waits on a busy 2-core box
 
 
 @pytest.fixture(autouse=True)
