@@ -1,0 +1,74 @@
+"""Detection with any necklace neck: backbones that describe their outputs with FeatureSpecs, torchvision's
+FCOS / RetinaNet / Faster R-CNN with a neck in place of their FPN, and data (a seeded synthetic multi-scale
+dataset, COCO JSON and YOLO txt loaders that report malformed annotations).
+
+Example:
+    >>> from necklace.detection import SyntheticShapes, TinyBackbone, build_detector, collate_fn
+    >>> images, targets = collate_fn([SyntheticShapes(1, image_size=(64, 64))[0]])
+    >>> model = build_detector("retinanet", TinyBackbone(width=8), "fpn", num_classes=3,
+    ...                        neck_options={"width": 16}, min_size=64, max_size=64)
+    >>> sorted(model(images, targets))
+    ['bbox_regression', 'classification']
+"""
+
+from necklace.detection.backbones import (
+    Backbone,
+    TimmBackbone,
+    TinyBackbone,
+    TorchvisionResNet,
+    build_backbone,
+    timm_backbone,
+    torchvision_resnet,
+)
+from necklace.detection.data import (
+    LARGE_AREA,
+    ON_ERROR,
+    SHAPES,
+    SMALL_AREA,
+    AnnotationProblem,
+    AnnotationReport,
+    AnnotationWarning,
+    CocoDetection,
+    ImageRecord,
+    SizeSplit,
+    SyntheticShapes,
+    YoloDetection,
+    collate_fn,
+    size_split,
+    to_coco,
+    to_yolo,
+    validate_annotations,
+)
+from necklace.detection.detectors import DETECTOR_KINDS, ROI_POOLS, NeckAdapter, anchor_generator_for, build_detector
+
+__all__ = [
+    "DETECTOR_KINDS",
+    "LARGE_AREA",
+    "ON_ERROR",
+    "ROI_POOLS",
+    "SHAPES",
+    "SMALL_AREA",
+    "AnnotationProblem",
+    "AnnotationReport",
+    "AnnotationWarning",
+    "Backbone",
+    "CocoDetection",
+    "ImageRecord",
+    "NeckAdapter",
+    "SizeSplit",
+    "SyntheticShapes",
+    "TimmBackbone",
+    "TinyBackbone",
+    "TorchvisionResNet",
+    "YoloDetection",
+    "anchor_generator_for",
+    "build_backbone",
+    "build_detector",
+    "collate_fn",
+    "size_split",
+    "timm_backbone",
+    "to_coco",
+    "to_yolo",
+    "torchvision_resnet",
+    "validate_annotations",
+]
