@@ -1,0 +1,775 @@
+"""necklace necks vs the peers' necks: same configuration, same weights, equal outputs, interleaved timing.
+
+For every config the peer's neck is built with random weights, the necklace neck is built with the options that
+reproduce it and loaded with the peer's weights through necklace's converters (``necklace.convert``; the
+ultralytics neck is mapped key by key here, as necklace has no ultralytics converter), the outputs are checked
+equal (max abs diff printed), then both are timed interleaved in this process together with the roofline conv:
+
+- eval: ``eval()`` + ``no_grad`` forward, float32, batch 1, ``--threads`` threads; median of ``--repeats``;
+  ``ratio`` = median over rounds of ``t_necklace / t_peer`` (< 1: necklace is faster);
+- GMACs (torch's FlopCounterMode / 2: convs and matmuls only), achieved GMAC/s = GMACs / median time, and the
+  share of the roofline: GMAC/s of one 3x3 conv 256->256 at 80x80, timed in the same interleaved rounds;
+- train: ``train()`` forward + backward of ``sum(out.sum())`` (inputs require grad, like backbone maps in a
+  detector; grads reset to None before each step), timed interleaved the same way, after checking that both
+  give the same gradients w.r.t. the input maps;
+- memory: peak bytes of new tensors held by torch's CPU allocator during one train step and one eval forward
+  (torch.profiler allocation events; see ``common.peak_memory_bytes``).
+
+A peer that cannot be imported is skipped with a note; a pair whose outputs differ is reported and not timed
+(exit status 1). ``--deployed [nchw|channels_last]`` also times ``necklace.deploy(neck)`` (checked equal too).
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/vs_peers.py --configs r50_fpn,r50_pafpn,bifpn_d0,yolov8n --repeats 20
+    .venv/bin/python benchmarks/vs_peers.py --list
+
+Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+if __package__ in (None, ""):  # run as a script: make the sibling module importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common  # type: ignore[import-not-found]
+else:  # imported as benchmarks.vs_peers
+    from benchmarks import common  # type: ignore[no-redef]
+
+import necklace
+from necklace import FeatureSpec
+from necklace.bench import count_params, random_features
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIGS = ("r50_fpn", "r50_pafpn", "bifpn_d0", "yolov8n")
+#: relative tolerance of the equality check: max |necklace - peer| <= TOL * max(1, max |peer|)
+TOL = 1e-4
+R50 = (FeatureSpec(512, 8), FeatureSpec(1024, 16), FeatureSpec(2048, 32))
+B0 = (FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32))
+
+Call = Callable[[list[Tensor]], list[Tensor]]
+
+
+# ----------------------------------------------------------------------------------------------- cases
+@dataclass
+class Pair:
+    """One comparison: the necklace neck and a peer's neck holding the same weights."""
+
+    peer: str
+    necklace: nn.Module | None = None
+    peer_module: nn.Module | None = None
+    call: Callable[[nn.Module, list[Tensor]], list[Tensor]] | None = None  # run the peer, return a list
+    weights: str = ""
+    skipped: str | None = None
+
+
+@dataclass
+class Case:
+    name: str
+    title: str
+    image_size: tuple[int, int]
+    in_specs: tuple[FeatureSpec, ...]
+    pairs: list[Pair]
+    notes: list[str] = field(default_factory=list)
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere: He-scaled convs, non-zero biases, non-trivial BN affine and running stats,
+    positive unequal fusion weights (effdet ``edge_weights``). Returns the module in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("edge_weights"):
+                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.25)
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                n = m.weight.shape[0]
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                if isinstance(m, nn.BatchNorm2d):
+                    assert m.running_mean is not None and m.running_var is not None
+                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return module.eval()
+
+
+def _skip(peer: str, what: str, err: BaseException) -> Pair:
+    return Pair(peer, skipped=f"{what} is not importable ({type(err).__name__}: {err})")
+
+
+# torchvision --------------------------------------------------------------------------------------------
+def _tv_pair(specs: Sequence[FeatureSpec], width: int, p6p7: bool = False) -> Pair:
+    name = "torchvision FeaturePyramidNetwork" + (" + LastLevelP6P7" if p6p7 else "")
+    try:
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    except ImportError as e:
+        return _skip(name, "torchvision.ops.FeaturePyramidNetwork", e)
+    from necklace.convert import fpn_from_torchvision
+
+    extra = LastLevelP6P7(width, width) if p6p7 else None
+    tv = randomize(FeaturePyramidNetwork([s.channels for s in specs], width, extra_blocks=extra))
+    keys = [f"c{s.level}" for s in specs]
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(OrderedDict(zip(keys, feats, strict=True))).values())
+
+    neck = fpn_from_torchvision(tv, specs).eval()
+    return Pair(name, neck, tv, call, "necklace.convert.fpn_from_torchvision")
+
+
+# mmdet --------------------------------------------------------------------------------------------------
+def _mmdet_pair(kind: str, specs: Sequence[FeatureSpec], width: int, label: str = "", **cfg: Any) -> Pair:
+    name = f"mmdet {kind}{label}"
+    try:
+        necks = common.import_mmdet_necks()
+    except Exception as e:  # ImportError, or mmcv/mmdet version checks
+        return _skip(name, "mmdet (with mmcv or mmcv-lite)", e)
+    from necklace.convert import neck_from_mmdet
+
+    cfg.setdefault("num_outs", len(specs))
+    mm = randomize(getattr(necks, kind)(in_channels=[s.channels for s in specs], out_channels=width, **cfg))
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(tuple(feats)))
+
+    neck = neck_from_mmdet(mm, specs).eval()
+    return Pair(name, neck, mm, call, "necklace.convert.neck_from_mmdet")
+
+
+# effdet -------------------------------------------------------------------------------------------------
+def _effdet_pair(model_name: str, specs: Sequence[FeatureSpec], image_size: tuple[int, int]) -> Pair:
+    name = f"efficientdet-pytorch BiFpn ({model_name})"
+    try:
+        from effdet.config import get_efficientdet_config
+        from effdet.efficientdet import BiFpn
+    except ImportError as e:
+        return _skip(name, "effdet (efficientdet-pytorch)", e)
+    from necklace.convert import from_effdet_bifpn
+
+    cfg = get_efficientdet_config(model_name)
+    cfg.image_size = image_size  # effdet bakes every resample size into the module
+    cfg.num_levels = cfg.max_level - cfg.min_level + 1
+    ref = randomize(BiFpn(cfg, [{"num_chs": s.channels, "reduction": s.stride} for s in specs]))
+    tf = model_name.startswith("tf_")
+    neck = necklace.build_neck(
+        "bifpn",
+        specs,
+        preset=model_name.rsplit("_", 1)[-1],
+        padding="same" if tf else "symmetric",
+        redundant_bias=tf,
+    )
+    neck.load_state_dict(from_effdet_bifpn(ref.state_dict(), neck))
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(list(feats)))  # effdet appends the extra levels to the list it is given
+
+    return Pair(name, neck.eval(), ref, call, "necklace.convert.from_effdet_bifpn")
+
+
+# ultralytics --------------------------------------------------------------------------------------------
+class UltralyticsNeck(nn.Module):
+    """Layers 10-21 of an ultralytics YOLOv8 detection model (the neck between SPPF and Detect), run the way
+    ``BaseModel._predict_once`` runs them: ``[P3, P4, P5]`` (outputs of layers 4, 6, 9) -> ``[15, 18, 21]``."""
+
+    IN_LAYERS = (4, 6, 9)
+    OUT_LAYERS = (15, 18, 21)
+
+    def __init__(self, yaml: str) -> None:
+        super().__init__()
+        from ultralytics.nn.tasks import DetectionModel
+
+        model = DetectionModel(yaml, verbose=False)  # built from the YAML shipped with ultralytics: no download
+        self.layers = nn.ModuleList(model.model[10:22])
+        self.save = set(model.save)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        y: dict[int, Tensor] = dict(zip(self.IN_LAYERS, feats, strict=True))
+        x = feats[-1]
+        for m in self.layers:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            if m.i in self.save:
+                y[m.i] = x
+        return [y[i] for i in self.OUT_LAYERS]
+
+
+#: necklace yolo_pafpn (P3-P5) module prefix -> ultralytics layer index (position in ``layers`` = index - 10)
+YOLO_LAYER_MAP = {
+    "nodes.T4.block.": 12,
+    "nodes.N3.block.": 15,
+    "nodes.N4.edges.0.ops.0.": 16,
+    "nodes.N4.block.": 18,
+    "nodes.N5.edges.0.ops.0.": 19,
+    "nodes.N5.block.": 21,
+}
+
+
+def ultralytics_to_necklace(ul: UltralyticsNeck, neck: nn.Module) -> dict[str, Tensor]:
+    """Map the ultralytics neck's state dict onto necklace ``yolo_pafpn`` keys (``conv``/``bn`` -> ``conv``/``norm``).
+
+    Every necklace key must be filled and every ultralytics key used, with equal shapes (else ``ValueError``).
+    """
+    src = ul.state_dict()
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for key, value in neck.state_dict().items():
+        prefix = next((p for p in YOLO_LAYER_MAP if key.startswith(p)), None)
+        if prefix is None:
+            raise ValueError(f"necklace key {key} has no ultralytics counterpart")
+        src_key = f"layers.{YOLO_LAYER_MAP[prefix] - 10}." + key[len(prefix) :].replace("norm.", "bn.")
+        if src_key not in src or src[src_key].shape != value.shape:
+            raise ValueError(f"{key} {tuple(value.shape)}: no matching {src_key} in the ultralytics neck")
+        out[key] = src[src_key]
+        used.add(src_key)
+    if set(src) - used:
+        raise ValueError(f"ultralytics keys without a necklace counterpart: {sorted(set(src) - used)[:5]}")
+    return out
+
+
+def _ultralytics_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
+    name = f"ultralytics YOLOv8{scale} neck (layers 10-21)"
+    try:
+        import ultralytics  # noqa: F401
+    except ImportError as e:
+        return _skip(name, "ultralytics", e)
+    ul = randomize(UltralyticsNeck(f"yolov8{scale}.yaml"))
+    neck = necklace.build_neck("yolo_pafpn", specs, preset=scale)
+    neck.load_state_dict(ultralytics_to_necklace(ul, neck))
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(list(feats)))
+
+    return Pair(name, neck.eval(), ul, call, "mapped key by key (benchmarks/vs_peers.py: ultralytics_to_necklace)")
+
+
+# configs ------------------------------------------------------------------------------------------------
+def _r50_fpn(size: tuple[int, int]) -> Case:
+    pairs = [_tv_pair(R50, 256), _mmdet_pair("FPN", R50, 256)]
+    return Case("r50_fpn", "R50-FPN P3-P5 (C3-C5 512/1024/2048 -> 256)", size, R50, pairs)
+
+
+def _r50_fpn_p6p7(size: tuple[int, int]) -> Case:
+    pairs = [
+        _tv_pair(R50, 256, p6p7=True),
+        _mmdet_pair("FPN", R50, 256, " (RetinaNet: P6/P7 convs on C5)", add_extra_convs="on_input", num_outs=5),
+    ]
+    return Case("r50_fpn_p6p7", "R50-FPN P3-P7 (C3-C5 -> 256, two stride-2 extra convs)", size, R50, pairs)
+
+
+def _r50_pafpn(size: tuple[int, int]) -> Case:
+    return Case("r50_pafpn", "R50-PAFPN P3-P5 (C3-C5 -> 256)", size, R50, [_mmdet_pair("PAFPN", R50, 256)])
+
+
+def _bifpn_d0(size: tuple[int, int]) -> Case:
+    case = Case(
+        "bifpn_d0",
+        "BiFPN-D0 (EfficientNet-B0 C3-C5 40/112/320 -> 64, 3 cells, P3-P7), eager vs eager",
+        size,
+        B0,
+        [_effdet_pair("tf_efficientdet_d0", B0, size)],
+    )
+    case.notes.append("necklace: bifpn preset d0, padding='same', redundant_bias=True (the tf_ port's layout)")
+    return case
+
+
+def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
+    base = {"n": (64, 128, 256), "s": (128, 256, 512)}[scale]
+    specs = tuple(FeatureSpec(c, s) for c, s in zip(base, (8, 16, 32), strict=True))
+
+    def build(size: tuple[int, int]) -> Case:
+        case = Case(
+            f"yolov8{scale}",
+            f"YOLOv8{scale} neck (P3-P5 {'/'.join(map(str, base))} in)",
+            size,
+            specs,
+            [_ultralytics_pair(scale, specs)],
+        )
+        case.notes.append(f"necklace: yolo_pafpn preset {scale}; ultralytics built from yolov8{scale}.yaml")
+        return case
+
+    return build
+
+
+def _tiny_fpn(size: tuple[int, int]) -> Case:
+    specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
+    return Case("tiny_fpn", "tiny FPN (16/32/64 -> 32) for smoke tests", size, specs, [_tv_pair(specs, 32)])
+
+
+CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str]] = {
+    "r50_fpn": (_r50_fpn, (640, 640), "R50 C3-C5 -> 256 FPN vs torchvision FeaturePyramidNetwork and mmdet FPN"),
+    "r50_fpn_p6p7": (_r50_fpn_p6p7, (640, 640), "FPN P3-P7 vs torchvision + LastLevelP6P7, mmdet RetinaNet FPN"),
+    "r50_pafpn": (_r50_pafpn, (640, 640), "R50 C3-C5 -> 256 PAFPN vs mmdet PAFPN"),
+    "bifpn_d0": (_bifpn_d0, (512, 512), "BiFPN-D0 vs efficientdet-pytorch BiFpn (tf_efficientdet_d0)"),
+    "yolov8n": (_yolo("n"), (640, 640), "yolo_pafpn n vs ultralytics YOLOv8n layers 10-21"),
+    "yolov8s": (_yolo("s"), (640, 640), "yolo_pafpn s vs ultralytics YOLOv8s layers 10-21"),
+    "tiny_fpn": (_tiny_fpn, (64, 64), "16/32/64 -> 32 FPN vs torchvision (smoke tests)"),
+}
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+def count_macs(fn: Callable[[], object]) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn()
+    return int(counter.get_total_flops()) // 2
+
+
+def _eval_call(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return module(list(feats)) if call is None else call(list(feats))
+
+    return run
+
+
+def _train_step(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Callable[[], object]:
+    """One forward + backward of ``sum(out.sum())`` in train mode; grads are set to None first."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        for f in feats:
+            f.grad = None
+        outs = module(list(feats)) if call is None else call(list(feats))
+        loss = outs[0].sum()
+        for o in outs[1:]:
+            loss = loss + o.sum()
+        loss.backward()
+
+    return step
+
+
+def _mb(n: int) -> float:
+    return n / 2**20
+
+
+def _deployed(
+    active: list[tuple[int, Pair, dict[str, Any]]],
+    feats: list[Tensor],
+    log: Callable[[str], None],
+    channels_last: bool,
+) -> dict[int, nn.Module]:
+    """``necklace.deploy`` copies of the necklace necks whose outputs still equal the peer's (others noted)."""
+    deploy = getattr(necklace, "deploy", None)
+    out: dict[int, nn.Module] = {}
+    for i, pair, row in active:
+        if deploy is None:
+            row["deployed_note"] = "this necklace has no deploy()"
+            continue
+        assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+        try:
+            module = deploy(pair.necklace, channels_last=channels_last).eval()
+            with torch.no_grad():
+                diff, scale = common.max_abs_diff(module(list(feats)), pair.call(pair.peer_module, list(feats)))
+        except Exception as e:  # deploy is optional here: report, keep timing the rest
+            row["deployed_note"] = f"necklace.deploy failed: {type(e).__name__}: {e}"
+            log(f"  [deploy] {pair.peer}: {row['deployed_note']}")
+            continue
+        row["_deployed_equality"] = {"max_abs_diff": diff, "equal": diff <= TOL * max(1.0, scale)}
+        log(f"  deployed necklace vs {pair.peer}: max abs diff {diff:.3g}")
+        if row["_deployed_equality"]["equal"]:
+            out[i] = module
+        else:
+            row["deployed_note"] = f"deployed outputs differ from the peer's (max abs diff {diff:.3g}); not timed"
+            row.pop("_deployed_equality")
+    return out
+
+
+def run_pair_parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
+    assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+    with torch.no_grad():
+        got = pair.necklace(list(feats))
+        ref = pair.call(pair.peer_module, list(feats))
+    diff, scale = common.max_abs_diff(got, ref)
+    return {
+        "max_abs_diff": diff,
+        "max_abs_output": scale,
+        "tolerance": TOL * max(1.0, scale),
+        "equal": diff <= TOL * max(1.0, scale),
+        "out_shapes": [list(t.shape) for t in got],
+    }
+
+
+def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    feats = random_features(case.in_specs, case.image_size, batch=1, seed=0)
+    entry: dict[str, Any] = {
+        "config": case.name,
+        "title": case.title,
+        "image_size": list(case.image_size),
+        "input_shapes": [list(f.shape) for f in feats],
+        "notes": list(case.notes),
+        "measured_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "settings": {
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "train_repeats": args.train_repeats or args.repeats,
+            "warmup": args.warmup,
+        },
+        "pairs": [],
+    }
+    log(f"\n== {case.name}: {case.title}, image {case.image_size[0]}x{case.image_size[1]}")
+    active: list[tuple[int, Pair, dict[str, Any]]] = []
+    for i, pair in enumerate(case.pairs):
+        row: dict[str, Any] = {"peer": pair.peer, "weights": pair.weights}
+        entry["pairs"].append(row)
+        if pair.skipped:
+            row.update(status="skipped", note=pair.skipped)
+            log(f"  [skip] {pair.peer}: {pair.skipped}")
+            continue
+        eq = run_pair_parity(pair, feats)
+        row["equality"] = eq
+        log(
+            f"  equality vs {pair.peer}: max abs diff {eq['max_abs_diff']:.3g} "
+            f"(output max {eq['max_abs_output']:.3g}, tolerance {eq['tolerance']:.3g}) -> "
+            f"{'EQUAL' if eq['equal'] else 'DIFFERENT'}"
+        )
+        if not eq["equal"]:
+            row.update(status="mismatch", note="outputs differ with converted weights; not timed")
+            continue
+        assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+        peer_call = pair.call
+        peer_mod = pair.peer_module
+        row["status"] = "ok"
+        row["params"] = {"necklace": count_params(pair.necklace), "peer": count_params(peer_mod)}
+        row["macs"] = {
+            "necklace": count_macs(_eval_call(pair.necklace, None, feats)),
+            "peer": count_macs(lambda pm=peer_mod, pc=peer_call: pc(pm, list(feats))),
+        }
+        active.append((i, pair, row))
+    if not active:
+        return entry
+
+    def bind(pair: Pair) -> Call:
+        assert pair.call is not None and pair.peer_module is not None
+        c, m = pair.call, pair.peer_module
+        return lambda f: c(m, f)
+
+    # eval: every pair's two necks + the roofline conv, one interleaved series
+    roof_fn, roof_macs = common.roofline_case(args.roofline_hw)
+    fns: dict[str, Callable[[], object]] = {}
+    for i, pair, _ in active:
+        assert pair.necklace is not None and pair.peer_module is not None
+        fns[f"necklace{i}"] = _eval_call(pair.necklace, None, feats)
+        fns[f"peer{i}"] = _eval_call(pair.peer_module, bind(pair), feats)
+    deployed = _deployed(active, feats, log, args.deployed == "channels_last") if args.deployed else {}
+    for i, module in deployed.items():
+        fns[f"deployed{i}"] = _eval_call(module, None, feats)
+    fns["roofline"] = roof_fn
+    t0 = time.perf_counter()
+    times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+    roof = common.stats_ms(times["roofline"])
+    roof_gmac_s = roof_macs / 1e9 / (roof["median_ms"] / 1e3)
+    entry["roofline"] = {
+        "what": f"3x3 conv {common.ROOFLINE_CHANNELS}->{common.ROOFLINE_CHANNELS} at {args.roofline_hw}x"
+        f"{args.roofline_hw}, batch 1, no_grad",
+        "gmacs": roof_macs / 1e9,
+        "gmac_per_s": roof_gmac_s,
+        **roof,
+    }
+    elapsed = time.perf_counter() - t0
+    log(f"  roofline: {roof['median_ms']:.2f} ms -> {roof_gmac_s:.1f} GMAC/s  (eval timing {elapsed:.1f} s)")
+    for i, pair, row in active:
+        nk, pe = common.stats_ms(times[f"necklace{i}"]), common.stats_ms(times[f"peer{i}"])
+        ratio = common.ratio_stats(times[f"necklace{i}"], times[f"peer{i}"])
+        gmac_s = {
+            "necklace": row["macs"]["necklace"] / 1e9 / (nk["median_ms"] / 1e3),
+            "peer": row["macs"]["peer"] / 1e9 / (pe["median_ms"] / 1e3),
+        }
+        row["eval"] = {
+            "necklace": nk,
+            "peer": pe,
+            "ratio_necklace_over_peer": ratio,
+            "gmac_per_s": gmac_s,
+            "roofline_share": {k: v / roof_gmac_s for k, v in gmac_s.items()},
+        }
+        log(
+            f"  eval  vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
+            f"ratio {ratio['median']:.3f} [{ratio['p25']:.3f}-{ratio['p75']:.3f}]"
+        )
+        if i in deployed:
+            dep = common.stats_ms(times[f"deployed{i}"])
+            dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
+            row["eval_deployed"] = {
+                "what": f"necklace.deploy(neck, channels_last={args.deployed == 'channels_last'}): BN folded, "
+                "fusion weights frozen",
+                "necklace_deployed": dep,
+                "ratio_deployed_over_peer": dratio,
+                "equality_vs_peer": row.pop("_deployed_equality"),
+            }
+            log(f"        necklace.deploy(): {dep['median_ms']:.2f} ms, ratio vs peer {dratio['median']:.3f}")
+
+    # train: forward + backward, on copies (BN running stats move), interleaved the same way
+    if not args.no_train:
+        train_fns: dict[str, Callable[[], object]] = {}
+        feats_t = [f.clone().requires_grad_(True) for f in feats]
+        steps: dict[str, Callable[[], object]] = {}
+        for i, pair, _ in active:
+            assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+            nk_m = copy.deepcopy(pair.necklace).train()
+            pe_m = copy.deepcopy(pair.peer_module).train()
+            c = pair.call
+            train_fns[f"necklace{i}"] = _train_step(nk_m, None, feats_t)
+            train_fns[f"peer{i}"] = _train_step(pe_m, lambda f, c=c, m=pe_m: c(m, f), feats_t)
+            steps[f"necklace{i}"] = train_fns[f"necklace{i}"]
+            steps[f"peer{i}"] = train_fns[f"peer{i}"]
+        grad_check: dict[int, dict[str, Any]] = {}
+        for i, pair, _ in active:  # same train-mode function: compare the gradients w.r.t. the input maps
+            steps[f"necklace{i}"]()
+            g_nk = [f.grad.clone() for f in feats_t if f.grad is not None]
+            steps[f"peer{i}"]()
+            g_pe = [f.grad.clone() for f in feats_t if f.grad is not None]
+            diff, scale = common.max_abs_diff(g_nk, g_pe)
+            grad_check[i] = {"input_grad_max_abs_diff": diff, "input_grad_max_abs": scale}
+            log(f"  train-mode input gradients vs {pair.peer}: max abs diff {diff:.3g} (max {scale:.3g})")
+        t0 = time.perf_counter()
+        ttimes = common.interleaved(train_fns, repeats=args.train_repeats or args.repeats, warmup=args.warmup)
+        log(f"  (train timing {time.perf_counter() - t0:.1f} s)")
+        for i, pair, row in active:
+            assert pair.necklace is not None and pair.peer_module is not None
+            nk, pe = common.stats_ms(ttimes[f"necklace{i}"]), common.stats_ms(ttimes[f"peer{i}"])
+            ratio = common.ratio_stats(ttimes[f"necklace{i}"], ttimes[f"peer{i}"])
+            row["train"] = {"necklace": nk, "peer": pe, "ratio_necklace_over_peer": ratio, **grad_check[i]}
+            mem = {
+                "train_step": {
+                    "necklace": common.peak_memory_bytes(steps[f"necklace{i}"]),
+                    "peer": common.peak_memory_bytes(steps[f"peer{i}"]),
+                },
+                "eval_forward": {
+                    "necklace": common.peak_memory_bytes(_eval_call(pair.necklace, None, feats)),
+                    "peer": common.peak_memory_bytes(_eval_call(pair.peer_module, bind(pair), feats)),
+                },
+            }
+            row["memory"] = mem
+            log(
+                f"  train vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
+                f"ratio {ratio['median']:.3f}; peak MB train {_mb(mem['train_step']['necklace']['peak_bytes']):.1f}"
+                f" / {_mb(mem['train_step']['peer']['peak_bytes']):.1f}, eval "
+                f"{_mb(mem['eval_forward']['necklace']['peak_bytes']):.1f} / "
+                f"{_mb(mem['eval_forward']['peer']['peak_bytes']):.1f}"
+            )
+    return entry
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def _f(v: float, digits: int = 2) -> str:
+    return f"{v:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    env = result["env"]
+    s = result["settings"]
+    cpu = env["cpu"]
+    vers = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    lines = [
+        "## necklace vs peers (`benchmarks/vs_peers.py`)",
+        "",
+        f"- date: {env['date_utc']}; git {env.get('git', {}).get('commit')}"
+        f"{' (uncommitted changes)' if env.get('git', {}).get('dirty') else ''}",
+        f"- machine: {cpu['model']}, {cpu['physical_cores']} physical cores / {cpu['logical_cpus']} logical "
+        f"({cpu['usable_cpus']} usable); load average at start {env['load_avg_1_5_15']}",
+        f"- versions: python {env['python']}, {vers}",
+        f"- settings: float32, batch 1, {s['threads']} threads, eval + no_grad; {s['warmup']} warm-up rounds, "
+        f"median of {s['repeats']} interleaved rounds (train: {s['train_repeats']}); command `{s['command']}`",
+        "- ratio = median over rounds of t_necklace / t_peer (< 1: necklace faster), [p25-p75] in brackets; "
+        "GMACs from torch's FlopCounterMode (convs only); roofline share = achieved GMAC/s / GMAC/s of a "
+        f"3x3 conv 256->256 at {s['roofline_hw']}x{s['roofline_hw']} timed in the same rounds",
+        "- train = train() forward + backward of sum(outputs), inputs requiring grad; peak MB = peak of new "
+        "tensor memory in torch's CPU allocator during one step (torch.profiler allocation events)",
+        "",
+        "| config | peer | max abs diff (train input grads) | params M (nk / peer) | GMACs | necklace ms | peer ms "
+        "| ratio nk/peer | GMAC/s (nk / peer) | roofline share (nk / peer) | train ms (nk / peer) | train ratio "
+        "| train peak MB (nk / peer) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    roofs: list[str] = []
+    for c in result["configs"]:
+        if "roofline" in c:
+            r = c["roofline"]
+            spread = (r["p75_ms"] - r["p25_ms"]) / r["median_ms"] * 100
+            roofs.append(f"{c['config']} {_f(r['gmac_per_s'], 1)} (IQR {spread:.0f}% of median)")
+        for p in c["pairs"]:
+            label = f"{c['config']} ({c['image_size'][0]}x{c['image_size'][1]})"
+            if p["status"] != "ok":
+                diff = f"{p['equality']['max_abs_diff']:.2g}" if "equality" in p else "-"
+                lines.append(f"| {label} | {p['peer']} | {diff} | {p['status']}: {p.get('note', '')} |" + " |" * 9)
+                continue
+            e = p["eval"]
+            r = e["ratio_necklace_over_peer"]
+            row = [
+                label,
+                p["peer"],
+                f"{p['equality']['max_abs_diff']:.2g}"
+                + (f" (grad {p['train']['input_grad_max_abs_diff']:.2g})" if "train" in p else ""),
+                f"{p['params']['necklace'] / 1e6:.3f} / {p['params']['peer'] / 1e6:.3f}",
+                f"{p['macs']['necklace'] / 1e9:.3f}"
+                + ("" if p["macs"]["necklace"] == p["macs"]["peer"] else f" / {p['macs']['peer'] / 1e9:.3f}"),
+                _f(e["necklace"]["median_ms"]),
+                _f(e["peer"]["median_ms"]),
+                f"**{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}]",
+                f"{_f(e['gmac_per_s']['necklace'], 1)} / {_f(e['gmac_per_s']['peer'], 1)}",
+                f"{_f(e['roofline_share']['necklace'])} / {_f(e['roofline_share']['peer'])}",
+            ]
+            if "train" in p:
+                t = p["train"]
+                m = p["memory"]["train_step"]
+                row += [
+                    f"{_f(t['necklace']['median_ms'], 1)} / {_f(t['peer']['median_ms'], 1)}",
+                    _f(t["ratio_necklace_over_peer"]["median"], 3),
+                    f"{_f(_mb(m['necklace']['peak_bytes']), 1)} / {_f(_mb(m['peer']['peak_bytes']), 1)}",
+                ]
+            else:
+                row += ["-", "-", "-"]
+            lines.append("| " + " | ".join(row) + " |")
+        notes += [f"{c['config']}: {n}" for n in c.get("notes", [])]
+        if "error" in c:
+            notes.append(f"{c['config']}: failed: {c['error']}")
+        cs = c.get("settings")
+        mine = {k: s[k] for k in ("threads", "repeats", "train_repeats", "warmup")}
+        if c.get("run_utc", env["date_utc"]) != env["date_utc"] or (cs is not None and cs != mine):
+            notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
+        for p in c["pairs"]:
+            if "eval_deployed" in p:
+                d = p["eval_deployed"]
+                notes.append(
+                    f"{c['config']} vs {p['peer']}: {d['what'].split(':')[0]} "
+                    f"{_f(d['necklace_deployed']['median_ms'])} ms, "
+                    f"ratio deployed/peer {_f(d['ratio_deployed_over_peer']['median'], 3)} "
+                    f"(max abs diff {d['equality_vs_peer']['max_abs_diff']:.2g})"
+                )
+            elif "deployed_note" in p:
+                notes.append(f"{c['config']} vs {p['peer']}: {p['deployed_note']}")
+    if roofs:
+        lines += [
+            "",
+            f"Roofline GMAC/s measured in each config's rounds: {', '.join(roofs)}. A wide roofline IQR or a "
+            "load average above 0 at start means other processes shared the cores: compare ratios only.",
+        ]
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {list(CONFIGS)}")
+    ap.add_argument("--repeats", type=int, default=20, help="timed interleaved rounds (default 20)")
+    ap.add_argument("--train-repeats", type=int, default=0, help="rounds for train timing (default: --repeats)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--image-size", type=int, default=0, help="override every config's square image size")
+    ap.add_argument("--roofline-hw", type=int, default=common.ROOFLINE_HW, help="roofline conv map size (80)")
+    ap.add_argument("--no-train", action="store_true", help="skip train-mode timing and memory")
+    ap.add_argument(
+        "--deployed",
+        nargs="?",
+        const="nchw",
+        default=None,
+        choices=("nchw", "channels_last"),
+        help="also time necklace.deploy(neck) (BN folded, fusions frozen); 'channels_last' deploys with "
+        "channels_last=True (inputs stay NCHW, as the peer gets them)",
+    )
+    ap.add_argument("--out", default=str(HERE / "results"), help="folder for vs_peers.json")
+    ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="Markdown file to update ('' = none)")
+    ap.add_argument("--merge", action="store_true", help="keep other configs' entries of an existing JSON")
+    ap.add_argument("--list", action="store_true", help="list the configs and exit")
+    args = ap.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1 or args.train_repeats < 0:
+        ap.error("need --repeats >= 1, --warmup >= 0, --threads >= 1, --train-repeats >= 0")
+    args.config_list = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in args.config_list if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, (_, size, what) in CONFIGS.items():
+            print(f"{name:14s} {size[0]}x{size[1]}  {what}")
+        return 0
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    torch.manual_seed(0)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        env = common.environment(args.threads)
+        log(f"{env['date_utc']} | {env['cpu']['model']} | {args.threads} threads | load {env['load_avg_1_5_15']}")
+        configs: list[dict[str, Any]] = []
+        failed = False
+        for name in args.config_list:
+            builder, size, _ = CONFIGS[name]
+            if args.image_size:
+                size = (args.image_size, args.image_size)
+            try:
+                case = builder(size)
+                entry = run_case(case, args, log)
+            except Exception as e:  # one broken config must not lose the others' results
+                traceback.print_exc()
+                entry = {"config": name, "error": f"{type(e).__name__}: {e}", "pairs": [], "image_size": list(size)}
+                failed = True
+            failed |= any(p.get("status") == "mismatch" for p in entry["pairs"])
+            entry["run_utc"] = env["date_utc"]
+            configs.append(entry)
+    finally:
+        torch.set_num_threads(previous_threads)
+    env["load_avg_end"] = common.load_average()
+    settings = {
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "train_repeats": args.train_repeats or args.repeats,
+        "warmup": args.warmup,
+        "batch": 1,
+        "dtype": "float32",
+        "roofline_hw": args.roofline_hw,
+        "deployed": args.deployed,
+        "tolerance_rel": TOL,
+        "command": "benchmarks/vs_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    out_path = Path(args.out) / "vs_peers.json"
+    if args.merge and out_path.exists():
+        import json
+
+        old = json.loads(out_path.read_text())
+        ran = {c["config"] for c in configs}
+        configs = [c for c in old.get("configs", []) if c["config"] not in ran] + configs
+    result = {"env": env, "settings": settings, "configs": configs}
+    common.atomic_write_json(out_path, result)
+    log(f"\nwrote {out_path}")
+    md = markdown(result)
+    if args.results_md:
+        common.update_markdown_section(args.results_md, "vs_peers", md)
+        log(f"updated {args.results_md}")
+    log("\n" + md)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
