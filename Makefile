@@ -13,7 +13,7 @@ $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=64" wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
-	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps mmdet
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps mmdet mmyolo
 	@rm -f $(VENV)/.necklace-deps-*
 	@touch $(STAMP)
 

@@ -10,6 +10,7 @@ Example:
 """
 
 from necklace.deploy import DeployReport, deploy
+from necklace.export import ExportReport, export_onnx, export_torchscript
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
 from necklace.registry import NeckInfo, build_neck, list_necks, neck_info, register_neck
@@ -21,6 +22,7 @@ __all__ = [
     "ConvCfg",
     "DeployReport",
     "Edge",
+    "ExportReport",
     "FeatureSpec",
     "GraphNeck",
     "NeckGraph",
@@ -29,6 +31,8 @@ __all__ = [
     "__version__",
     "build_neck",
     "deploy",
+    "export_onnx",
+    "export_torchscript",
     "list_necks",
     "neck_info",
     "register_neck",

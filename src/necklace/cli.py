@@ -5,6 +5,11 @@
     necklace show --graph FILE.yaml [--png FILE]
     necklace bench [NAME ...] [spec/option flags] [--image-size H W] [--batch B] [--repeats N] [--warmup N]
                    [--threads T] [--device D] [--format table|json|csv] [--output FILE]
+    necklace train [--config FILE.yaml] [--detector D] [--neck NAME] [-o KEY=VALUE] [--data SPEC] [--steps N]
+                   [--output DIR] [--resume [CHECKPOINT]] [--eval] ...   (see necklace.detection.commands)
+    necklace eval --checkpoint FILE [--data SPEC] [--backend faster_coco_eval|pycocotools] [--format table|json]
+    necklace export NAME [spec/option flags] | --graph FILE.yaml  --image-size H W [--format onnx|torchscript]
+                    [--dynamic] [--no-deploy] [--no-verify] [--batch B] [--opset N] [--weights FILE] --output FILE
 
 Errors (unknown neck, bad option, bad spec, missing file) print one line on stderr and exit with status 2.
 """
@@ -403,6 +408,76 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ export
+def _export_format(args: argparse.Namespace) -> str:
+    from necklace.export import EXPORT_FORMATS
+
+    if args.format is not None:
+        if args.format not in EXPORT_FORMATS:
+            raise _UsageError(f"unknown --format {args.format!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+        return str(args.format)
+    suffix = Path(args.output).suffix.lower()
+    for fmt, suffixes in EXPORT_FORMATS.items():
+        if suffix in suffixes:
+            return fmt
+    raise _UsageError(
+        f"cannot tell the format of --output {args.output!r} from its suffix; pass --format onnx or --format "
+        "torchscript (or name the file .onnx / .pt)."
+    )
+
+
+def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from necklace.export import ExportError, export_model
+    from necklace.graph import GraphNeck
+
+    fmt = _export_format(args)
+    if args.opset is not None and fmt != "onnx":
+        raise _UsageError("--opset applies to --format onnx only.")
+    target = Path(args.output)
+    if not target.parent.is_dir():  # before building anything
+        raise _UsageError(f"cannot write {args.output!r}: directory {str(target.parent)!r} does not exist.")
+    if (args.name is None) == (args.graph is None):
+        raise _UsageError("give a neck NAME (see `necklace list`) or --graph FILE.yaml, not both and not neither.")
+    if args.graph is not None:
+        if args.in_channels or args.in_strides or args.option or args.width or args.levels:
+            raise _UsageError("--graph FILE already fixes in_specs and options; drop --in-*/--option/--width/--levels.")
+        path = Path(args.graph)
+        if not path.is_file():
+            raise _UsageError(f"graph file {args.graph!r} not found.")
+        neck: Any = GraphNeck(_load_graph(path))
+    else:
+        options = _neck_options(args)
+        neck = _build(args.name, _in_specs(args, args.name, options), options)
+    if args.weights is not None:
+        import torch
+
+        if not Path(args.weights).is_file():
+            raise _UsageError(f"weights file {args.weights!r} not found.")
+        state = torch.load(args.weights, map_location="cpu", weights_only=True)
+        try:
+            neck.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except RuntimeError as e:
+            raise _UsageError(f"--weights {args.weights!r} do not fit this neck: {_one_line(e)[:300]}") from e
+    neck.eval()
+    extra = {"opset": args.opset} if args.opset is not None else {}
+    try:
+        report = export_model(
+            neck,
+            args.output,
+            format=fmt,
+            image_size=tuple(args.image_size),
+            batch=args.batch,
+            dynamic=args.dynamic,
+            deploy_first=not args.no_deploy,
+            verify=not args.no_verify,
+            **extra,
+        )
+    except ExportError as e:
+        raise _UsageError(str(e)) from e
+    out.write(report.describe() + "\n")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def _spec_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone and neck options")
@@ -420,7 +495,8 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``necklace`` command (sub-commands ``list``, ``show``, ``bench``)."""
+    """The argparse parser of the ``necklace`` command (sub-commands ``list``, ``show``, ``bench``, ``train``,
+    ``eval``)."""
     from necklace import __version__
 
     parser = argparse.ArgumentParser(
@@ -466,6 +542,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="write the results here (format from --format or the suffix)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "export",
+        help="export a neck to ONNX or TorchScript and check the file against PyTorch",
+        description="Export a neck (random weights unless --weights) to ONNX (torch.export + onnxruntime check) or "
+        "TorchScript (torch.jit.trace). Inputs are named c<level>, outputs p<level>; --dynamic makes batch, height "
+        "and width dynamic and checks the file at a second size too.",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="registered neck (see `necklace list`)")
+    p.add_argument("--graph", metavar="FILE", help="export a graph file (YAML/JSON, see NeckGraph.save) instead")
+    _spec_flags(p)
+    p.add_argument("--format", help="onnx or torchscript (default: from the --output suffix: .onnx, .pt/.ts)")
+    p.add_argument("--image-size", nargs=2, type=int, required=True, metavar=("H", "W"), help="example image size")
+    p.add_argument("--batch", type=int, help="example batch (default 2 with --dynamic, else 1)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch/height/width (checked at a second size)")
+    p.add_argument("--no-deploy", action="store_true", help="export as is: no BN folding / re-parameterisation")
+    p.add_argument("--no-verify", action="store_true", help="do not run the exported file to compare outputs")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--weights", metavar="FILE", help="a state dict (torch.save) to load into the neck first")
+    p.add_argument("--output", required=True, metavar="FILE", help="file to write (.onnx, .pt)")
+    p.set_defaults(func=_cmd_export)
+
+    from necklace.detection.commands import add_eval_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from necklace.layers.blocks import BLOCKS, build_block
 from necklace.layers.conv import ConvCfg
 from necklace.layers.fuse import FUSE_MODES, Fuse
-from necklace.layers.resample import DOWN_MODES, UP_MODES, Resample
+from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES, Resample
 from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, check_features, validate_in_specs
 
 __all__ = ["ALIGN_MODES", "Edge", "GraphNeck", "NeckGraph", "Node", "input_name"]
@@ -46,9 +46,11 @@ def _to_list(value: Any) -> Any:
 class Edge:
     """An input of a node: the ``source`` tensor's name plus optional per-edge overrides.
 
-    ``align``: ``auto`` (1x1 conv when channels must change), ``always`` (FPN laterals) or ``never``;
-    ``up``/``down``: resize mode when the source is coarser/finer than the node; ``pre_act``: activation
-    applied to the source first (RetinaNet's ReLU before P7). ``None`` takes the graph default.
+    ``align``: ``auto`` (1x1 conv when channels must change), ``always`` (FPN laterals; on a learned
+    ``conv``/``dwconv``/``dpconv`` downsample edge, a 1x1 conv *before* the stride-2 conv, as in YOLOv6's
+    BiFusion) or ``never``; ``up``/``down``: resize mode when the source is coarser/finer than the node;
+    ``pre_act``: activation applied to the source first (RetinaNet's ReLU before P7); ``kernel``: window of a
+    learned stride-2 downsample conv (3; PicoDet's depthwise ``dpconv`` uses 5). ``None`` takes the default.
 
     Example:
         >>> Edge("P6", down="conv", pre_act="relu").to_dict()
@@ -60,6 +62,7 @@ class Edge:
     up: str | None = None
     down: str | None = None
     pre_act: str | None = None
+    kernel: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
@@ -68,6 +71,9 @@ class Edge:
             v = getattr(self, attr)
             if v is not None and v not in choices:
                 raise ValueError(f"Edge({self.source!r}).{attr}={v!r} is not one of {list(choices)}.")
+        k = self.kernel
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0):
+            raise ValueError(f"Edge({self.source!r}).kernel={k!r} must be a positive odd int (3, 5, ...).")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source}
@@ -168,6 +174,7 @@ class _EdgePlan:
     up: str
     down: str
     pre_act: str | None
+    kernel: int = 3
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,7 @@ class NeckGraph:
                         up=e.up or self.up,
                         down=e.down or self.down,
                         pre_act=e.pre_act,
+                        kernel=3 if e.kernel is None else e.kernel,
                     )
                 )
             if node.fuse == "concat":
@@ -374,11 +382,12 @@ class NeckGraph:
                 ops = []
                 if p.pre_act:
                     ops.append(p.pre_act)
-                learned_down = p.steps > 0 and p.down in ("conv", "dwconv")
-                if not learned_down and (p.align or p.in_channels != p.out_channels):
+                learned_down = p.steps > 0 and p.down in LEARNED_DOWN_MODES
+                if p.align or (not learned_down and p.in_channels != p.out_channels):
                     ops.append(f"1x1 {p.in_channels}->{p.out_channels}")
                 if p.steps > 0:
-                    ops.append(f"{p.down} /{2**p.steps}")
+                    k = f" {p.kernel}x{p.kernel}" if learned_down and p.kernel != 3 else ""
+                    ops.append(f"{p.down}{k} /{2**p.steps}")
                 elif p.steps < 0:
                     ops.append(f"{p.up} x{2**-p.steps}")
                 parts.append(p.source + (f" [{', '.join(ops)}]" if ops else ""))
@@ -408,6 +417,7 @@ class _NodeModule(nn.Module):
                 align_cfg=graph.align,
                 conv_cfg=graph.conv,
                 pre_act=p.pre_act,
+                kernel=p.kernel,
             )
             for p in edges
         )
@@ -468,6 +478,34 @@ class GraphNeck(nn.Module):
         return cls(NeckGraph.load(path))
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
+        env = self._run(features, ())
+        return [env[o] for o in self.graph.outputs]
+
+    def forward_with(self, features: list[Tensor], names: Sequence[str]) -> tuple[list[Tensor], list[Tensor]]:
+        """Run the neck and also return the intermediate tensors ``names`` (node or backbone-input names).
+
+        Returns ``(outputs, extras)`` with ``extras[i]`` the tensor named ``names[i]``: e.g. pre-fusion laterals
+        for auxiliary losses (AugFPN consistent supervision, :meth:`necklace.necks.augfpn.AugFPN.
+        forward_with_laterals`). The outputs are those of ``forward``; only the named tensors are kept alive.
+
+        Example:
+            >>> from necklace import build_neck
+            >>> neck = build_neck("fpn", [FeatureSpec(16, 8), FeatureSpec(32, 16)], width=8)
+            >>> outs, (l4,) = neck.forward_with([torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4)], ["L4"])
+            >>> len(outs), tuple(l4.shape)
+            (3, (1, 8, 4, 4))
+        """
+        if isinstance(names, str):
+            raise TypeError(f"names must be a list of node names, got the string {names!r}; use [{names!r}].")
+        known = self.graph.sources()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"forward_with: {unknown} are not nodes or inputs of the graph; known: {sorted(known)}.")
+        env = self._run(features, tuple(names))
+        return [env[o] for o in self.graph.outputs], [env[n] for n in names]
+
+    def _run(self, features: list[Tensor], keep: tuple[str, ...]) -> dict[str, Tensor]:
+        """Execute the nodes; intermediates are freed after their last use unless listed in ``keep``."""
         check_features(features, self.in_specs, type(self).__name__)
         env: dict[str, Tensor] = {}
         sizes: dict[int, tuple[int, int]] = {}
@@ -476,7 +514,9 @@ class GraphNeck(nn.Module):
             sizes[spec.level] = (f.shape[-2], f.shape[-1])
         for level in self._coarser:  # extra levels: ceil-halving, like a stride-2 3x3 conv / pool
             h, w = sizes[level - 1]
-            sizes[level] = ((h + 1) // 2, (w + 1) // 2)
+            # = ceil(h / 2), written as a stride-2 conv's output size so that under torch.export's symbolic
+            # shapes the level size and the downsampled tensors' sizes are the same expression (no guards)
+            sizes[level] = ((h - 1) // 2 + 1, (w - 1) // 2 + 1)
         for level in self._finer:
             h, w = sizes[level + 1]
             sizes[level] = (2 * h, 2 * w)
@@ -484,8 +524,9 @@ class GraphNeck(nn.Module):
             node = self.nodes[name]
             env[name] = node([env[s] for s in srcs], sizes[level])  # (N, C_node, H_level, W_level)
             for s in free:
-                del env[s]
-        return [env[o] for o in self.graph.outputs]
+                if s not in keep:
+                    del env[s]
+        return env
 
     def describe(self) -> str:
         """Text table of the graph (see :meth:`NeckGraph.describe`)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FeatureSpec", "as_feature_specs", "check_features", "level_of_stride", "validate_in_specs"]
+__all__ = ["FeatureSpec", "as_feature_specs", "check_features", "is_symbolic", "level_of_stride", "validate_in_specs"]
 
 MIN_LEVEL = 1
 MAX_LEVEL = 8
@@ -108,6 +108,17 @@ def validate_in_specs(specs: Sequence[FeatureSpec]) -> tuple[FeatureSpec, ...]:
                 "e.g. strides [8, 16, 32]."
             )
     return specs
+
+
+def is_symbolic(*sizes: object) -> bool:
+    """Whether any of ``sizes`` is a symbolic ``torch.SymInt`` (``torch.export`` / ``torch.compile`` with dynamic
+    shapes), where Python comparisons on sizes would specialise or guard the traced graph.
+
+    Example:
+        >>> is_symbolic(13, 17)
+        False
+    """
+    return any(isinstance(s, torch.SymInt) for s in sizes)
 
 
 def _is_tracing() -> bool:

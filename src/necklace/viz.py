@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from necklace.graph import GraphNeck, NeckGraph, input_name
+from necklace.layers.resample import LEARNED_DOWN_MODES
 
 __all__ = ["GraphLayout", "draw_graph", "graph_layout"]
 
@@ -92,8 +93,8 @@ def graph_layout(graph: NeckGraph | GraphNeck) -> GraphLayout:
             ops = []
             if p.pre_act:
                 ops.append(p.pre_act)
-            learned_down = p.steps > 0 and p.down in ("conv", "dwconv")
-            if not learned_down and (p.align or p.in_channels != p.out_channels):
+            learned_down = p.steps > 0 and p.down in LEARNED_DOWN_MODES
+            if p.align or (not learned_down and p.in_channels != p.out_channels):
                 ops.append("1x1")
             if p.steps > 0:
                 ops.append(f"down /{2**p.steps} {p.down}")

@@ -1,4 +1,4 @@
-"""Weight converters from other libraries' necks (torchvision, efficientdet-pytorch, mmdetection).
+"""Weight converters from other libraries' necks (torchvision, efficientdet-pytorch, mmdetection, mmyolo).
 
 Each ``from_*`` function maps a peer's state dict onto a necklace neck built with the matching options, so
 ``neck.load_state_dict(converted)`` loads strictly; the ``*_options`` helpers say which options those are.
@@ -12,6 +12,7 @@ from necklace.convert.mmdet import (
     mmdet_neck_options,
     neck_from_mmdet,
 )
+from necklace.convert.mmyolo import from_mmyolo_reppafpn
 from necklace.convert.torchvision import fpn_from_torchvision, from_torchvision_fpn, torchvision_fpn_options
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "from_mmdet_fpn",
     "from_mmdet_nasfpn",
     "from_mmdet_pafpn",
+    "from_mmyolo_reppafpn",
     "from_torchvision_fpn",
     "mmdet_neck_options",
     "neck_from_mmdet",

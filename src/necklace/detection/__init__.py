@@ -1,6 +1,8 @@
 """Detection with any necklace neck: backbones that describe their outputs with FeatureSpecs, torchvision's
 FCOS / RetinaNet / Faster R-CNN with a neck in place of their FPN, and data (a seeded synthetic multi-scale
-dataset, COCO JSON and YOLO txt loaders that report malformed annotations).
+dataset, COCO JSON and YOLO txt loaders that report malformed annotations), training (``necklace.detection.train``:
+one process or torchrun DDP, exact resume) and COCO evaluation (``necklace.detection.evaluate``: faster-coco-eval
+or pycocotools). The ``train`` and ``evaluate`` functions stay in those modules (the names here are the modules).
 
 Example:
     >>> from necklace.detection import SyntheticShapes, TinyBackbone, build_detector, collate_fn
@@ -40,6 +42,8 @@ from necklace.detection.data import (
     validate_annotations,
 )
 from necklace.detection.detectors import DETECTOR_KINDS, ROI_POOLS, NeckAdapter, anchor_generator_for, build_detector
+from necklace.detection.evaluate import CocoMetrics, coco_metrics
+from necklace.detection.train import TrainConfig, TrainingInterrupted, TrainResult, load_model
 
 __all__ = [
     "DETECTOR_KINDS",
@@ -53,6 +57,7 @@ __all__ = [
     "AnnotationWarning",
     "Backbone",
     "CocoDetection",
+    "CocoMetrics",
     "ImageRecord",
     "NeckAdapter",
     "SizeSplit",
@@ -60,11 +65,16 @@ __all__ = [
     "TimmBackbone",
     "TinyBackbone",
     "TorchvisionResNet",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
     "YoloDetection",
     "anchor_generator_for",
     "build_backbone",
     "build_detector",
+    "coco_metrics",
     "collate_fn",
+    "load_model",
     "size_split",
     "timm_backbone",
     "to_coco",

@@ -1,25 +1,37 @@
 """Building blocks: convolutions, resampling, fusion and refine blocks."""
 
+from necklace.layers.aspp import ASPP
 from necklace.layers.blocks import BLOCKS, Bottleneck, C2f, CSPBlock, build_block
-from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, make_act, make_norm
+from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, make_norm
 from necklace.layers.fuse import Fuse
-from necklace.layers.rep import GhostConv, RepBlock, RepConv, fold_bn
+from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
 from necklace.layers.resample import Resample, match_size
+from necklace.layers.rfa import ResidualFeatureAugmentation
+from necklace.layers.sac import ConvAWS2d, SAConv2d, convert_to_aws, convert_to_sac
 
 __all__ = [
+    "ASPP",
     "BLOCKS",
+    "BepC3",
+    "BottleRep",
     "Bottleneck",
     "C2f",
     "CSPBlock",
+    "ConvAWS2d",
     "ConvCfg",
     "ConvNormAct",
+    "DepthwiseSeparableConv",
     "Fuse",
     "GhostConv",
     "RepBlock",
     "RepConv",
     "Resample",
+    "ResidualFeatureAugmentation",
+    "SAConv2d",
     "SeparableConv",
     "build_block",
+    "convert_to_aws",
+    "convert_to_sac",
     "fold_bn",
     "make_act",
     "make_norm",

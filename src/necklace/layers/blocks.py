@@ -8,14 +8,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, _choices_error
-from necklace.layers.rep import GhostConv, RepBlock, RepConv, require_bn
+from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, _choices_error
+from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
+from necklace.layers.rfa import ResidualFeatureAugmentation
 
 __all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "build_block"]
 
 
 class Bottleneck(nn.Module):
     """Two convs (``k[0]`` then ``k[1]``) with a residual add when ``shortcut`` and shapes allow.
+
+    ``depthwise=True`` makes the second conv a :class:`DepthwiseSeparableConv` (PicoDet / YOLOX depthwise).
 
     Example:
         >>> Bottleneck(32, 32)(torch.zeros(1, 32, 5, 7)).shape
@@ -30,11 +33,16 @@ class Bottleneck(nn.Module):
         kernels: tuple[int, int] = (3, 3),
         expansion: float = 0.5,
         cfg: ConvCfg | None = None,
+        depthwise: bool = False,
     ) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
         self.cv1 = ConvNormAct(in_channels, hidden, kernels[0], cfg=cfg)
-        self.cv2 = ConvNormAct(hidden, out_channels, kernels[1], cfg=cfg)
+        self.cv2: nn.Module
+        if depthwise:
+            self.cv2 = DepthwiseSeparableConv(hidden, out_channels, kernels[1], cfg=cfg)
+        else:
+            self.cv2 = ConvNormAct(hidden, out_channels, kernels[1], cfg=cfg)
         self.add = shortcut and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -76,6 +84,9 @@ class C2f(nn.Module):
 class CSPBlock(nn.Module):
     """CSP (YOLOv5 C3 / YOLOX CSPLayer): two 1x1 branches, ``n`` bottlenecks on one, concat, 1x1.
 
+    Each bottleneck is a 1x1 then a ``kernel`` x ``kernel`` conv, depthwise-separable with ``depthwise=True``
+    (PP-PicoDet's CSP-PAN: ``kernel=5, depthwise=True``).
+
     Example:
         >>> CSPBlock(96, 64, n=1)(torch.zeros(1, 96, 9, 13)).shape
         torch.Size([1, 64, 9, 13])
@@ -89,13 +100,17 @@ class CSPBlock(nn.Module):
         shortcut: bool = False,
         expansion: float = 0.5,
         cfg: ConvCfg | None = None,
+        kernel: int = 3,
+        depthwise: bool = False,
     ) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
         self.cv1 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
         self.cv2 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
         self.cv3 = ConvNormAct(2 * hidden, out_channels, 1, cfg=cfg)
-        self.m = nn.Sequential(*(Bottleneck(hidden, hidden, shortcut, (1, 3), 1.0, cfg) for _ in range(n)))
+        self.m = nn.Sequential(
+            *(Bottleneck(hidden, hidden, shortcut, (1, kernel), 1.0, cfg, depthwise) for _ in range(n))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
@@ -132,9 +147,16 @@ def _c2f(
 
 
 def _csp(
-    in_channels: int, out_channels: int, cfg: ConvCfg, n: int = 1, shortcut: bool = False, expansion: float = 0.5
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    n: int = 1,
+    shortcut: bool = False,
+    expansion: float = 0.5,
+    kernel: int = 3,
+    depthwise: bool = False,
 ) -> nn.Module:
-    return CSPBlock(in_channels, out_channels, n, shortcut, expansion, cfg)
+    return CSPBlock(in_channels, out_channels, n, shortcut, expansion, cfg, kernel, depthwise)
 
 
 def _repconv(
@@ -151,8 +173,33 @@ def _rep_block(
     return RepBlock(in_channels, out_channels, n, cfg, identity, alpha)
 
 
+def _bep_c3(
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    n: int = 1,
+    expansion: float = 0.5,
+    basic: str = "repconv",
+    alpha: bool = True,
+) -> nn.Module:
+    if basic == "repconv":
+        require_bn(cfg, "block 'bep_c3'")
+    return BepC3(in_channels, out_channels, n, expansion, cfg, basic, alpha)
+
+
 def _ghost(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 1) -> nn.Module:
     return GhostConv(in_channels, out_channels, kernel, cfg=cfg)
+
+
+def _rfa(
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    ratios: tuple[float, ...] | list[float] = (0.1, 0.2, 0.3),
+    hidden: int | None = None,
+) -> nn.Module:
+    # AugFPN residual feature augmentation: plain convs with bias + ReLU as in the official code (cfg unused)
+    return ResidualFeatureAugmentation(in_channels, out_channels, tuple(ratios), hidden)
 
 
 #: name -> builder(in_channels, out_channels, cfg, **block_args)
@@ -164,7 +211,9 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "csp": _csp,
     "repconv": _repconv,
     "rep_block": _rep_block,
+    "bep_c3": _bep_c3,
     "ghost": _ghost,
+    "rfa": _rfa,
 }
 
 

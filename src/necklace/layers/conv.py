@@ -11,10 +11,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTS", "NORMS", "ConvCfg", "ConvNormAct", "SeparableConv", "make_act", "make_norm", "pad_same"]
+from necklace.spec import is_symbolic
+
+__all__ = [
+    "ACTS",
+    "NORMS",
+    "ConvCfg",
+    "ConvNormAct",
+    "DepthwiseSeparableConv",
+    "SeparableConv",
+    "make_act",
+    "make_norm",
+    "pad_same",
+]
 
 ACTS: dict[str, Callable[[bool], nn.Module]] = {
     "relu": lambda inplace: nn.ReLU(inplace=inplace),
@@ -111,9 +124,22 @@ class ConvCfg:
 
 
 def pad_same(x: Tensor, kernel: int, stride: int, dilation: int = 1, value: float = 0.0) -> Tensor:
-    """Pad ``x`` like TensorFlow 'SAME' (extra pixel after) for a ``kernel``/``stride`` window."""
+    """Pad ``x`` like TensorFlow 'SAME' (extra pixel after) for a ``kernel``/``stride`` window.
+
+    With symbolic sizes (``torch.export`` with dynamic shapes) the leading pad is TF's and the trailing pad is
+    extended to a total of ``(kernel - 1) * dilation``: the extra rows are never read, and the strided op's
+    output size is ``(H - 1) // stride + 1``, the same expression as the engine's level sizes, with no branch.
+    """
     ih, iw = x.shape[-2:]
     eff = (kernel - 1) * dilation + 1
+    if is_symbolic(ih, iw):
+
+        def lead(n: Any) -> Any:
+            total = eff - 1 - (n - 1) % stride  # TF's total padding (negative only when eff < stride)
+            return (total if eff >= stride else torch.sym_max(total, 0)) // 2
+
+        top, left = lead(ih), lead(iw)
+        return F.pad(x, [left, eff - 1 - left, top, eff - 1 - top], value=value)
     ph = max((-(-ih // stride) - 1) * stride + eff - ih, 0)
     pw = max((-(-iw // stride) - 1) * stride + eff - iw, 0)
     if ph == 0 and pw == 0:
@@ -227,3 +253,32 @@ class SeparableConv(nn.Module):
         fold_bn_into_conv(self.pw, self.norm)
         self.norm = nn.Identity().train(self.training)
         return True
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """Depthwise ``k x k`` conv + norm + act, then pointwise 1x1 conv + norm + act (two :class:`ConvNormAct`).
+
+    mmcv's ``DepthwiseSeparableConvModule``, PP-PicoDet's ``DP_Module`` and YOLOv6-Lite's ``DPBlock``: unlike
+    :class:`SeparableConv` (EfficientDet), the depthwise conv has its own norm and activation. Both BatchNorms
+    fold with :func:`necklace.deploy.fuse_conv_bn` (each half is a ``ConvNormAct``).
+
+    Example:
+        >>> m = DepthwiseSeparableConv(32, 48, kernel=5, stride=2, cfg=ConvCfg(norm="bn", act="hardswish"))
+        >>> m(torch.zeros(1, 32, 13, 17)).shape
+        torch.Size([1, 48, 7, 9])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__()
+        self.dw = ConvNormAct(in_channels, in_channels, kernel, stride, groups=in_channels, cfg=cfg)
+        self.pw = ConvNormAct(in_channels, out_channels, 1, cfg=cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pw(self.dw(x))  # (N, C_out, ceil(H / stride), ceil(W / stride))

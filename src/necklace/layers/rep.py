@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, make_act
 
-__all__ = ["GhostConv", "RepBlock", "RepConv", "fold_bn", "fold_bn_into_conv", "require_bn"]
+__all__ = ["BepC3", "BottleRep", "GhostConv", "RepBlock", "RepConv", "fold_bn", "fold_bn_into_conv", "require_bn"]
 
 
 def fold_bn(conv_weight: Tensor, conv_bias: Tensor | None, bn: _BatchNorm) -> tuple[Tensor, Tensor]:
@@ -267,6 +267,101 @@ class RepBlock(nn.Module):
         for m in self.blocks:
             if isinstance(m, RepConv):
                 m.reparameterize()
+
+
+BASIC_BLOCKS = ("repconv", "conv")
+
+
+def _basic_block(kind: str, in_channels: int, out_channels: int, cfg: ConvCfg) -> nn.Module:
+    if kind == "repconv":
+        return RepConv(in_channels, out_channels, cfg=cfg)
+    if kind == "conv":
+        return ConvNormAct(in_channels, out_channels, 3, cfg=cfg)
+    raise ValueError(f"unknown basic block {kind!r}; choose one of {list(BASIC_BLOCKS)}.")
+
+
+class BottleRep(nn.Module):
+    """YOLOv6 ``BottleRep``: two basic 3x3 blocks and, when ``in == out``, a residual ``y + alpha * x``.
+
+    ``basic='repconv'`` (:class:`RepConv`, YOLOv6-M) or ``'conv'`` (3x3 Conv-BN-act, YOLOv6-L's ``ConvBNSiLU``);
+    ``alpha=True`` makes the residual weight a learnable scalar initialised to 1 (YOLOv6's ``weight=True``, used
+    inside :class:`BepC3`), otherwise it is the constant 1. ``alpha`` stays a parameter after deployment.
+
+    Example:
+        >>> m = BottleRep(16, 16).eval()
+        >>> x = torch.randn(1, 16, 7, 9)
+        >>> y = m(x)
+        >>> m.reparameterize()
+        >>> torch.allclose(m(x), y, atol=1e-5), tuple(y.shape)
+        (True, (1, 16, 7, 9))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cfg: ConvCfg | None = None,
+        basic: str = "repconv",
+        alpha: bool = True,
+    ) -> None:
+        super().__init__()
+        cfg = cfg if cfg is not None else ConvCfg(norm="bn", act="relu")
+        self.conv1 = _basic_block(basic, in_channels, out_channels, cfg)
+        self.conv2 = _basic_block(basic, out_channels, out_channels, cfg)
+        self.shortcut = in_channels == out_channels
+        self.alpha: nn.Parameter | None = nn.Parameter(torch.ones(1)) if alpha and self.shortcut else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv2(self.conv1(x))
+        if not self.shortcut:
+            return y
+        return y + self.alpha * x if self.alpha is not None else y + x
+
+    def reparameterize(self) -> None:
+        """Re-parameterise the :class:`RepConv` basic blocks (the residual and ``alpha`` stay)."""
+        for m in (self.conv1, self.conv2):
+            if isinstance(m, RepConv):
+                m.reparameterize()
+
+
+class BepC3(nn.Module):
+    """YOLOv6 ``BepC3`` (CSPStackRep): a CSP block whose inner path is a stack of :class:`BottleRep`.
+
+    ``cv1``/``cv2`` are 1x1 Conv-BN-act to ``hidden = int(out * expansion)``; ``m`` runs ``max(n // 2, 1)``
+    BottleReps (YOLOv6 halves the repeat count for BottleRep stacks) on ``cv1``'s output; ``cv3`` is a 1x1 on the
+    concat ``[m(cv1(x)), cv2(x)]``. The activation of ``cfg`` applies to every conv (ReLU in YOLOv6-M, SiLU in
+    YOLOv6-L with ``basic='conv'``).
+
+    Example:
+        >>> m = BepC3(48, 32, n=4, expansion=0.5).eval()
+        >>> len(m.m), tuple(m(torch.randn(1, 48, 7, 9)).shape)
+        (2, (1, 32, 7, 9))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n: int = 1,
+        expansion: float = 0.5,
+        cfg: ConvCfg | None = None,
+        basic: str = "repconv",
+        alpha: bool = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"BepC3 needs n >= 1, got n={n!r}.")
+        cfg = cfg if cfg is not None else ConvCfg(norm="bn", act="relu")
+        hidden = int(out_channels * expansion)
+        if hidden < 1:
+            raise ValueError(f"BepC3: out_channels {out_channels} x expansion {expansion} leaves no hidden channels.")
+        self.cv1 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+        self.cv2 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+        self.cv3 = ConvNormAct(2 * hidden, out_channels, 1, cfg=cfg)
+        self.m = nn.Sequential(*(BottleRep(hidden, hidden, cfg, basic, alpha) for _ in range(max(n // 2, 1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))  # (N, C_out, H, W)
 
 
 class GhostConv(nn.Module):

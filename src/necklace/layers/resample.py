@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.layers.conv import ConvCfg, ConvNormAct, SeparableConv, make_act, pad_same
+from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, pad_same
+from necklace.spec import is_symbolic
 
-__all__ = ["DOWN_MODES", "UP_MODES", "Resample", "match_size"]
+__all__ = ["DOWN_MODES", "LEARNED_DOWN_MODES", "UP_MODES", "Resample", "match_size"]
 
 UP_MODES = ("nearest", "bilinear", "transposed")
-DOWN_MODES = ("conv", "dwconv", "maxpool", "avgpool", "subsample", "maxpool2")
+DOWN_MODES = ("conv", "dwconv", "maxpool", "avgpool", "subsample", "maxpool2", "dpconv")
+#: down modes whose stride-2 op is a learned conv that also maps the channels
+LEARNED_DOWN_MODES = ("conv", "dwconv", "dpconv")
 
 
 def match_size(x: Tensor, size: tuple[int, int] | list[int]) -> Tensor:
     """Return ``x`` at spatial ``size``: unchanged when equal, cropped when one pixel larger, else resized.
 
     This only fires when a backbone's level sizes do not follow ``ceil(H / 2)`` (e.g. floor-halving).
+
+    Under ``torch.export`` with dynamic shapes (symbolic sizes) no size is compared in Python: ``x`` is returned
+    as is when its size is provably the target's (e.g. a stride-2 conv of the level below an extra level), else
+    cropped to at most the target and resized to it (nearest), which is what eager does for equal, one-larger
+    and smaller maps (a map two or more pixels larger is cropped rather than resized). Under ``torch.jit.trace``
+    a map at least as large as the target is cropped (with traced sizes, so the trace crops at every size).
     """
     h, w = x.shape[-2:]
+    if is_symbolic(h, w, size[0], size[1]):
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+        if statically_known_true(h == size[0]) and statically_known_true(w == size[1]):
+            return x
+        # crop (no-op when not larger), then resize (identity when equal): eager's three cases without a branch
+        return F.interpolate(x[..., : size[0], : size[1]], size=(size[0], size[1]), mode="nearest")
+    if torch.jit.is_tracing():  # sizes stay traced (no int()): the crop replays at every size, a view when equal
+        if h >= size[0] and w >= size[1]:
+            return x[..., : size[0], : size[1]]
+        return F.interpolate(x[..., : size[0], : size[1]], size=(size[0], size[1]), mode="nearest")
     th, tw = int(size[0]), int(size[1])
     if h == th and w == tw:
         return x
@@ -31,12 +54,25 @@ def _down_pool(mode: str, same: bool) -> nn.Module:
     if mode == "subsample":
         return nn.MaxPool2d(kernel_size=1, stride=2)
     if mode == "maxpool2":  # 2x2/2 max-pool, ceil-sized (= TF SAME); n of them = mmcv merge cells' 2^n pool
-        return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+        return _CeilMaxPool2()
     if same:
         return _SamePool(mode)
     if mode == "maxpool":
         return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
     return nn.AvgPool2d(kernel_size=3, stride=2, padding=1, count_include_pad=False)
+
+
+class _CeilMaxPool2(nn.MaxPool2d):
+    """``MaxPool2d(2, 2, ceil_mode=True)``; with symbolic sizes (torch.export) the same values as an explicit
+    ``-inf`` pad then a floor-mode pool, whose output size ``(H - 1) // 2 + 1`` needs no ceil-mode guard."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2, ceil_mode=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if is_symbolic(*x.shape[-2:]):
+            return F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=-math.inf), 2, 2)
+        return super().forward(x)
 
 
 class _SamePool(nn.Module):
@@ -57,9 +93,12 @@ class Resample(nn.Module):
     """One graph edge: optional pre-activation, optional 1x1 channel alignment, then resize.
 
     ``steps`` is the level difference ``target_level - source_level`` (> 0 downsample, < 0 upsample).
-    Downsampling runs ``steps`` stride-2 operations (``conv``/``dwconv`` also map the channels, so no
-    separate 1x1 is built); upsampling interpolates to the target's runtime size in one go (or runs
-    ``-steps`` 2x transposed convs). The result always has exactly the target size.
+    Downsampling runs ``steps`` stride-2 operations (``conv``/``dwconv``/``dpconv``, with a ``kernel`` x
+    ``kernel`` window, also map the channels, so no separate 1x1 is built unless ``align=True`` asks for one
+    first: YOLOv6's BiFusion runs 1x1 then 3x3/2); ``dpconv`` is depthwise conv+norm+act then pointwise
+    conv+norm+act (PicoDet / YOLOv6-Lite), ``dwconv`` EfficientDet's separable conv; upsampling interpolates
+    to the target's runtime size in one go (or runs ``-steps`` 2x transposed convs). The result always has
+    exactly the target size.
 
     Example:
         >>> e = Resample(512, 256, steps=-1, align=True)
@@ -81,6 +120,7 @@ class Resample(nn.Module):
         align_cfg: ConvCfg | None = None,
         conv_cfg: ConvCfg | None = None,
         pre_act: str | None = None,
+        kernel: int = 3,
     ) -> None:
         super().__init__()
         if up not in UP_MODES:
@@ -92,8 +132,8 @@ class Resample(nn.Module):
         self.steps, self.up_mode, self.down_mode = steps, up, down
         self.in_channels, self.out_channels = in_channels, out_channels
         self.pre_act = make_act(pre_act, inplace=False) if pre_act else None
-        learned_down = steps > 0 and down in ("conv", "dwconv")
-        if not learned_down and (align or in_channels != out_channels):
+        learned_down = steps > 0 and down in LEARNED_DOWN_MODES
+        if align or (not learned_down and in_channels != out_channels):
             self.align: nn.Module | None = ConvNormAct(in_channels, out_channels, 1, cfg=align_cfg)
             ch = out_channels
         else:
@@ -103,9 +143,11 @@ class Resample(nn.Module):
         if steps > 0:
             for _ in range(steps):
                 if down == "conv":
-                    ops.append(ConvNormAct(ch, out_channels, 3, stride=2, cfg=conv_cfg))
+                    ops.append(ConvNormAct(ch, out_channels, kernel, stride=2, cfg=conv_cfg))
                 elif down == "dwconv":
-                    ops.append(SeparableConv(ch, out_channels, 3, stride=2, cfg=conv_cfg))
+                    ops.append(SeparableConv(ch, out_channels, kernel, stride=2, cfg=conv_cfg))
+                elif down == "dpconv":
+                    ops.append(DepthwiseSeparableConv(ch, out_channels, kernel, stride=2, cfg=conv_cfg))
                 else:
                     ops.append(_down_pool(down, conv_cfg.padding == "same"))
                 ch = out_channels

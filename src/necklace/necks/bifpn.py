@@ -24,6 +24,7 @@ BIFPN_KNOBS = (
     "downsample (maxpool|avgpool|conv)",
     "padding (symmetric|same)",
     "redundant_bias",
+    "lite",
 )
 
 
@@ -62,7 +63,7 @@ def bifpn_graph(
     repeats: int | None = None,
     levels: Sequence[int] | None = None,
     fuse: str | None = None,
-    act: str = "swish",
+    act: str | None = None,
     separable: bool = True,
     upsample: str = "nearest",
     downsample: str = "maxpool",
@@ -70,6 +71,7 @@ def bifpn_graph(
     redundant_bias: bool = False,
     norm_eps: float = 1e-3,
     norm_momentum: float = 0.01,
+    lite: bool = False,
 ) -> NeckGraph:
     """The BiFPN graph (EfficientDet's ``bifpn_config``), ``repeats`` cells deep.
 
@@ -78,7 +80,9 @@ def bifpn_graph(
     a 1x1 conv + BN then 3x3/2 max-pool (P6), then max-pool (P7). Nodes fuse with fast-normalised weights
     (``fuse='fast'``), ``softmax`` or ``sum`` and refine with act -> separable 3x3 -> BN (pre-activation).
     Explicit ``width``/``repeats``/``fuse`` override the preset. ``padding='same'`` and ``redundant_bias=True``
-    reproduce the TF-ported ``tf_efficientdet_*`` weights.
+    reproduce the TF-ported ``tf_efficientdet_*`` weights. ``act`` defaults to swish. ``lite=True`` gives the
+    EfficientDet-Lite BiFPN (a latency / quantisation knob): plain ``sum`` fusion and ReLU6 unless ``fuse`` /
+    ``act`` are given (the Lite models keep separable convs; their presets are widths 64/88/112/160/224).
 
     Example:
         >>> g = bifpn_graph([FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32)], preset="d0")
@@ -90,7 +94,8 @@ def bifpn_graph(
     p = BIFPN_PRESETS[preset] if preset is not None else BiFPNPreset(64, 3, "fast", 512)
     width = p.width if width is None else width
     repeats = p.repeats if repeats is None else repeats
-    fuse = p.fuse if fuse is None else fuse
+    fuse = ("sum" if lite else p.fuse) if fuse is None else fuse
+    act = ("relu6" if lite else "swish") if act is None else act
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     if not isinstance(width, int) or width <= 0:

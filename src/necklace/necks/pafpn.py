@@ -12,7 +12,7 @@ from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = ["PAFPN_KNOBS", "pafpn", "pafpn_graph"]
 
-PAFPN_KNOBS = ("variant (mmdet|panet)", *FPN_KNOBS)
+PAFPN_KNOBS = ("variant (mmdet|panet)", *FPN_KNOBS, "lite")
 
 
 def pafpn_graph(
@@ -27,6 +27,7 @@ def pafpn_graph(
     norm: str | None = None,
     act: str | None = None,
     gn_groups: int = 32,
+    lite: bool = False,
 ) -> NeckGraph:
     """The PAFPN graph: FPN outputs ``P<l>``, then a bottom-up path to ``N<l>``.
 
@@ -34,6 +35,9 @@ def pafpn_graph(
       running sum goes up), ``N_l = conv3x3(B_l)``; no norm/act unless given.
     - ``variant='panet'`` (official PANet): ``N_l = conv3x3(down(N_{l-1}) + P_l)`` (the *post-conv* map goes up);
       defaults to GroupNorm, with ReLU on the bottom-up convs and none on the FPN convs.
+    - ``lite=True`` (a latency knob): every 3x3 refine conv becomes a depthwise-separable 3x3 (``separable``
+      block: depthwise 3x3, pointwise 1x1, norm, act) and the bottom-up stride-2 convs become depthwise-separable
+      (``down='dwconv'``); fusion stays a sum. Each such conv has ~8.7x fewer weights at width 256.
 
     Example:
         >>> g = pafpn_graph([FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)], width=32,
@@ -55,20 +59,21 @@ def pafpn_graph(
         fpn_block_args: dict[str, object] = {"act": act}
     else:
         fpn_block_args = {}
-    if fpn_block_args:
+    refine, down = ("separable", "dwconv") if lite else ("conv", "conv")
+    if fpn_block_args or lite:
         nodes = [
-            Node(n.name, n.level, n.inputs, n.channels, n.fuse, n.block, fpn_block_args) if n.block == "conv" else n
+            Node(n.name, n.level, n.inputs, n.channels, n.fuse, refine, fpn_block_args) if n.block == "conv" else n
             for n in nodes
         ]
     prev = f"P{lo}"
     outs = [f"P{lo}"]
     for level in range(lo + 1, top + 1):
         if variant == "mmdet":
-            nodes.append(Node(f"B{level}", level, (f"P{level}", Edge(prev, down="conv")), widths[level], "sum"))
-            nodes.append(Node(f"N{level}", level, (f"B{level}",), widths[level], block="conv"))
+            nodes.append(Node(f"B{level}", level, (f"P{level}", Edge(prev, down=down)), widths[level], "sum"))
+            nodes.append(Node(f"N{level}", level, (f"B{level}",), widths[level], block=refine))
             prev = f"B{level}"
         else:
-            nodes.append(Node(f"N{level}", level, (Edge(prev, down="conv"), f"P{level}"), widths[level], "sum", "conv"))
+            nodes.append(Node(f"N{level}", level, (Edge(prev, down=down), f"P{level}"), widths[level], "sum", refine))
             prev = f"N{level}"
         outs.append(f"N{level}")
     extra_nodes = extra_level_nodes(top, hi, widths, extra, extra_source, outs[-1], relu_before_extra)
