@@ -23,19 +23,51 @@ __all__ = [
     "ConvCfg",
     "ConvNormAct",
     "DepthwiseSeparableConv",
+    "Hardswish",
     "SeparableConv",
+    "SiLU",
     "make_act",
     "make_norm",
     "pad_same",
 ]
 
+
+class SiLU(nn.SiLU):
+    """SiLU that runs in place only when autograd is off.
+
+    An in-place SiLU under autograd makes torch clone its input (the backward needs the pre-activation), so it
+    costs a copy instead of saving one; in inference (``no_grad``/``inference_mode``) it writes in place.
+
+    Example:
+        >>> x = torch.randn(2, 3)
+        >>> torch.equal(SiLU(inplace=True)(x.clone()), torch.nn.functional.silu(x))
+        True
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.silu(input, inplace=self.inplace and not torch.is_grad_enabled())
+
+
+class Hardswish(nn.Hardswish):
+    """Hardswish that runs in place only when autograd is off (see :class:`SiLU`).
+
+    Example:
+        >>> x = torch.randn(2, 3)
+        >>> torch.equal(Hardswish(inplace=True)(x.clone()), torch.nn.functional.hardswish(x))
+        True
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.hardswish(input, inplace=self.inplace and not torch.is_grad_enabled())
+
+
 ACTS: dict[str, Callable[[bool], nn.Module]] = {
     "relu": lambda inplace: nn.ReLU(inplace=inplace),
     "relu6": lambda inplace: nn.ReLU6(inplace=inplace),
-    "silu": lambda inplace: nn.SiLU(inplace=inplace),
-    "swish": lambda inplace: nn.SiLU(inplace=inplace),
+    "silu": lambda inplace: SiLU(inplace=inplace),
+    "swish": lambda inplace: SiLU(inplace=inplace),
     "leaky_relu": lambda inplace: nn.LeakyReLU(0.1, inplace=inplace),
-    "hardswish": lambda inplace: nn.Hardswish(inplace=inplace),
+    "hardswish": lambda inplace: Hardswish(inplace=inplace),
     "gelu": lambda inplace: nn.GELU(),
 }
 

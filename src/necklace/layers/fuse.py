@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from necklace.spec import _is_tracing
+
 __all__ = ["FUSE_MODES", "Fuse"]
 
 FUSE_MODES = ("sum", "concat", "fast", "softmax", "gp")
@@ -77,6 +79,14 @@ class Fuse(nn.Module):
         if self.mode == "gp":  # gate (N, C, 1, 1) in fp32: GAP + sigmoid overflow-safe under fp16/autocast
             gate = torch.sigmoid(xs[1].float().mean(dim=(2, 3), keepdim=True)).to(xs[1].dtype)
             return xs[1] + gate * xs[0]
+        if self.frozen_weight is not None and not _is_tracing():
+            # deployed: constant weights as Python scalars, one mul + (n - 1) fused adds, no weight ops
+            ws = self.frozen_weight.tolist()
+            out = xs[0] * ws[0]
+            grad = torch.is_grad_enabled()
+            for x, wi in zip(xs[1:], ws[1:], strict=True):
+                out = torch.add(out, x, alpha=wi) if grad else out.add_(x, alpha=wi)
+            return out
         w = self.normalized_weights().to(xs[0].dtype)
         out = xs[0] * w[0]
         for i in range(1, len(xs)):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, pad_same
-from necklace.spec import is_symbolic
+from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = ["DOWN_MODES", "LEARNED_DOWN_MODES", "UP_MODES", "Resample", "match_size"]
 
@@ -84,6 +84,11 @@ class _SamePool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "maxpool":
+            h, w = x.shape[-2:]
+            if not is_symbolic(h, w) and not _is_tracing():
+                # TF SAME for k3 s2 = pad 1 each side on odd sizes, 0 before / 1 after on even ones; ceil_mode
+                # gives exactly those windows without materialising a padded copy
+                return F.max_pool2d(x, 3, 2, padding=(int(h) % 2, int(w) % 2), ceil_mode=True)
             return F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, 2)
         ones = pad_same(x.new_ones(1, 1, *x.shape[-2:]), 3, 2)
         return F.avg_pool2d(pad_same(x, 3, 2), 3, 2) / F.avg_pool2d(ones, 3, 2)
