@@ -39,3 +39,24 @@ def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
             if m.affine:
                 m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def randomize_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random conv weights and biases, norm affine parameters and BN statistics (peers zero-init biases and start
+    BN at identity, which would hide wiring mistakes), then ``eval()``."""
+    g = torch.Generator().manual_seed(seed)
+    nn = torch.nn
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.0 / m.weight[0].numel()) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
+                if isinstance(m, nn.BatchNorm2d):
+                    assert m.running_mean is not None and m.running_var is not None
+                    m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
+                    m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return module.eval()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import randomize_weights as _randomize
 from torch import Tensor, nn
 
 from necklace import FeatureSpec, NeckGraph, build_neck
@@ -100,24 +101,6 @@ def _mmdet_necks() -> Any:
     from _mmdet_shim import import_mmdet_necks  # after the skips: the shim patches mmcv
 
     return import_mmdet_necks()
-
-
-def _randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights, biases and BN statistics (mmdet zero-inits biases, BN starts at identity), then eval()."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return module.eval()
 
 
 def _pair(n_inputs: int, stack_times: int, norm: bool = True) -> tuple[nn.Module, nn.Module, list[FeatureSpec]]:

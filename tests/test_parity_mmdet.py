@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.helpers import randomize_weights as randomize
 from torch import Tensor, nn
 
 from necklace import FeatureSpec, build_neck
@@ -56,25 +57,6 @@ PAFPN_CONFIGS: dict[str, dict[str, Any]] = {
     "bn": dict(num_outs=5, norm_cfg=dict(type="BN")),
     "gn16_relu": dict(num_outs=5, norm_cfg=dict(type="GN", num_groups=16), act_cfg=dict(type="ReLU")),
 }
-
-
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights, biases and BN statistics (mmdet zero-inits biases), then eval()."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (1.0 / m.weight[0].numel()) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-                if isinstance(m, nn.BatchNorm2d):
-                    assert m.running_mean is not None and m.running_var is not None
-                    m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
-                    m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return module.eval()
 
 
 def make_mmdet(kind: str, cfg: dict[str, Any]) -> nn.Module:
