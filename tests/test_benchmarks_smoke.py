@@ -90,3 +90,21 @@ def test_missing_peer_is_skipped_with_a_note(vs_peers, tmp_path: Path, monkeypat
     (pair,) = json.loads((tmp_path / "vs_peers.json").read_text())["configs"][0]["pairs"]
     assert pair["status"] == "skipped" and "not importable" in pair["note"] and "mmdet" in pair["note"]
     assert "skipped: mmdet" in md.read_text()
+
+
+def test_deploy_speed_tiny_config(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import deploy_speed
+    finally:
+        sys.path.remove(str(BENCH))
+    md = tmp_path / "RESULTS.md"
+    argv = ["--configs", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1"]
+    assert deploy_speed.main([*argv, "--out", str(tmp_path), "--markdown", str(md)]) == 0
+    (result,) = json.loads((tmp_path / "deploy_speed.json").read_text())["results"]
+    assert result["params"]["deployed"] < result["params"]["train_form"]  # RepConv branches and BN folded away
+    assert result["deploy"]["folded_bn"] > 0 and result["deploy"]["reparameterized"] > 0
+    assert result["deploy"]["max_rel_diff"] <= 1e-4
+    assert result["latency"]["deployed"]["repeats"] == 2
+    assert "deploy_speed:start" in md.read_text()
+    assert deploy_speed.main(["--configs", "nope"]) == 2
