@@ -132,6 +132,9 @@ def test_static_only_necks_refuse_dynamic_export_and_export_at_one_size(name: st
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
     assert report.max_abs_diff_second is None
     _check_ort(_ort(path), neck, _pyramid((97, 131), batch=1))
+    second = tmp_path / f"{name}_64x80.onnx"  # a second size needs its own fixed-size export
+    assert export_onnx(neck, second, image_size=(64, 80)).max_abs_diff <= 1e-4
+    _check_ort(_ort(second), neck, _pyramid((64, 80), batch=1))
     with pytest.raises(ExportError, match=r"fails at image 64x80, batch 3"):
         export_torchscript(neck, tmp_path / f"{name}.pt", dynamic=True)
 
