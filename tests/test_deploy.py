@@ -209,3 +209,27 @@ def test_fuse_freeze(mode: str, n: int) -> None:
     assert f.weight is None and not list(f.parameters())
     assert set(f.state_dict()) == {"frozen_weight"}
     assert torch.equal(f(xs), ref)
+
+
+@pytest.mark.parametrize("basic", ["conv", "repconv"])
+def test_elan_block_in_a_graph_deploys_and_matches(basic: str) -> None:
+    graph = NeckGraph(
+        in_specs=SPECS,
+        nodes=(
+            Node("T4", 4, ("C5", "C4"), channels=32, fuse="concat", block="elan", block_args={"basic": basic}),
+            Node("N3", 3, ("T4", "C3"), channels=16, fuse="concat", block="elan", block_args={"stages": 3}),
+        ),
+        outputs=("N3", "T4"),
+        conv=ConvCfg(norm="bn", act="silu"),
+    )
+    neck = GraphNeck(graph)
+    assert (sum(isinstance(m, RepConv) for m in neck.modules()) > 0) == (basic == "repconv")
+    _randomize(neck)
+    feats = pyramid(SPECS, (97, 131))
+    with torch.no_grad():
+        ref = neck(feats)
+    deployed = deploy(neck, (feats,), channels_last=False)
+    _assert_deployed(deployed)
+    with torch.no_grad():
+        assert _max_rel(deployed(feats), ref) <= 1e-4
+    assert NeckGraph.from_dict(graph.to_dict()) == graph

@@ -12,7 +12,7 @@ from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, S
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
 
-__all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "build_block"]
+__all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "ELANBlock", "build_block"]
 
 
 class Bottleneck(nn.Module):
@@ -116,6 +116,54 @@ class CSPBlock(nn.Module):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
 
 
+class ELANBlock(nn.Module):
+    """ELAN (YOLOv7): two 1x1 branches; ``stages`` chains of ``depth`` 3x3 convs on the second one, every chain's
+    output kept; concat ``(2 + stages)`` maps of ``hidden`` channels and 1x1 to ``out_channels``.
+
+    ``basic='repconv'`` builds the 3x3 convs as :class:`RepConv` (re-parameterisable; needs BN), the
+    re-parameterised ELAN of YOLOv6/YOLOv7 deploy forms.
+
+    Example:
+        >>> ELANBlock(64, 32, stages=2)(torch.zeros(1, 64, 9, 13)).shape
+        torch.Size([1, 32, 9, 13])
+        >>> m = ELANBlock(32, 32, basic="repconv", cfg=ConvCfg(norm="bn", act="relu"))
+        >>> sum(isinstance(c, RepConv) for c in m.modules())
+        4
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stages: int = 2,
+        depth: int = 2,
+        expansion: float = 0.5,
+        basic: str = "conv",
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__()
+        if basic not in ("conv", "repconv"):
+            raise ValueError(f"ELANBlock basic must be 'conv' or 'repconv', got {basic!r}.")
+        if stages < 1 or depth < 1:
+            raise ValueError(f"ELANBlock needs stages >= 1 and depth >= 1, got stages={stages}, depth={depth}.")
+        cfg = cfg or ConvCfg()
+        hidden = max(int(out_channels * expansion), 1)
+        self.cv1 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+        self.cv2 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
+
+        def conv3() -> nn.Module:
+            return RepConv(hidden, hidden, cfg=cfg) if basic == "repconv" else ConvNormAct(hidden, hidden, 3, cfg=cfg)
+
+        self.stages = nn.ModuleList(nn.Sequential(*(conv3() for _ in range(depth))) for _ in range(stages))
+        self.cv3 = ConvNormAct((2 + stages) * hidden, out_channels, 1, cfg=cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = [self.cv1(x), self.cv2(x)]
+        for stage in self.stages:
+            y.append(stage(y[-1]))
+        return self.cv3(torch.cat(y, dim=1))
+
+
 def _identity(in_channels: int, out_channels: int, cfg: ConvCfg) -> nn.Module:
     if in_channels != out_channels:
         raise ValueError(
@@ -191,6 +239,20 @@ def _ghost(in_channels: int, out_channels: int, cfg: ConvCfg, kernel: int = 1) -
     return GhostConv(in_channels, out_channels, kernel, cfg=cfg)
 
 
+def _elan(
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    stages: int = 2,
+    depth: int = 2,
+    expansion: float = 0.5,
+    basic: str = "conv",
+) -> nn.Module:
+    if basic == "repconv":
+        require_bn(cfg, "block 'elan' with basic='repconv'")
+    return ELANBlock(in_channels, out_channels, stages, depth, expansion, basic, cfg)
+
+
 def _rfa(
     in_channels: int,
     out_channels: int,
@@ -213,6 +275,7 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "rep_block": _rep_block,
     "bep_c3": _bep_c3,
     "ghost": _ghost,
+    "elan": _elan,
     "rfa": _rfa,
 }
 
