@@ -8,6 +8,8 @@
     necklace train [--config FILE.yaml] [--detector D] [--neck NAME] [-o KEY=VALUE] [--data SPEC] [--steps N]
                    [--output DIR] [--resume [CHECKPOINT]] [--eval] ...   (see necklace.detection.commands)
     necklace eval --checkpoint FILE [--data SPEC] [--backend faster_coco_eval|pycocotools] [--format table|json]
+    necklace compare [--necks fpn,pafpn,bifpn] [-o NECK.KEY=VALUE] [--seeds 0,1] [--steps N] [--output DIR] [--quick]
+    necklace features [IMAGE | --synthetic N] --checkpoint RUN_DIR [--out heatmaps.png]
     necklace export NAME [spec/option flags] | --graph FILE.yaml  --image-size H W [--format onnx|torchscript]
                     [--dynamic] [--no-deploy] [--no-verify] [--batch B] [--opset N] [--weights FILE] --output FILE
 
@@ -496,7 +498,7 @@ def _spec_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``necklace`` command (sub-commands ``list``, ``show``, ``bench``, ``train``,
-    ``eval``)."""
+    ``eval``, ``compare``, ``features``)."""
     from necklace import __version__
 
     parser = argparse.ArgumentParser(
@@ -564,10 +566,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="FILE", help="file to write (.onnx, .pt)")
     p.set_defaults(func=_cmd_export)
 
-    from necklace.detection.commands import add_eval_parser, add_train_parser
+    from necklace.detection.commands import (
+        add_compare_parser,
+        add_eval_parser,
+        add_features_parser,
+        add_train_parser,
+    )
 
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_compare_parser(sub)
+    add_features_parser(sub)
     return parser
 
 

@@ -2,7 +2,10 @@
 FCOS / RetinaNet / Faster R-CNN with a neck in place of their FPN, and data (a seeded synthetic multi-scale
 dataset, COCO JSON and YOLO txt loaders that report malformed annotations), training (``necklace.detection.train``:
 one process or torchrun DDP, exact resume) and COCO evaluation (``necklace.detection.evaluate``: faster-coco-eval
-or pycocotools). The ``train`` and ``evaluate`` functions stay in those modules (the names here are the modules).
+or pycocotools), neck comparisons (``necklace.detection.compare``: train, evaluate and profile every neck over
+seeds, report mean ± std and whether differences exceed the seed noise) and per-level feature heatmaps
+(``necklace.detection.features``). The ``train``, ``evaluate`` and ``compare`` functions stay in those modules (the
+names here are the modules).
 
 Example:
     >>> from necklace.detection import SyntheticShapes, TinyBackbone, build_detector, collate_fn
@@ -22,6 +25,7 @@ from necklace.detection.backbones import (
     timm_backbone,
     torchvision_resnet,
 )
+from necklace.detection.compare import CompareConfig, CompareResult, NeckChoice
 from necklace.detection.data import (
     LARGE_AREA,
     ON_ERROR,
@@ -43,6 +47,7 @@ from necklace.detection.data import (
 )
 from necklace.detection.detectors import DETECTOR_KINDS, ROI_POOLS, NeckAdapter, anchor_generator_for, build_detector
 from necklace.detection.evaluate import CocoMetrics, coco_metrics
+from necklace.detection.features import draw_feature_heatmaps, feature_heatmaps
 from necklace.detection.train import TrainConfig, TrainingInterrupted, TrainResult, load_model
 
 __all__ = [
@@ -58,8 +63,11 @@ __all__ = [
     "Backbone",
     "CocoDetection",
     "CocoMetrics",
+    "CompareConfig",
+    "CompareResult",
     "ImageRecord",
     "NeckAdapter",
+    "NeckChoice",
     "SizeSplit",
     "SyntheticShapes",
     "TimmBackbone",
@@ -74,6 +82,8 @@ __all__ = [
     "build_detector",
     "coco_metrics",
     "collate_fn",
+    "draw_feature_heatmaps",
+    "feature_heatmaps",
     "load_model",
     "size_split",
     "timm_backbone",
