@@ -64,7 +64,13 @@ CASES: dict[str, LightCase] = {
         "csp_pan s (PicoDet-S)", "csp_pan", {"preset": "s"}, "pafpn", {"width": 96}, ESNET_S, (416, 416)
     ),
     "pafpn_lite": LightCase(
-        "pafpn lite (R18, 128 ch)", "pafpn", {"width": 128, "lite": True}, "pafpn", {"width": 128}, R18, (640, 640)
+        "pafpn lite (R18, 128 ch, BN + ReLU)",
+        "pafpn",
+        {"width": 128, "lite": True, "norm": "bn", "act": "relu"},
+        "pafpn",
+        {"width": 128, "norm": "bn", "act": "relu"},
+        R18,
+        (640, 640),
     ),
     "bifpn_lite": LightCase(
         "bifpn lite d0 (EfficientDet-Lite0 style)", "bifpn", {"lite": True}, "bifpn", {}, B0, (512, 512)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy import EXAMPLE_IMAGE_SIZE, _require_eval, deploy, example_pyramid
+from necklace.deploy import EXAMPLE_IMAGE_SIZE, _first_tensor, _require_eval, deploy, example_pyramid
 from necklace.spec import FeatureSpec, as_feature_specs
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "export_onnx", "export_torchscript"]
@@ -161,15 +161,6 @@ def _model_specs(model: nn.Module, name: str) -> tuple[FeatureSpec, ...] | None:
     return None
 
 
-def _first_param(model: nn.Module) -> Tensor | None:
-    for p in model.parameters():
-        return p
-    for b in model.buffers():
-        if b.is_floating_point():
-            return b
-    return None
-
-
 def _as_size(value: Any, what: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in value)
@@ -214,7 +205,7 @@ def _prepare(
         )
     _require_eval(model, what)
     specs = as_feature_specs(in_specs) if in_specs is not None else _model_specs(model, "in_specs")
-    ref_param = _first_param(model)
+    ref_param = _first_tensor(model)
     device = ref_param.device if ref_param is not None else None
     dtype = ref_param.dtype if ref_param is not None and ref_param.is_floating_point() else None
 
