@@ -506,18 +506,45 @@ def export_onnx(
                 got2 = _run_exported(job, run, job.second, where2)
                 diff2 = _compare(job, got2, _second_reference(job), where2, tolerance)
         os.replace(tmp, job.path)
+    return _report(
+        job,
+        "onnx",
+        _proto_shapes(proto.graph.input),
+        _proto_shapes(proto.graph.output),
+        opset_used,
+        diff,
+        diff2,
+        verify,
+        export_seconds,
+        t0,
+    )
+
+
+def _report(
+    job: _Job,
+    format: str,
+    input_shapes: tuple[tuple[int | str, ...], ...],
+    output_shapes: tuple[tuple[int | str, ...], ...],
+    opset: int | None,
+    diff: float | None,
+    diff2: float | None,
+    verify: bool,
+    export_seconds: float,
+    t0: float,
+) -> ExportReport:
+    """The :class:`ExportReport` of a finished export job (fields shared by every format)."""
     return ExportReport(
         path=str(job.path),
-        format="onnx",
+        format=format,
         input_names=tuple(job.input_names),
         output_names=tuple(job.output_names),
-        input_shapes=_proto_shapes(proto.graph.input),
-        output_shapes=_proto_shapes(proto.graph.output),
+        input_shapes=input_shapes,
+        output_shapes=output_shapes,
         dynamic_axes=job.dynamic_axes,
         image_size=job.image_size,
         batch=job.batch,
         deployed=job.deployed,
-        opset=opset_used,
+        opset=opset,
         max_abs_diff=diff,
         second_image_size=job.second_image_size if verify else None,
         second_batch=job.second_batch if verify else None,
@@ -604,26 +631,17 @@ def export_torchscript(
     def shape(t: Tensor, axes: Mapping[int, str]) -> Shape:
         return tuple(axes.get(i, int(d)) for i, d in enumerate(t.shape))
 
-    return ExportReport(
-        path=str(job.path),
-        format="torchscript",
-        input_names=tuple(job.input_names),
-        output_names=tuple(job.output_names),
-        input_shapes=tuple(
-            shape(t, job.dynamic_axes.get(n, {})) for n, t in zip(job.input_names, job.inputs, strict=True)
-        ),
-        output_shapes=tuple(tuple(int(d) for d in t.shape) for t in job.reference),
-        dynamic_axes=job.dynamic_axes,
-        image_size=job.image_size,
-        batch=job.batch,
-        deployed=job.deployed,
-        opset=None,
-        max_abs_diff=diff,
-        second_image_size=job.second_image_size if verify else None,
-        second_batch=job.second_batch if verify else None,
-        max_abs_diff_second=diff2,
-        export_seconds=export_seconds,
-        seconds=time.perf_counter() - t0,
+    return _report(
+        job,
+        "torchscript",
+        tuple(shape(t, job.dynamic_axes.get(n, {})) for n, t in zip(job.input_names, job.inputs, strict=True)),
+        tuple(tuple(int(d) for d in t.shape) for t in job.reference),
+        None,
+        diff,
+        diff2,
+        verify,
+        export_seconds,
+        t0,
     )
 
 
