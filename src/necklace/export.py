@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy import EXAMPLE_IMAGE_SIZE, _first_tensor, _require_eval, deploy, example_pyramid
+from necklace.deploy import EXAMPLE_IMAGE_SIZE, _first_tensor, _flatten, _require_eval, deploy, example_pyramid
 from necklace.spec import FeatureSpec, as_feature_specs
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "export_onnx", "export_torchscript"]
@@ -169,16 +169,6 @@ def _as_size(value: Any, what: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"{what} must be positive, got {h}x{w}.")
     return h, w
-
-
-def _flatten(out: Any) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for k in out for t in _flatten(out[k])]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flatten(o)]
-    return []
 
 
 def _prepare(
