@@ -43,6 +43,8 @@ __all__ = [
     "atomic_write_text",
     "environment",
     "import_mmdet_necks",
+    "import_mmyolo_necks",
+    "install_mmcv_ext_shim",
     "interleaved",
     "load_average",
     "max_abs_diff",
@@ -245,20 +247,42 @@ class _MissingExt(types.ModuleType):
         return _missing
 
 
+def install_mmcv_ext_shim() -> None:
+    """Replace ``mmcv.utils.ext_loader.load_ext`` by a placeholder loader, before ``mmcv.ops`` is imported.
+
+    A copy of ``tests/_mmdet_shim.py``: with ``mmcv-lite`` (no compiled ops) ``mmcv.ops`` then imports, and any
+    compiled op raises when called (no neck of mmdet/mmyolo calls one). A no-op once ``mmcv.ops`` is imported.
+    Raises ``ImportError`` when mmcv is not installed.
+    """
+    if "mmcv.ops" in sys.modules:
+        return
+    from mmcv.utils import ext_loader
+
+    def load_ext(name: str, funcs: list[str]) -> types.ModuleType:
+        return _MissingExt(f"mmcv.{name}")
+
+    ext_loader.load_ext = load_ext
+
+
 def import_mmdet_necks() -> types.ModuleType:
     """``mmdet.models.necks``, importable with ``mmcv-lite`` (no compiled ops; no neck calls one).
 
-    Replaces ``mmcv.utils.ext_loader.load_ext`` by a placeholder loader before ``mmcv.ops`` is imported (a
-    copy of ``tests/_mmdet_shim.py``). Raises ``ImportError`` when mmdet/mmcv are not installed.
+    Installs :func:`install_mmcv_ext_shim` first. Raises ``ImportError`` when mmdet/mmcv are not installed.
     """
-    if "mmcv.ops" not in sys.modules:
-        from mmcv.utils import ext_loader
-
-        def load_ext(name: str, funcs: list[str]) -> types.ModuleType:
-            return _MissingExt(f"mmcv.{name}")
-
-        ext_loader.load_ext = load_ext  # type: ignore[assignment]
+    install_mmcv_ext_shim()
     import mmdet.models.necks as necks
+
+    return necks
+
+
+def import_mmyolo_necks() -> types.ModuleType:
+    """``mmyolo.models.necks`` (mmyolo 0.6 on mmdet 3 + mmcv-lite), with :func:`install_mmcv_ext_shim` first.
+
+    Build its necks inside ``mmengine.registry.DefaultScope.overwrite_default_scope("mmyolo")``: their blocks
+    (``RepVGGBlock``) are looked up by registry name. Raises ``ImportError`` when mmyolo/mmcv are not installed.
+    """
+    install_mmcv_ext_shim()
+    import mmyolo.models.necks as necks
 
     return necks
 
@@ -286,6 +310,7 @@ def _cpu_info() -> dict[str, Any]:
             cores_per_socket = int(value)
         elif key == "flags" and not flags:
             flags = [f for f in value.split() if f.startswith(("avx", "amx", "fma"))]
+    affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -94,7 +94,7 @@ def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
-def run_case(case: LightCase, repeats: int, warmup: int, threads: int) -> dict[str, Any]:
+def run_case(case: LightCase, repeats: int, warmup: int, threads: int, compile_backend: str = "") -> dict[str, Any]:
     """Build, deploy, check and time one case; returns a JSON-ready dict."""
     torch.manual_seed(0)
     feats = random_features(case.in_specs, case.image_size)
@@ -121,7 +121,25 @@ def run_case(case: LightCase, repeats: int, warmup: int, threads: int) -> dict[s
         times = common.interleaved(
             {"train_form": call(light), "deployed": call(deployed), "standard": call(standard)}, repeats, warmup
         )
+    compiled_result: dict[str, Any] | None = None
+    if compile_backend:
+        # timed after the eager rounds and in rounds of their own: compiled kernels run their own OpenMP pool,
+        # which would disturb the eager timings if interleaved with them
+        with common.threads(threads):
+            compiled = necklace.compile_model(
+                light, (feats,), backend=compile_backend, channels_last=report.channels_last
+            )
+            creport = necklace.CompileReport.of(compiled)
+            ctimes = common.interleaved({"train_form": call(light), "compiled": call(compiled)}, repeats, warmup)
+        compiled_result = {
+            "backend": compile_backend,
+            "compile_s": creport.compile_s,
+            "max_rel_diff": creport.max_rel_diff,
+            "latency": {k: common.stats_ms(v) for k, v in ctimes.items()},
+            "speedup_train_form_over_compiled": common.ratio_stats(ctimes["train_form"], ctimes["compiled"]),
+        }
     return {
+        "compiled": compiled_result,
         "label": case.label,
         "neck": case.neck,
         "options": case.options,
@@ -176,6 +194,26 @@ def markdown(results: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
             f" | {lat['standard']['median_ms']:.1f} | {r['ratio_deployed_over_standard']['median']:.2f}"
             f" | {r['deploy']['max_rel_diff']:.1e} |"
         )
+    compiled = [r for r in results if r.get("compiled")]
+    if compiled:
+        backend = compiled[0]["compiled"]["backend"]
+        lines += [
+            "",
+            f"Optional compiled path: `necklace.compile_model(neck, backend={backend!r})` (deploy, then compile), "
+            "timed after the rounds above in rounds of its own against the training form again; compile time "
+            "(deploy + compilation + 2 first calls) reported apart.",
+            "",
+            "| neck | train-form ms | compiled ms | speed-up | compile s | check (rel) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in compiled:
+            c = r["compiled"]
+            lines.append(
+                f"| {r['label']} | {c['latency']['train_form']['median_ms']:.1f} | "
+                f"{c['latency']['compiled']['median_ms']:.1f} | "
+                f"**{c['speedup_train_form_over_compiled']['median']:.2f}x** | {c['compile_s']:.1f} | "
+                f"{c['max_rel_diff']:.1e} |"
+            )
     return "\n".join(lines)
 
 
@@ -186,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compile",
+        choices=("inductor", "torchscript"),
+        default="",
+        help="also time necklace.compile_model(neck, backend=...) (compile time reported apart)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -198,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     for name in names:
         print(f"[deploy_speed] {name} ...", file=sys.stderr, flush=True)
-        r = run_case(CASES[name], args.repeats, args.warmup, args.threads)
+        r = run_case(CASES[name], args.repeats, args.warmup, args.threads, args.compile)
         print(
             f"[deploy_speed] {name}: {r['latency']['train_form']['median_ms']:.1f} ms -> "
             f"{r['latency']['deployed']['median_ms']:.1f} ms deployed "

@@ -16,11 +16,39 @@ equal (max abs diff printed), then both are timed interleaved in this process to
   (torch.profiler allocation events; see ``common.peak_memory_bytes``).
 
 A peer that cannot be imported is skipped with a note; a pair whose outputs differ is reported and not timed
-(exit status 1). ``--deployed [nchw|channels_last]`` also times ``necklace.deploy(neck)`` (checked equal too).
+(exit status 1).
+
+``--deployed [nchw|channels_last]`` also times, in the same interleaved eval rounds, ``necklace.deploy(neck)``
+and the peer's own deployment form where the peer has one, each checked equal first (the necklace one against
+the peer's outputs, the peer's against its eager outputs, same tolerance):
+
+- ultralytics: ``BaseModel.fuse()`` of ultralytics itself run on the neck's layers (``fuse_conv_and_bn`` into
+  every ``Conv``, whose ``forward`` becomes ``forward_fuse``), as ``DetectionModel.fuse()`` does at inference;
+- mmyolo: ``switch_to_deploy()`` on every ``RepVGGBlock`` (what ``mmyolo.utils.switch_to_deploy`` does; its
+  ``ConvModule`` BNs stay unfolded, as in mmyolo's own deploy);
+- torchvision, mmdet (FPN, PAFPN, NAS-FPN), effdet have no deployment form: the necklace deployed neck is then
+  compared with the peer's eager form (noted in the results).
+
+JSON ``eval_deployed``: ``necklace_deployed`` and ``peer_deployed`` (time stats; the eager peer's where it has
+no deploy form), ``ratio_deployed_over_peer`` (vs the eager peer), ``ratio_deployed_over_peer_deployed`` (the
+issue target: necklace deployed / peer deployed), ``ratio_peer_deployed_over_peer``, ``peer_deploy`` (form,
+params, MACs, equality with the eager peer, or the note why the eager form stands in).
+
+Configs beyond the defaults (run them explicitly with ``--configs``):
+
+- ``yolov6n``: necklace ``rep_pafpn`` preset n vs mmyolo ``YOLOv6RepPAFPN`` as in mmyolo's yolov6_n config
+  (deepen 0.33, widen 0.25, in 256/512/1024 and out 128/256/512 before widening, RepVGGBlock), 640x640, P3-P5
+  64/128/256 in; sizes must be divisible by 32 (mmyolo upsamples x2 then concatenates);
+- ``nasfpn``: necklace ``nasfpn`` vs mmdet ``NASFPN`` as in ``retinanet_r50_nasfpn_crop640-50e_coco.py``
+  (C2-C5 256/512/1024/2048 in, start_level 1, 256 wide, 5 outputs P3-P7, stack_times 7, BN), 640x640; sizes
+  must be divisible by 128 (mmdet floors odd P6/P7 sizes, necklace ceils them). Heavy (~50 GMACs, ~0.6 s a
+  forward on 2 cores): use small ``--repeats``/``--train-repeats``.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/vs_peers.py --configs r50_fpn,r50_pafpn,bifpn_d0,yolov8n --repeats 20
+    .venv/bin/python benchmarks/vs_peers.py --configs yolov8n,yolov6n --deployed --repeats 20
+    .venv/bin/python benchmarks/vs_peers.py --configs nasfpn --repeats 5 --warmup 1
     .venv/bin/python benchmarks/vs_peers.py --list
 
 Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESULTS.md``.
@@ -29,7 +57,10 @@ Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
+import io
 import math
 import sys
 import time
@@ -38,7 +69,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -60,8 +91,12 @@ DEFAULT_CONFIGS = ("r50_fpn", "r50_pafpn", "bifpn_d0", "yolov8n")
 TOL = 1e-4
 R50 = (FeatureSpec(512, 8), FeatureSpec(1024, 16), FeatureSpec(2048, 32))
 B0 = (FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32))
+R50_C2 = (FeatureSpec(256, 4), *R50)
+#: what is said (notes, JSON) for a peer without a deployment form
+NO_PEER_DEPLOY = "peer has no deploy form: compared with its eager form"
 
 Call = Callable[[list[Tensor]], list[Tensor]]
+M = TypeVar("M", bound=nn.Module)
 
 
 # ----------------------------------------------------------------------------------------------- cases
@@ -75,6 +110,9 @@ class Pair:
     call: Callable[[nn.Module, list[Tensor]], list[Tensor]] | None = None  # run the peer, return a list
     weights: str = ""
     skipped: str | None = None
+    #: turns a copy of ``peer_module`` into the peer's own deployment form (None: the peer has none)
+    peer_deploy: Callable[[nn.Module], nn.Module] | None = None
+    peer_deploy_what: str = ""
 
 
 @dataclass
@@ -87,7 +125,7 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
 
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+def randomize(module: M, seed: int = 0) -> M:
     """Random weights everywhere: He-scaled convs, non-zero biases, non-trivial BN affine and running stats,
     positive unequal fusion weights (effdet ``edge_weights``). Returns the module in eval mode."""
     g = torch.Generator().manual_seed(seed)
@@ -109,7 +147,8 @@ def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
                     assert m.running_mean is not None and m.running_var is not None
                     m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
                     m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    return module.eval()
+    module.eval()  # not chained: mmyolo's necks override train() and return None
+    return module
 
 
 def _skip(peer: str, what: str, err: BaseException) -> Pair:
@@ -178,7 +217,7 @@ def _effdet_pair(model_name: str, specs: Sequence[FeatureSpec], image_size: tupl
         padding="same" if tf else "symmetric",
         redundant_bias=tf,
     )
-    neck.load_state_dict(from_effdet_bifpn(ref.state_dict(), neck))
+    neck.load_state_dict(from_effdet_bifpn(ref.state_dict(), cast(Any, neck)))
 
     def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
         return list(m(list(feats)))  # effdet appends the extra levels to the list it is given
@@ -196,15 +235,16 @@ class UltralyticsNeck(nn.Module):
 
     def __init__(self, yaml: str) -> None:
         super().__init__()
-        from ultralytics.nn.tasks import DetectionModel
+        DetectionModel = _ultralytics_tasks().DetectionModel
 
-        model = DetectionModel(yaml, verbose=False)  # built from the YAML shipped with ultralytics: no download
+        model: Any = DetectionModel(yaml, verbose=False)  # built from the YAML shipped with ultralytics: no download
         self.layers = nn.ModuleList(model.model[10:22])
         self.save = set(model.save)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         y: dict[int, Tensor] = dict(zip(self.IN_LAYERS, feats, strict=True))
-        x = feats[-1]
+        x: Any = feats[-1]
+        m: Any
         for m in self.layers:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
@@ -212,6 +252,22 @@ class UltralyticsNeck(nn.Module):
             if m.i in self.save:
                 y[m.i] = x
         return [y[i] for i in self.OUT_LAYERS]
+
+
+def ultralytics_fuse(ul: nn.Module) -> nn.Module:
+    """ultralytics' own inference fusion on an :class:`UltralyticsNeck`, in place: ``BaseModel.fuse()``.
+
+    ``DetectionModel.fuse()`` is ``BaseModel.fuse``: for every ``Conv`` with a ``bn`` it runs
+    ``fuse_conv_and_bn`` (``conv`` <- BN folded in, ``bn`` deleted, ``forward = forward_fuse``; RepConv /
+    ConvTranspose likewise). It walks ``self.model``, so it is called here, unchanged, on a bare ``BaseModel``
+    holding the neck's layers as its ``model``.
+    """
+    holder = _ultralytics_tasks().BaseModel()
+    holder.model = ul.layers
+    holder.fuse(verbose=False)
+    if not holder.is_fused():
+        raise RuntimeError("ultralytics BaseModel.fuse() left unfused Conv+BN modules in the neck")
+    return ul
 
 
 #: necklace yolo_pafpn (P3-P5) module prefix -> ultralytics layer index (position in ``layers`` = index - 10)
@@ -247,10 +303,24 @@ def ultralytics_to_necklace(ul: UltralyticsNeck, neck: nn.Module) -> dict[str, T
     return out
 
 
+def _ultralytics_tasks() -> Any:
+    """``ultralytics.nn.tasks``, imported without keeping the global patches ultralytics applies at import
+    (``PIL.Image.open``, which then tries to pip-install ``pi-heif`` on an unreadable image, and ``torch.save``):
+    this script, and the test process that runs it, must not change how other code opens images or saves."""
+    import PIL.Image
+
+    saved = (PIL.Image.open, torch.save)
+    try:
+        import ultralytics.nn.tasks as tasks
+    finally:
+        PIL.Image.open, torch.save = saved
+    return tasks
+
+
 def _ultralytics_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
     name = f"ultralytics YOLOv8{scale} neck (layers 10-21)"
     try:
-        import ultralytics  # noqa: F401
+        _ultralytics_tasks()
     except ImportError as e:
         return _skip(name, "ultralytics", e)
     ul = randomize(UltralyticsNeck(f"yolov8{scale}.yaml"))
@@ -260,7 +330,109 @@ def _ultralytics_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
     def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
         return list(m(list(feats)))
 
-    return Pair(name, neck.eval(), ul, call, "mapped key by key (benchmarks/vs_peers.py: ultralytics_to_necklace)")
+    return Pair(
+        name,
+        neck.eval(),
+        ul,
+        call,
+        "mapped key by key (benchmarks/vs_peers.py: ultralytics_to_necklace)",
+        peer_deploy=ultralytics_fuse,
+        peer_deploy_what="ultralytics BaseModel.fuse(): fuse_conv_and_bn, forward_fuse",
+    )
+
+
+# mmyolo -------------------------------------------------------------------------------------------------
+#: mmyolo YOLOv6 configs: preset -> (deepen_factor, widen_factor)
+MMYOLO_FACTORS = {"n": (0.33, 0.25), "s": (0.33, 0.5)}
+
+
+def mmyolo_switch_to_deploy(module: nn.Module) -> nn.Module:
+    """mmyolo's deployment form, in place: ``mmyolo.utils.switch_to_deploy`` (``RepVGGBlock.switch_to_deploy()``
+    on every RepVGGBlock: 3x3 + 1x1 + identity branches with their BNs -> one 3x3 conv with bias).
+
+    ``mmyolo.utils`` imports prettytable (not a dependency of its models); where that import fails, the same
+    loop as that helper runs here, calling each block's own ``switch_to_deploy``.
+    """
+    try:
+        from mmyolo.utils import switch_to_deploy
+    except ImportError:
+        from mmyolo.models import RepVGGBlock
+
+        for layer in module.modules():
+            if isinstance(layer, RepVGGBlock):
+                layer.switch_to_deploy()
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Switch model to deploy modality."
+            switch_to_deploy(module)
+    return module
+
+
+def _mmyolo_reppafpn_pair(preset: str, specs: Sequence[FeatureSpec]) -> Pair:
+    name = f"mmyolo YOLOv6RepPAFPN ({preset})"
+    try:
+        necks = common.import_mmyolo_necks()
+        from mmengine.registry import DefaultScope
+    except Exception as e:  # ImportError, or mmcv/mmdet/mmyolo version checks
+        return _skip(name, "mmyolo (with mmdet and mmcv or mmcv-lite)", e)
+    from necklace.convert import from_mmyolo_reppafpn
+
+    deepen, widen = MMYOLO_FACTORS[preset]
+    with DefaultScope.overwrite_default_scope("mmyolo"):  # RepStageBlock builds RepVGGBlock by registry name
+        mm = necks.YOLOv6RepPAFPN(
+            in_channels=[256, 512, 1024],
+            out_channels=[128, 256, 512],
+            deepen_factor=deepen,
+            widen_factor=widen,
+            num_csp_blocks=12,
+            norm_cfg=dict(type="BN", momentum=0.03, eps=0.001),
+            act_cfg=dict(type="ReLU", inplace=True),
+            block_cfg=dict(type="RepVGGBlock"),
+        )
+    mm = randomize(mm)
+    neck = necklace.build_neck("rep_pafpn", specs, preset=preset)
+    neck.load_state_dict(from_mmyolo_reppafpn(mm, neck))
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(list(feats)))
+
+    return Pair(
+        name,
+        neck.eval(),
+        mm,
+        call,
+        "necklace.convert.from_mmyolo_reppafpn",
+        peer_deploy=mmyolo_switch_to_deploy,
+        peer_deploy_what="mmyolo switch_to_deploy(): RepVGGBlocks re-parameterised, ConvModule BN kept",
+    )
+
+
+# mmdet NAS-FPN ------------------------------------------------------------------------------------------
+def _mmdet_nasfpn_pair(specs: Sequence[FeatureSpec], width: int, stack_times: int, start_level: int) -> Pair:
+    name = f"mmdet NASFPN (stack_times {stack_times})"
+    try:
+        necks = common.import_mmdet_necks()
+    except Exception as e:  # ImportError, or mmcv/mmdet version checks
+        return _skip(name, "mmdet (with mmcv or mmcv-lite)", e)
+    from necklace.convert import from_mmdet_nasfpn
+
+    mm = randomize(
+        necks.NASFPN(
+            in_channels=[s.channels for s in specs],
+            out_channels=width,
+            num_outs=5,
+            stack_times=stack_times,
+            start_level=start_level,
+            norm_cfg=dict(type="BN", requires_grad=True),
+        )
+    )
+    lo = specs[start_level].level
+    neck = necklace.build_neck("nasfpn", specs, width=width, stack_times=stack_times, levels=(lo, lo + 4), norm="bn")
+    neck.load_state_dict(from_mmdet_nasfpn(mm, neck))  # the module form also checks the options
+
+    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
+        return list(m(tuple(feats)))
+
+    return Pair(name, neck.eval(), mm, call, "necklace.convert.from_mmdet_nasfpn")
 
 
 # configs ------------------------------------------------------------------------------------------------
@@ -311,6 +483,50 @@ def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
     return build
 
 
+def _divisible(name: str, size: tuple[int, int], by: int, why: str) -> None:
+    if size[0] % by or size[1] % by:
+        raise ValueError(f"{name} needs an image size divisible by {by} ({why}); got {size[0]}x{size[1]}")
+
+
+def _yolov6(preset: str) -> Callable[[tuple[int, int]], Case]:
+    widen = MMYOLO_FACTORS[preset][1]
+    specs = tuple(FeatureSpec(int(c * widen), s) for c, s in zip((256, 512, 1024), (8, 16, 32), strict=True))
+    chans = "/".join(str(s.channels) for s in specs)
+
+    def build(size: tuple[int, int]) -> Case:
+        _divisible(f"yolov6{preset}", size, 32, "mmyolo upsamples x2 then concatenates")
+        case = Case(
+            f"yolov6{preset}",
+            f"YOLOv6-{preset.upper()} RepPAN (P3-P5 {chans} in)",
+            size,
+            specs,
+            [_mmyolo_reppafpn_pair(preset, specs)],
+        )
+        case.notes.append(
+            f"necklace: rep_pafpn preset {preset}; mmyolo YOLOv6RepPAFPN as in its yolov6_{preset} config "
+            f"(deepen {MMYOLO_FACTORS[preset][0]}, widen {widen}, RepVGGBlock, BN eps 1e-3, ReLU)"
+        )
+        return case
+
+    return build
+
+
+def _nasfpn(size: tuple[int, int]) -> Case:
+    _divisible("nasfpn", size, 128, "mmdet's NASFPN floors odd P6/P7 sizes, necklace ceils them")
+    case = Case(
+        "nasfpn",
+        "NAS-FPN, RetinaNet config (C2-C5 256/512/1024/2048 in, start_level 1, 256 wide, P3-P7, 7 stacks, BN)",
+        size,
+        R50_C2,
+        [_mmdet_nasfpn_pair(R50_C2, 256, stack_times=7, start_level=1)],
+    )
+    case.notes.append(
+        "necklace: nasfpn width 256, stack_times 7, levels (3, 7), norm bn; mmdet NASFPN as in "
+        "retinanet_r50_nasfpn_crop640-50e_coco.py (the C2 map is given, unused by both)"
+    )
+    return case
+
+
 def _tiny_fpn(size: tuple[int, int]) -> Case:
     specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
     return Case("tiny_fpn", "tiny FPN (16/32/64 -> 32) for smoke tests", size, specs, [_tv_pair(specs, 32)])
@@ -323,6 +539,8 @@ CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str
     "bifpn_d0": (_bifpn_d0, (512, 512), "BiFPN-D0 vs efficientdet-pytorch BiFpn (tf_efficientdet_d0)"),
     "yolov8n": (_yolo("n"), (640, 640), "yolo_pafpn n vs ultralytics YOLOv8n layers 10-21"),
     "yolov8s": (_yolo("s"), (640, 640), "yolo_pafpn s vs ultralytics YOLOv8s layers 10-21"),
+    "yolov6n": (_yolov6("n"), (640, 640), "rep_pafpn n vs mmyolo YOLOv6RepPAFPN (yolov6_n config; size % 32)"),
+    "nasfpn": (_nasfpn, (640, 640), "nasfpn vs mmdet NASFPN (RetinaNet NAS-FPN, 7 stacks; heavy; size % 128)"),
     "tiny_fpn": (_tiny_fpn, (64, 64), "16/32/64 -> 32 FPN vs torchvision (smoke tests)"),
 }
 
@@ -361,6 +579,13 @@ def _train_step(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Ca
     return step
 
 
+def _bind(pair: Pair) -> Call:
+    """The pair's peer as a ``feats -> outputs`` callable."""
+    assert pair.call is not None and pair.peer_module is not None
+    c, m = pair.call, pair.peer_module
+    return lambda f: c(m, f)
+
+
 def _mb(n: int) -> float:
     return n / 2**20
 
@@ -397,6 +622,55 @@ def _deployed(
     return out
 
 
+def _peer_deployed(
+    active: list[tuple[int, Pair, dict[str, Any]]],
+    feats: list[Tensor],
+    log: Callable[[str], None],
+) -> dict[int, nn.Module]:
+    """The peers' own deployment forms (on copies) whose outputs equal the peer's eager outputs.
+
+    Every row gets ``_peer_deploy`` (popped into ``eval_deployed.peer_deploy`` after timing): the form, its
+    params/MACs and equality, or a note saying why the eager form stands in (none, failed, or different).
+    """
+    out: dict[int, nn.Module] = {}
+    for i, pair, row in active:
+        assert pair.peer_module is not None and pair.call is not None
+        if pair.peer_deploy is None:
+            row["_peer_deploy"] = {"what": None, "has_deploy_form": False, "note": NO_PEER_DEPLOY}
+            continue
+        info: dict[str, Any] = {"what": pair.peer_deploy_what, "has_deploy_form": True}
+        row["_peer_deploy"] = info
+        try:
+            module = pair.peer_deploy(copy.deepcopy(pair.peer_module))
+            module.eval()
+            with torch.no_grad():
+                diff, scale = common.max_abs_diff(
+                    pair.call(module, list(feats)), pair.call(pair.peer_module, list(feats))
+                )
+        except Exception as e:  # report, time the necklace deployed neck against the eager peer instead
+            info["note"] = f"peer deploy form failed ({type(e).__name__}: {e}): compared with its eager form"
+            log(f"  [peer deploy] {pair.peer}: {info['note']}")
+            continue
+        info["equality_vs_peer_eager"] = {
+            "max_abs_diff": diff,
+            "max_abs_output": scale,
+            "tolerance": TOL * max(1.0, scale),
+            "equal": diff <= TOL * max(1.0, scale),
+        }
+        log(f"  peer deployed ({pair.peer_deploy_what.split(':')[0]}) vs its eager form: max abs diff {diff:.3g}")
+        if not info["equality_vs_peer_eager"]["equal"]:
+            info["note"] = (
+                f"peer deploy form's outputs differ from its eager ones (max abs diff {diff:.3g}): compared with "
+                "its eager form"
+            )
+            continue
+        c = pair.call
+        info["params"] = count_params(module)
+        info["macs"] = count_macs(functools.partial(c, module, list(feats)))
+        out[i] = module
+    return out
+
+
 def run_pair_parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
     with torch.no_grad():
@@ -410,6 +684,65 @@ def run_pair_parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
         "equal": diff <= TOL * max(1.0, scale),
         "out_shapes": [list(t.shape) for t in got],
     }
+
+
+def _run_train(
+    active: list[tuple[int, Pair, dict[str, Any]]],
+    feats: list[Tensor],
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+) -> None:
+    """Train-mode timing, input-gradient check and peak memory of every active pair (fills ``row["train"]``,
+    ``row["memory"]``); forward + backward on copies (BN running stats move), interleaved like eval."""
+
+    train_fns: dict[str, Callable[[], object]] = {}
+    feats_t = [f.clone().requires_grad_(True) for f in feats]
+    steps: dict[str, Callable[[], object]] = {}
+    for i, pair, _ in active:
+        assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+        nk_m = copy.deepcopy(pair.necklace).train()
+        pe_m = copy.deepcopy(pair.peer_module)
+        pe_m.train()  # not chained: mmyolo's necks override train() and return None
+        c = pair.call
+        train_fns[f"necklace{i}"] = _train_step(nk_m, None, feats_t)
+        train_fns[f"peer{i}"] = _train_step(pe_m, functools.partial(c, pe_m), feats_t)
+        steps[f"necklace{i}"] = train_fns[f"necklace{i}"]
+        steps[f"peer{i}"] = train_fns[f"peer{i}"]
+    grad_check: dict[int, dict[str, Any]] = {}
+    for i, pair, _ in active:  # same train-mode function: compare the gradients w.r.t. the input maps
+        steps[f"necklace{i}"]()
+        g_nk = [f.grad.clone() for f in feats_t if f.grad is not None]
+        steps[f"peer{i}"]()
+        g_pe = [f.grad.clone() for f in feats_t if f.grad is not None]
+        diff, scale = common.max_abs_diff(g_nk, g_pe)
+        grad_check[i] = {"input_grad_max_abs_diff": diff, "input_grad_max_abs": scale}
+        log(f"  train-mode input gradients vs {pair.peer}: max abs diff {diff:.3g} (max {scale:.3g})")
+    t0 = time.perf_counter()
+    ttimes = common.interleaved(train_fns, repeats=args.train_repeats or args.repeats, warmup=args.warmup)
+    log(f"  (train timing {time.perf_counter() - t0:.1f} s)")
+    for i, pair, row in active:
+        assert pair.necklace is not None and pair.peer_module is not None
+        nk, pe = common.stats_ms(ttimes[f"necklace{i}"]), common.stats_ms(ttimes[f"peer{i}"])
+        ratio = common.ratio_stats(ttimes[f"necklace{i}"], ttimes[f"peer{i}"])
+        row["train"] = {"necklace": nk, "peer": pe, "ratio_necklace_over_peer": ratio, **grad_check[i]}
+        mem = {
+            "train_step": {
+                "necklace": common.peak_memory_bytes(steps[f"necklace{i}"]),
+                "peer": common.peak_memory_bytes(steps[f"peer{i}"]),
+            },
+            "eval_forward": {
+                "necklace": common.peak_memory_bytes(_eval_call(pair.necklace, None, feats)),
+                "peer": common.peak_memory_bytes(_eval_call(pair.peer_module, _bind(pair), feats)),
+            },
+        }
+        row["memory"] = mem
+        log(
+            f"  train vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
+            f"ratio {ratio['median']:.3f}; peak MB train {_mb(mem['train_step']['necklace']['peak_bytes']):.1f}"
+            f" / {_mb(mem['train_step']['peer']['peak_bytes']):.1f}, eval "
+            f"{_mb(mem['eval_forward']['necklace']['peak_bytes']):.1f} / "
+            f"{_mb(mem['eval_forward']['peer']['peak_bytes']):.1f}"
+        )
 
 
 def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -455,16 +788,11 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         row["params"] = {"necklace": count_params(pair.necklace), "peer": count_params(peer_mod)}
         row["macs"] = {
             "necklace": count_macs(_eval_call(pair.necklace, None, feats)),
-            "peer": count_macs(lambda pm=peer_mod, pc=peer_call: pc(pm, list(feats))),
+            "peer": count_macs(functools.partial(peer_call, peer_mod, list(feats))),
         }
         active.append((i, pair, row))
     if not active:
         return entry
-
-    def bind(pair: Pair) -> Call:
-        assert pair.call is not None and pair.peer_module is not None
-        c, m = pair.call, pair.peer_module
-        return lambda f: c(m, f)
 
     # eval: every pair's two necks + the roofline conv, one interleaved series
     roof_fn, roof_macs = common.roofline_case(args.roofline_hw)
@@ -472,10 +800,15 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
     for i, pair, _ in active:
         assert pair.necklace is not None and pair.peer_module is not None
         fns[f"necklace{i}"] = _eval_call(pair.necklace, None, feats)
-        fns[f"peer{i}"] = _eval_call(pair.peer_module, bind(pair), feats)
+        fns[f"peer{i}"] = _eval_call(pair.peer_module, _bind(pair), feats)
     deployed = _deployed(active, feats, log, args.deployed == "channels_last") if args.deployed else {}
     for i, module in deployed.items():
         fns[f"deployed{i}"] = _eval_call(module, None, feats)
+    peer_deployed = _peer_deployed(active, feats, log) if args.deployed else {}
+    for i, module in peer_deployed.items():
+        c = case.pairs[i].call
+        assert c is not None
+        fns[f"peer_deployed{i}"] = _eval_call(module, functools.partial(c, module), feats)
     fns["roofline"] = roof_fn
     t0 = time.perf_counter()
     times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
@@ -508,73 +841,111 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
             f"  eval  vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
             f"ratio {ratio['median']:.3f} [{ratio['p25']:.3f}-{ratio['p75']:.3f}]"
         )
-        if i in deployed:
-            dep = common.stats_ms(times[f"deployed{i}"])
-            dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
-            row["eval_deployed"] = {
-                "what": f"necklace.deploy(neck, channels_last={args.deployed == 'channels_last'}): BN folded, "
-                "fusion weights frozen",
-                "necklace_deployed": dep,
-                "ratio_deployed_over_peer": dratio,
-                "equality_vs_peer": row.pop("_deployed_equality"),
-            }
-            log(f"        necklace.deploy(): {dep['median_ms']:.2f} ms, ratio vs peer {dratio['median']:.3f}")
+        if i in deployed or i in peer_deployed:
+            ed: dict[str, Any] = {}
+            # the peer's deployed form, or its eager form where it has none (or that failed its check)
+            peer_dep_key = f"peer_deployed{i}" if i in peer_deployed else f"peer{i}"
+            if i in deployed:
+                dep = common.stats_ms(times[f"deployed{i}"])
+                dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
+                ed.update(
+                    what=f"necklace.deploy(neck, channels_last={args.deployed == 'channels_last'}): BN folded, "
+                    "fusion weights frozen",
+                    necklace_deployed=dep,
+                    ratio_deployed_over_peer=dratio,
+                    equality_vs_peer=row.pop("_deployed_equality"),
+                    ratio_deployed_over_peer_deployed=common.ratio_stats(times[f"deployed{i}"], times[peer_dep_key]),
+                )
+                log(f"        necklace.deploy(): {dep['median_ms']:.2f} ms, ratio vs peer {dratio['median']:.3f}")
+            ed["peer_deployed"] = common.stats_ms(times[peer_dep_key])
+            ed["ratio_peer_deployed_over_peer"] = common.ratio_stats(times[peer_dep_key], times[f"peer{i}"])
+            ed["peer_deploy"] = row.pop("_peer_deploy")
+            row["eval_deployed"] = ed
+            if i in peer_deployed:
+                log(
+                    f"        peer deployed: {ed['peer_deployed']['median_ms']:.2f} ms, ratio vs peer eager "
+                    f"{ed['ratio_peer_deployed_over_peer']['median']:.3f}"
+                )
+            if "ratio_deployed_over_peer_deployed" in ed:
+                log(
+                    f"        ratio necklace deployed / peer deployed "
+                    f"{ed['ratio_deployed_over_peer_deployed']['median']:.3f}"
+                    + ("" if i in peer_deployed else f" ({ed['peer_deploy']['note']})")
+                )
+        elif "_peer_deploy" in row:  # neither deployed form was timed
+            row["peer_deploy_note"] = row.pop("_peer_deploy").get("note", "")
 
     # train: forward + backward, on copies (BN running stats move), interleaved the same way
     if not args.no_train:
-        train_fns: dict[str, Callable[[], object]] = {}
-        feats_t = [f.clone().requires_grad_(True) for f in feats]
-        steps: dict[str, Callable[[], object]] = {}
-        for i, pair, _ in active:
-            assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
-            nk_m = copy.deepcopy(pair.necklace).train()
-            pe_m = copy.deepcopy(pair.peer_module).train()
-            c = pair.call
-            train_fns[f"necklace{i}"] = _train_step(nk_m, None, feats_t)
-            train_fns[f"peer{i}"] = _train_step(pe_m, lambda f, c=c, m=pe_m: c(m, f), feats_t)
-            steps[f"necklace{i}"] = train_fns[f"necklace{i}"]
-            steps[f"peer{i}"] = train_fns[f"peer{i}"]
-        grad_check: dict[int, dict[str, Any]] = {}
-        for i, pair, _ in active:  # same train-mode function: compare the gradients w.r.t. the input maps
-            steps[f"necklace{i}"]()
-            g_nk = [f.grad.clone() for f in feats_t if f.grad is not None]
-            steps[f"peer{i}"]()
-            g_pe = [f.grad.clone() for f in feats_t if f.grad is not None]
-            diff, scale = common.max_abs_diff(g_nk, g_pe)
-            grad_check[i] = {"input_grad_max_abs_diff": diff, "input_grad_max_abs": scale}
-            log(f"  train-mode input gradients vs {pair.peer}: max abs diff {diff:.3g} (max {scale:.3g})")
-        t0 = time.perf_counter()
-        ttimes = common.interleaved(train_fns, repeats=args.train_repeats or args.repeats, warmup=args.warmup)
-        log(f"  (train timing {time.perf_counter() - t0:.1f} s)")
-        for i, pair, row in active:
-            assert pair.necklace is not None and pair.peer_module is not None
-            nk, pe = common.stats_ms(ttimes[f"necklace{i}"]), common.stats_ms(ttimes[f"peer{i}"])
-            ratio = common.ratio_stats(ttimes[f"necklace{i}"], ttimes[f"peer{i}"])
-            row["train"] = {"necklace": nk, "peer": pe, "ratio_necklace_over_peer": ratio, **grad_check[i]}
-            mem = {
-                "train_step": {
-                    "necklace": common.peak_memory_bytes(steps[f"necklace{i}"]),
-                    "peer": common.peak_memory_bytes(steps[f"peer{i}"]),
-                },
-                "eval_forward": {
-                    "necklace": common.peak_memory_bytes(_eval_call(pair.necklace, None, feats)),
-                    "peer": common.peak_memory_bytes(_eval_call(pair.peer_module, bind(pair), feats)),
-                },
-            }
-            row["memory"] = mem
-            log(
-                f"  train vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
-                f"ratio {ratio['median']:.3f}; peak MB train {_mb(mem['train_step']['necklace']['peak_bytes']):.1f}"
-                f" / {_mb(mem['train_step']['peer']['peak_bytes']):.1f}, eval "
-                f"{_mb(mem['eval_forward']['necklace']['peak_bytes']):.1f} / "
-                f"{_mb(mem['eval_forward']['peer']['peak_bytes']):.1f}"
-            )
+        try:
+            _run_train(active, feats, args, log)
+        except Exception as e:  # e.g. BN in train mode on a 1x1 map at batch 1: keep the eval results
+            traceback.print_exc()
+            note = f"train step failed, not timed ({type(e).__name__}: {e})"
+            entry["notes"].append(note)
+            for _, _, row in active:
+                row.pop("train", None)
+                row.pop("memory", None)
+                row["train_note"] = note
+
     return entry
 
 
 # ----------------------------------------------------------------------------------------------- reporting
 def _f(v: float, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
+
+
+def _deployed_cells(p: dict[str, Any]) -> list[str]:
+    """The two deployed columns of a pair's row: ``nk ms / peer ms`` and the ratio nk deployed / peer deployed."""
+    d = p.get("eval_deployed")
+    if d is None:
+        return ["-", "-"]
+    pd = d.get("peer_deploy")  # absent in entries kept (--merge) from runs before peer deploy forms were timed
+    star = "" if pd and pd["has_deploy_form"] and "note" not in pd else " (eager)"
+    nk = _f(d["necklace_deployed"]["median_ms"]) if "necklace_deployed" in d else "-"
+    if "peer_deployed" not in d:
+        return [f"{nk} / -", "-"]
+    cells = [f"{nk} / {_f(d['peer_deployed']['median_ms'])}{star}"]
+    if "ratio_deployed_over_peer_deployed" in d:
+        r = d["ratio_deployed_over_peer_deployed"]
+        cells.append(f"**{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}]{star}")
+    else:
+        cells.append("-")
+    return cells
+
+
+def _deployed_notes(p: dict[str, Any]) -> list[str]:
+    """Notes lines on the deployed forms of one pair (necklace.deploy, the peer's deploy form or its absence)."""
+    notes: list[str] = []
+    d = p.get("eval_deployed")
+    if d is None:
+        notes += [p[k] for k in ("deployed_note", "peer_deploy_note") if p.get(k)]
+        return notes
+    if "necklace_deployed" in d:
+        notes.append(
+            f"{d['what'].split(':')[0]} {_f(d['necklace_deployed']['median_ms'])} ms, "
+            f"ratio deployed/peer {_f(d['ratio_deployed_over_peer']['median'], 3)} "
+            f"(max abs diff {d['equality_vs_peer']['max_abs_diff']:.2g})"
+        )
+    elif p.get("deployed_note"):
+        notes.append(p["deployed_note"])
+    pd = d.get("peer_deploy")
+    if pd is None:  # kept (--merge) from a run before peer deploy forms were timed
+        return notes
+    if pd["has_deploy_form"] and "note" not in pd:
+        text = (
+            f"peer deployed ({pd['what']}) {_f(d['peer_deployed']['median_ms'])} ms, "
+            f"{pd['params'] / 1e6:.3f} M params, {pd['macs'] / 1e9:.3f} GMACs, "
+            f"ratio peer deployed/peer eager {_f(d['ratio_peer_deployed_over_peer']['median'], 3)} "
+            f"(max abs diff vs its eager form {pd['equality_vs_peer_eager']['max_abs_diff']:.2g})"
+        )
+    else:
+        text = pd["note"]
+    if "ratio_deployed_over_peer_deployed" in d:
+        text += f"; ratio necklace deployed / peer deployed {_f(d['ratio_deployed_over_peer_deployed']['median'], 3)}"
+    notes.append(text)
+    return notes
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -597,12 +968,22 @@ def markdown(result: dict[str, Any]) -> str:
         f"3x3 conv 256->256 at {s['roofline_hw']}x{s['roofline_hw']} timed in the same rounds",
         "- train = train() forward + backward of sum(outputs), inputs requiring grad; peak MB = peak of new "
         "tensor memory in torch's CPU allocator during one step (torch.profiler allocation events)",
-        "",
+    ]
+    has_dep = any("eval_deployed" in p or "deployed_note" in p for c in result["configs"] for p in c["pairs"])
+    header = (
         "| config | peer | max abs diff (train input grads) | params M (nk / peer) | GMACs | necklace ms | peer ms "
         "| ratio nk/peer | GMAC/s (nk / peer) | roofline share (nk / peer) | train ms (nk / peer) | train ratio "
-        "| train peak MB (nk / peer) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| train peak MB (nk / peer) |"
+    )
+    if has_dep:
+        lines.append(
+            "- deployed = necklace.deploy(neck) vs the peer's own deployment form (ultralytics fuse(), mmyolo "
+            "switch_to_deploy()), timed in the same eval rounds; (eager) = the peer has no deploy form (or it "
+            "failed its check): its eager form stands in"
+        )
+        header += " deployed ms (nk / peer) | ratio deployed nk / deployed peer |"
+    n_cols = header.count("|") - 1
+    lines += ["", header, "|---" * n_cols + "|"]
     notes: list[str] = []
     roofs: list[str] = []
     for c in result["configs"]:
@@ -614,7 +995,9 @@ def markdown(result: dict[str, Any]) -> str:
             label = f"{c['config']} ({c['image_size'][0]}x{c['image_size'][1]})"
             if p["status"] != "ok":
                 diff = f"{p['equality']['max_abs_diff']:.2g}" if "equality" in p else "-"
-                lines.append(f"| {label} | {p['peer']} | {diff} | {p['status']}: {p.get('note', '')} |" + " |" * 9)
+                lines.append(
+                    f"| {label} | {p['peer']} | {diff} | {p['status']}: {p.get('note', '')} |" + " |" * (n_cols - 4)
+                )
                 continue
             e = p["eval"]
             r = e["ratio_necklace_over_peer"]
@@ -642,6 +1025,8 @@ def markdown(result: dict[str, Any]) -> str:
                 ]
             else:
                 row += ["-", "-", "-"]
+            if has_dep:
+                row += _deployed_cells(p)
             lines.append("| " + " | ".join(row) + " |")
         notes += [f"{c['config']}: {n}" for n in c.get("notes", [])]
         if "error" in c:
@@ -651,16 +1036,7 @@ def markdown(result: dict[str, Any]) -> str:
         if c.get("run_utc", env["date_utc"]) != env["date_utc"] or (cs is not None and cs != mine):
             notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
         for p in c["pairs"]:
-            if "eval_deployed" in p:
-                d = p["eval_deployed"]
-                notes.append(
-                    f"{c['config']} vs {p['peer']}: {d['what'].split(':')[0]} "
-                    f"{_f(d['necklace_deployed']['median_ms'])} ms, "
-                    f"ratio deployed/peer {_f(d['ratio_deployed_over_peer']['median'], 3)} "
-                    f"(max abs diff {d['equality_vs_peer']['max_abs_diff']:.2g})"
-                )
-            elif "deployed_note" in p:
-                notes.append(f"{c['config']} vs {p['peer']}: {p['deployed_note']}")
+            notes += [f"{c['config']} vs {p['peer']}: {n}" for n in _deployed_notes(p)]
     if roofs:
         lines += [
             "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -66,8 +67,105 @@ def test_vs_peers_tiny_config(vs_peers, tmp_path: Path) -> None:
     assert md.read_text().count("<!-- vs_peers:start -->") == 1
     (pair,) = json.loads((tmp_path / "vs_peers.json").read_text())["configs"][0]["pairs"]
     assert "train" not in pair
-    if "eval_deployed" in pair:  # necklace.deploy exists and kept the outputs equal
-        assert pair["eval_deployed"]["ratio_deployed_over_peer"]["median"] > 0
+    ed = pair["eval_deployed"]  # necklace.deploy kept the outputs equal and was timed
+    assert ed["ratio_deployed_over_peer"]["median"] > 0 and ed["equality_vs_peer"]["equal"] is True
+    # torchvision has no deploy form: the necklace deployed neck is compared with the eager peer, and says so
+    assert ed["peer_deploy"] == {"what": None, "has_deploy_form": False, "note": vs_peers.NO_PEER_DEPLOY}
+    assert ed["peer_deployed"] == pair["eval"]["peer"]
+    assert ed["ratio_deployed_over_peer_deployed"] == ed["ratio_deployed_over_peer"]
+    assert "peer has no deploy form: compared with its eager form" in md.read_text()
+
+
+def _run_tiny(vs_peers, tmp_path: Path, *argv: str) -> tuple[int, dict, str]:
+    """One run with one timed round and no warm-up; returns (exit status, JSON, Markdown)."""
+    md = tmp_path / "RESULTS.md"
+    fast = ["--repeats", "1", "--warmup", "0", "--threads", "1", "--roofline-hw", "16"]
+    rc = vs_peers.main([*argv, *fast, "--out", str(tmp_path), "--results-md", str(md)])
+    return rc, json.loads((tmp_path / "vs_peers.json").read_text()), md.read_text()
+
+
+def _checked_equal(pair: dict) -> None:
+    assert pair["status"] == "ok", pair
+    eq = pair["equality"]
+    assert eq["equal"] is True and eq["max_abs_diff"] <= eq["tolerance"] and eq["max_abs_output"] > 0
+    assert pair["params"]["necklace"] == pair["params"]["peer"] > 0
+
+
+def _peer_deployed_checked(pair: dict, what: str) -> dict:
+    """The peer's own deploy form was built, checked equal to its eager form, and timed against necklace's."""
+    ed = pair["eval_deployed"]
+    pd = ed["peer_deploy"]
+    assert pd["has_deploy_form"] is True and "note" not in pd and what in pd["what"], pd
+    assert pd["equality_vs_peer_eager"]["equal"] is True
+    assert pd["params"] < pair["params"]["peer"]  # BN folded / branches merged: fewer parameters
+    assert 0 < pd["macs"] <= pair["macs"]["peer"]
+    assert ed["peer_deployed"]["median_ms"] > 0 and ed["peer_deployed"]["repeats"] == 1
+    assert ed["necklace_deployed"]["median_ms"] > 0 and ed["equality_vs_peer"]["equal"] is True
+    assert ed["ratio_deployed_over_peer_deployed"]["median"] > 0 and ed["ratio_deployed_over_peer_deployed"]["n"] == 1
+    assert ed["ratio_peer_deployed_over_peer"]["median"] > 0
+    return ed
+
+
+def _require_ultralytics() -> None:
+    """Skip without ultralytics (the CI installs it: the ``parity`` extra) *without importing it*: importing it
+    patches PIL.Image.open and torch.save process-wide; vs_peers imports it and restores both."""
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics is not installed (pip install -e '.[parity]')")
+
+
+def test_vs_peers_yolov8n_peer_deployed(vs_peers, tmp_path: Path) -> None:
+    _require_ultralytics()
+    argv = ["--configs", "yolov8n", "--image-size", "64", "--no-train", "--deployed"]
+    rc, data, md = _run_tiny(vs_peers, tmp_path, *argv)
+    assert rc == 0
+    (pair,) = data["configs"][0]["pairs"]
+    _checked_equal(pair)
+    _peer_deployed_checked(pair, "BaseModel.fuse()")
+    assert "ratio necklace deployed / peer deployed" in md and "| ratio deployed nk / deployed peer |" in md
+
+
+def test_vs_peers_yolov6n_vs_mmyolo(vs_peers, tmp_path: Path) -> None:
+    pytest.importorskip("mmcv")
+    pytest.importorskip("mmyolo")
+    rc, data, md = _run_tiny(vs_peers, tmp_path, "--configs", "yolov6n", "--image-size", "64", "--deployed")
+    assert rc == 0
+    (config,) = data["configs"]
+    assert config["input_shapes"] == [[1, 64, 8, 8], [1, 128, 4, 4], [1, 256, 2, 2]]
+    (pair,) = config["pairs"]
+    _checked_equal(pair)
+    assert pair["weights"] == "necklace.convert.from_mmyolo_reppafpn"
+    train = pair["train"]  # train step included: same input gradients
+    assert train["input_grad_max_abs_diff"] <= 1e-4 * max(1.0, train["input_grad_max_abs"])
+    _peer_deployed_checked(pair, "switch_to_deploy()")
+    assert "| yolov6n (64x64) | mmyolo YOLOv6RepPAFPN (n) |" in md
+
+
+@pytest.mark.slow
+def test_vs_peers_nasfpn_vs_mmdet(vs_peers, tmp_path: Path) -> None:
+    pytest.importorskip("mmcv")
+    pytest.importorskip("mmdet")
+    # 256: divisible by 128 (mmdet floors odd P6/P7 sizes) and P7 2x2, so train-mode BN has > 1 value per channel
+    rc, data, md = _run_tiny(vs_peers, tmp_path, "--configs", "nasfpn", "--image-size", "256")
+    assert rc == 0
+    (config,) = data["configs"]
+    assert [s[1] for s in config["input_shapes"]] == [256, 512, 1024, 2048]  # C2-C5, C2 unused (start_level 1)
+    (pair,) = config["pairs"]
+    _checked_equal(pair)
+    assert [s[-1] for s in pair["equality"]["out_shapes"]] == [32, 16, 8, 4, 2]  # P3-P7
+    assert pair["macs"]["necklace"] == pair["macs"]["peer"] > 0
+    train = pair["train"]  # the train step runs unless --no-train
+    assert train["necklace"]["repeats"] == 1 and train["ratio_necklace_over_peer"]["median"] > 0
+    assert train["input_grad_max_abs_diff"] <= 1e-4 * max(1.0, train["input_grad_max_abs"])
+    assert pair["memory"]["train_step"]["peer"]["peak_bytes"] > 0
+    assert "| nasfpn (256x256) | mmdet NASFPN (stack_times 7) |" in md
+
+
+def test_vs_peers_size_checks(vs_peers, tmp_path: Path) -> None:
+    rc, data, md = _run_tiny(vs_peers, tmp_path, "--configs", "nasfpn,yolov6n", "--image-size", "48", "--no-train")
+    assert rc == 1  # the builders refuse sizes their peer cannot match, before building anything
+    errors = {c["config"]: c["error"] for c in data["configs"]}
+    assert "divisible by 128" in errors["nasfpn"] and "divisible by 32" in errors["yolov6n"]
+    assert "nasfpn: failed: ValueError: nasfpn needs an image size divisible by 128" in md
 
 
 def test_ratio_and_interleaving_helpers(vs_peers) -> None:
@@ -108,3 +206,15 @@ def test_deploy_speed_tiny_config(tmp_path: Path) -> None:
     assert result["latency"]["deployed"]["repeats"] == 2
     assert "deploy_speed:start" in md.read_text()
     assert deploy_speed.main(["--configs", "nope"]) == 2
+
+
+def test_ultralytics_import_leaves_pil_open_and_torch_save_alone(vs_peers) -> None:  # type: ignore[no-untyped-def]
+    """ultralytics replaces PIL.Image.open (pip-installing pi-heif on an unreadable image) and torch.save when
+    imported; the benchmark must not leak that into the process (the data tests open broken images)."""
+    _require_ultralytics()
+    import PIL.Image
+
+    before = (PIL.Image.open, torch.save)
+    tasks = vs_peers._ultralytics_tasks()
+    assert hasattr(tasks, "DetectionModel")
+    assert PIL.Image.open is before[0] and torch.save is before[1]

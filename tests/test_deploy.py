@@ -233,3 +233,31 @@ def test_elan_block_in_a_graph_deploys_and_matches(basic: str) -> None:
     with torch.no_grad():
         assert _max_rel(deployed(feats), ref) <= 1e-4
     assert NeckGraph.from_dict(graph.to_dict()) == graph
+
+
+def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
+    neck = _randomize(necklace.build_neck("pafpn", SPECS, width=16, lite=True, norm="bn", act="relu"))
+    feats = pyramid(SPECS, (97, 131), batch=2)
+    before = [f.clone() for f in feats]
+    deployed = deploy(neck, channels_last=True)
+    graph_necks = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
+    assert graph_necks and all(m.channels_last_inputs for m in graph_necks)
+    assert not any(m.channels_last_inputs for m in neck.modules() if isinstance(m, GraphNeck))  # original untouched
+    with torch.no_grad():
+        ref, out = neck(feats), deployed(feats)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            deployed(feats)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    assert _max_rel(out, ref) <= 1e-5
+    assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(feats, before, strict=True))  # inputs intact
+    # one memory-format copy (a whole 4-d map into one of the same shape) per input map, none inside the neck
+    copies = [
+        e.input_shapes[0]
+        for e in prof.events()
+        if e.name == "aten::copy_" and len(e.input_shapes[0]) == 4 and e.input_shapes[0] == e.input_shapes[1]
+    ]
+    assert copies == [list(f.shape) for f in feats], f"map copies seen: {copies}"
+    necklace.set_channels_last(deployed, False)
+    assert not any(m.channels_last_inputs for m in deployed.modules() if isinstance(m, GraphNeck))
+    with torch.no_grad():
+        assert all(o.is_contiguous() for o in deployed(feats))

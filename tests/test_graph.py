@@ -226,3 +226,90 @@ def test_intermediates_are_freed_but_outputs_kept() -> None:
     freed = {name for names in neck._free for name in names}
     assert "B4" in freed
     assert not set(neck.graph.outputs) & freed
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("fpn", {}),
+        ("pafpn", {"lite": True}),
+        ("bifpn", {"preset": "d0", "width": 16}),
+        ("augfpn", {"width": 16}),
+        ("yolo_pafpn", {}),  # concat fusion: the upsampled map is copied broadcast into the output
+        ("rep_pafpn", {"preset": "n"}),
+    ],
+)
+@pytest.mark.parametrize("size", [(64, 64), (97, 131)])
+def test_inference_sum_of_upsampled_inputs_equals_the_expanded_sum(
+    name: str, options: dict[str, object], size: tuple[int, int]
+) -> None:
+    """Under no_grad a nearest 2x upsample feeding a constant-weight sum or a concat is added / copied broadcast
+    (never materialised); the result is bit-identical to the autograd path, which upsamples then fuses (bifpn's
+    frozen weighted sums: equal to rounding)."""
+    from tests.helpers import pyramid, randomize_bn
+
+    from necklace.deploy import freeze_fusions
+
+    specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
+    neck = necklace.build_neck(name, specs, **options)
+    randomize_bn(neck)
+    freeze_fusions(neck)  # bifpn: constant weights, so its sums take the broadcast path too
+    neck.eval()
+    feats = pyramid(specs, size, batch=2)
+    with torch.no_grad():
+        fast = neck(feats)
+        with torch.profiler.profile() as prof:
+            neck(feats)
+    ups = sum(e.count for e in prof.key_averages() if "upsample_nearest" in e.key)
+    with torch.enable_grad():
+        slow = neck(feats)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * max(1.0, b.abs().max().item()))
+    if name != "bifpn":  # plain sums: same additions in the same order, bit-identical
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
+    if size == (64, 64):
+        assert ups == 0, f"{ups} nearest upsamples were materialised at an exact 2x size"
+
+
+def test_sum_into_matches_forward_and_declines_what_it_cannot_do() -> None:
+    import torch.nn.functional as F
+
+    from necklace.layers import Fuse, Resample
+
+    y0, y1, y2 = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 3, 4), torch.randn(2, 4, 6, 8)
+    up = F.interpolate(y1, scale_factor=2.0, mode="nearest")
+    s = Fuse("sum", 3)
+    out = s.sum_into([(y0, 1), (y1, 2), (y2, 1)])
+    assert out is not None and torch.equal(out, s([y0, up, y2]))
+    assert s.sum_into([(y1, 2), (y0, 1)]) is None  # first input upsampled: caller expands
+    assert Fuse("concat", 2).sum_into([(y0, 1), (y1, 2)]) is None
+    fast = Fuse("fast", 2)
+    assert fast.sum_into([(y0, 1), (y1, 2)]) is None  # learnable weights: autograd path only
+    fast.freeze()
+    got = fast.sum_into([(y0, 1), (y1, 2)])
+    assert got is not None
+    torch.testing.assert_close(got, fast([y0, up]), rtol=0, atol=1e-6)
+    edge = Resample(4, 4, steps=-1)
+    assert edge.forward_unexpanded(y1, (6, 8))[1] == 2
+    y, f = edge.forward_unexpanded(y1, (5, 7))  # not an exact multiple: upsampled here
+    assert f == 1 and torch.equal(y, F.interpolate(y1, size=(5, 7), mode="nearest"))
+    assert Resample(4, 4, steps=-1, up="bilinear").forward_unexpanded(y1, (6, 8))[1] == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_concat_into_equals_cat_of_the_upsampled_maps(channels_last: bool) -> None:
+    import torch.nn.functional as F
+
+    from necklace.layers import Fuse
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y0 = torch.randn(2, 3, 6, 8).contiguous(memory_format=fmt)
+    y1 = torch.randn(2, 5, 3, 4).contiguous(memory_format=fmt)
+    y2 = torch.randn(2, 2, 6, 8)
+    cat = Fuse("concat", 3)
+    got = cat.concat_into([(y1, 2), (y0, 1), (y2, 1)])
+    assert got is not None
+    assert torch.equal(got, torch.cat([F.interpolate(y1, scale_factor=2.0), y0, y2], dim=1))
+    assert got.is_contiguous(memory_format=fmt)
+    assert Fuse("sum", 2).concat_into([(y0, 1), (y0, 1)]) is None

@@ -9,7 +9,8 @@ Example:
     [(1, 256, 13, 17), (1, 256, 7, 9), (1, 256, 4, 5), (1, 256, 2, 3)]
 """
 
-from necklace.deploy import DeployReport, deploy
+from necklace.compile import CompileReport, compile_model
+from necklace.deploy import DeployReport, deploy, set_channels_last
 from necklace.export import ExportReport, export_onnx, export_torchscript
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
@@ -19,6 +20,7 @@ from necklace.spec import FeatureSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompileReport",
     "ConvCfg",
     "DeployReport",
     "Edge",
@@ -30,10 +32,12 @@ __all__ = [
     "Node",
     "__version__",
     "build_neck",
+    "compile_model",
     "deploy",
     "export_onnx",
     "export_torchscript",
     "list_necks",
     "neck_info",
     "register_neck",
+    "set_channels_last",
 ]

@@ -28,6 +28,7 @@ from necklace.registry import build_neck, neck_info
 from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
 __all__ = [
+    "BENCH_MODES",
     "BenchResult",
     "LatencyStats",
     "bench_neck",
@@ -39,6 +40,9 @@ __all__ = [
     "measure_latency",
     "random_features",
 ]
+
+#: What :func:`bench_neck` can time: the neck as built, deployed, or compiled (see :mod:`necklace.compile`).
+BENCH_MODES = ("eager", "deployed", "inductor", "torchscript")
 
 #: ``progress(done, total)``: called with the number of timed repeats done so far.
 Progress = Callable[[int, int], None]
@@ -131,6 +135,11 @@ class BenchResult:
     threads: int
     device: str = "cpu"
     torch_version: str = field(default_factory=lambda: torch.__version__)
+    #: what was timed: ``eager`` (the built neck), ``deployed`` (:func:`necklace.deploy`), ``inductor`` or
+    #: ``torchscript`` (:func:`necklace.compile_model`)
+    mode: str = "eager"
+    #: seconds spent deploying / compiling before timing (0 for eager), reported apart from the latency
+    prepare_s: float = 0.0
 
     @property
     def macs(self) -> int:
@@ -166,6 +175,8 @@ class BenchResult:
             "threads": self.threads,
             "device": self.device,
             "torch_version": self.torch_version,
+            "mode": self.mode,
+            "prepare_s": self.prepare_s,
         }
 
     def to_row(self) -> dict[str, str | int | float]:
@@ -190,6 +201,8 @@ class BenchResult:
             "threads": self.threads,
             "device": self.device,
             "torch_version": self.torch_version,
+            "mode": self.mode,
+            "prepare_s": self.prepare_s,
         }
 
 
@@ -291,8 +304,9 @@ def measure_latency(
     _check_count("warmup", warmup, 0)
     _check_count("repeats", repeats, 1)
     sync = _synchronizer(_device_of(module, inputs))
-    was_training = module.training
-    module.eval()
+    was_training = getattr(module, "training", False)  # a frozen TorchScript module has no train/eval mode
+    if was_training:
+        module.eval()
     times: list[float] = []
     try:
         with _num_threads(threads), torch.no_grad():
@@ -309,7 +323,8 @@ def measure_latency(
                 if progress is not None:
                     progress(i + 1, repeats)
     finally:
-        module.train(was_training)
+        if was_training:
+            module.train(True)
     return LatencyStats.from_seconds(times)
 
 
@@ -411,11 +426,16 @@ def bench_neck(
     progress: Progress | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    mode: str = "eager",
 ) -> BenchResult:
     """Build neck ``name`` with ``options`` and measure params, FLOPs and latency on random backbone maps.
 
     Defaults: ``in_specs`` from :func:`default_in_specs`, ``image_size`` from :func:`default_image_size`.
     Inputs are random maps of ``ceil(H / stride)`` per level; FLOPs are for the whole batch.
+
+    ``mode`` picks what is timed (one of :data:`BENCH_MODES`): ``eager`` the neck as built, ``deployed``
+    :func:`necklace.deploy` of it (BN folded, re-parameterised, memory format timed), ``inductor`` /
+    ``torchscript`` :func:`necklace.compile_model`. Deploy/compile time is ``prepare_s``, not part of the latency.
 
     Example:
         >>> r = bench_neck("bifpn", in_specs=[(16, 8), (32, 16), (64, 32)], image_size=(64, 64),
@@ -429,6 +449,8 @@ def bench_neck(
     _check_count("batch", batch, 1)
     _check_count("warmup", warmup, 0)
     _check_count("repeats", repeats, 1)
+    if mode not in BENCH_MODES:
+        raise ValueError(f"unknown bench mode {mode!r}; choose one of {list(BENCH_MODES)}.")
     dev = torch.device(device)
     module = build_neck(name, specs, **options).to(dev).eval()
     feats = random_features(specs, size, batch=batch, seed=seed, device=dev)
@@ -438,7 +460,8 @@ def bench_neck(
     out_specs = tuple(getattr(module, "out_specs", ()))
     flops = count_flops(module, feats)
     with _num_threads(threads) as used_threads:
-        latency = measure_latency(module, feats, warmup=warmup, repeats=repeats, progress=progress)
+        timed, prepare_s = _prepare(module, feats, mode)
+        latency = measure_latency(timed, feats, warmup=warmup, repeats=repeats, progress=progress)
     return BenchResult(
         name=name,
         options=options,
@@ -452,4 +475,21 @@ def bench_neck(
         batch=batch,
         threads=used_threads,
         device=str(dev),
+        mode=mode,
+        prepare_s=prepare_s,
     )
+
+
+def _prepare(module: nn.Module, feats: list[torch.Tensor], mode: str) -> tuple[Any, float]:
+    """The callable to time for ``mode`` and the seconds it took to make it."""
+    if mode == "eager":
+        return module, 0.0
+    start = time.perf_counter()
+    if mode == "deployed":
+        from necklace.deploy import deploy
+
+        return deploy(module, feats), time.perf_counter() - start
+    from necklace.compile import CompileReport, compile_model
+
+    compiled = compile_model(module, feats, backend=mode)
+    return compiled, CompileReport.of(compiled).compile_s

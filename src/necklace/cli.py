@@ -332,6 +332,9 @@ def _bench_table(results: Sequence[Any]) -> str:
         f"{first.device}, {first.threads} threads, torch {first.torch_version}, {first.latency.repeats} timed runs "
         "each; GFLOPs = 2 x MACs of convs (torch FlopCounterMode; pooling/resize/sums not counted)"
     )
+    if first.mode != "eager":
+        prep = ", ".join(f"{r.name} {r.prepare_s:.1f} s" for r in results)
+        note += f"; mode {first.mode}: timed after deploy/compile, which took {prep} (not in the latency)"
     return _table(rows, right=(2, 3, 4, 5, 6)) + "\n" + note
 
 
@@ -388,6 +391,7 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 threads=args.threads,
                 progress=report,
                 device=args.device,
+                mode=args.mode,
             )
         except TypeError as e:
             if "argument" in str(e):
@@ -540,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--threads", type=int, help="torch threads while timing (default: torch's current)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--mode",
+        choices=("eager", "deployed", "inductor", "torchscript"),
+        default="eager",
+        help="what to time: the neck as built (default), necklace.deploy() of it, or compiled with torch.compile "
+        "(inductor) / frozen TorchScript after deploy; deploy/compile seconds are reported apart",
+    )
     p.add_argument("--format", choices=("table", "json", "csv"), help="output format (default table, or by --output)")
     p.add_argument("--output", metavar="FILE", help="write the results here (format from --format or the suffix)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")

@@ -25,12 +25,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from necklace.graph import GraphNeck
 from necklace.layers.conv import ConvNormAct, SeparableConv
 from necklace.layers.fuse import Fuse
 from necklace.layers.rep import fold_bn_into_conv
 from necklace.spec import FeatureSpec
 
-__all__ = ["DeployReport", "deploy", "example_pyramid", "freeze_fusions", "fuse_conv_bn", "reparameterize"]
+__all__ = [
+    "DeployReport",
+    "deploy",
+    "example_pyramid",
+    "freeze_fusions",
+    "fuse_conv_bn",
+    "reparameterize",
+    "set_channels_last",
+]
 
 #: Image size the automatic example pyramid is derived from: odd in both directions on purpose.
 EXAMPLE_IMAGE_SIZE = (97, 131)
@@ -150,6 +159,27 @@ def freeze_fusions(model: nn.Module) -> int:
             m.freeze()
             count += 1
     return count
+
+
+def set_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put ``model``'s 4-d weights in ``torch.channels_last`` (or back) and make its graph necks convert inputs once.
+
+    Every :class:`necklace.graph.GraphNeck` inside gets ``channels_last_inputs = enabled``, so a contiguous
+    backbone map is converted once on entry instead of by each op that reads it (mixed formats make convs,
+    concatenations and sums copy). In place; returns ``model``.
+
+    Example:
+        >>> import necklace
+        >>> neck = necklace.build_neck("fpn", [(8, 8), (16, 16)], width=8).eval()
+        >>> out = set_channels_last(neck)([torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)])
+        >>> out[0].is_contiguous(memory_format=torch.channels_last)
+        True
+    """
+    model.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+    for m in model.modules():
+        if isinstance(m, GraphNeck):
+            m.channels_last_inputs = enabled
+    return model
 
 
 def _first_tensor(model: nn.Module) -> Tensor | None:
@@ -290,14 +320,14 @@ def deploy(
     use_cl = bool(channels_last)
     if channels_last is None and inputs is not None:
         t_contiguous = _time_ms(deployed, inputs)
-        deployed.to(memory_format=torch.channels_last)
+        set_channels_last(deployed, True)
         t_cl = _time_ms(deployed, inputs)
         latency = (t_contiguous, t_cl)
         use_cl = t_cl < t_contiguous
         if not use_cl:
-            deployed.to(memory_format=torch.contiguous_format)
+            set_channels_last(deployed, False)
     elif use_cl:
-        deployed.to(memory_format=torch.channels_last)
+        set_channels_last(deployed, True)
 
     max_abs = max_rel = None
     if check and inputs is None:
