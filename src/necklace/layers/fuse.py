@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.spec import _is_tracing
@@ -56,70 +55,6 @@ class Fuse(nn.Module):
         self.weight = None
         self.frozen_weight = frozen
 
-    def scalar_weights(self) -> list[float] | None:
-        """Constant per-input weights as Python floats: ``[1.0] * n`` for ``sum``, the frozen weights after
-        :meth:`freeze`, ``None`` when the fusion is not a constant-weight sum (``concat``, ``gp``, learnable)."""
-        if self.mode == "sum":
-            return [1.0] * self.n_inputs
-        if self.frozen_weight is not None:
-            return [float(v) for v in self.frozen_weight.tolist()]
-        return None
-
-    def sum_into(self, parts: list[tuple[Tensor, int]]) -> Tensor | None:
-        """The weighted sum of ``parts`` given as ``(y, f)`` pairs (``y`` repeated ``f`` x ``f`` is the real input,
-        see :meth:`necklace.layers.Resample.forward_unexpanded`), without materialising the repeated maps.
-
-        Equal to ``forward([repeat(y, f) for y, f in parts])`` (same additions in the same order); returns ``None``
-        when this fusion is not a constant-weight sum or no input is at full size (the caller then expands).
-        Inference only: the output is accumulated in place.
-        """
-        ws = self.scalar_weights()
-        if ws is None or len(parts) < 2 or parts[0][1] != 1:
-            return None
-        y0 = parts[0][0]
-        if self.mode == "sum":  # same additions in the same order as forward()
-            y1, f1 = parts[1]
-            if f1 == 1:
-                out = y0 + y1
-            else:
-                out = y0.clone()
-                _add_repeated(out, y1, f1, 1.0)
-            start = 2
-        else:
-            out, start = y0 * ws[0], 1
-        for (y, f), wi in zip(parts[start:], ws[start:], strict=True):
-            _add_repeated(out, y, f, wi)
-        return out
-
-    def concat_into(self, parts: list[tuple[Tensor, int]]) -> Tensor | None:
-        """``torch.cat`` of ``parts`` (``(y, f)`` pairs as in :meth:`sum_into`) along channels, written straight into
-        one output: the repeated maps are copied broadcast, never materialised. Equal to ``forward`` exactly (copies
-        only); ``None`` when this fusion is not ``concat``. The output takes the channels_last format when an input
-        has it. Inference only.
-        """
-        if self.mode != "concat" or len(parts) < 2:
-            return None
-        y0, f0 = parts[0]
-        n, _, h, w = y0.shape
-        channels = sum(int(y.shape[1]) for y, _ in parts)
-        cl = any(
-            y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
-            for y, _ in parts
-        )
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        out = torch.empty((n, channels, h * f0, w * f0), dtype=y0.dtype, device=y0.device, memory_format=fmt)
-        c0 = 0
-        for y, f in parts:
-            c = int(y.shape[1])
-            dst = out[:, c0 : c0 + c]
-            if f == 1:
-                dst.copy_(y)
-            else:
-                yh, yw = y.shape[-2:]
-                dst.view(n, c, yh, f, yw, f).copy_(y[:, :, :, None, :, None])
-            c0 += c
-        return out
-
     def normalized_weights(self) -> Tensor:
         """The per-input weights the forward applies (after ReLU-normalisation or softmax)."""
         if self.frozen_weight is not None:
@@ -160,15 +95,3 @@ class Fuse(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.mode}, inputs={self.n_inputs}"
-
-
-def _add_repeated(out: Tensor, y: Tensor, f: int, alpha: float) -> None:
-    """``out += alpha * repeat(y, f, f)`` in place, broadcasting ``y`` over ``f`` x ``f`` blocks of ``out``."""
-    if f == 1:
-        out.add_(y, alpha=alpha)
-        return
-    if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):
-        out.add_(F.interpolate(y, size=out.shape[-2:], mode="nearest"), alpha=alpha)
-        return
-    n, c, h, w = y.shape
-    out.view(n, c, h, f, w, f).add_(y[:, :, :, None, :, None], alpha=alpha)

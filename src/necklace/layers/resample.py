@@ -178,32 +178,6 @@ class Resample(nn.Module):
             return x
         return match_size(x, size)
 
-    def forward_unexpanded(self, x: Tensor, size: tuple[int, int] | list[int]) -> tuple[Tensor, int]:
-        """``(y, f)`` with ``forward(x, size)`` equal to ``y`` repeated ``f`` x ``f`` (nearest upsampling).
-
-        When this edge ends in a nearest upsample to exactly ``f`` times the map (the usual FPN top-down case;
-        ``f == 1`` when both sizes are equal), the upsample is left to the caller, which can add or copy ``y``
-        broadcast into its output without materialising the upsampled map; otherwise ``f`` is 1 and ``y`` is
-        ``forward(x, size)``. Eager only: under tracing, export or compile use :meth:`forward`.
-
-        Example:
-            >>> e = Resample(8, 8, steps=-1)
-            >>> y, f = e.forward_unexpanded(torch.randn(1, 8, 3, 5), (6, 10))
-            >>> tuple(y.shape), f
-            ((1, 8, 3, 5), 2)
-        """
-        if not (self._interp and self.up_mode == "nearest"):
-            return self.forward(x, size), 1
-        if self.pre_act is not None:
-            x = self.pre_act(x)
-        if self.align is not None:
-            x = self.align(x)
-        h, w = x.shape[-2:]
-        f = int(size[0]) // h if h else 0
-        if f >= 1 and f * h == int(size[0]) and f * w == int(size[1]):
-            return x, f  # f == 1: nearest "upsampling" to the same size is the identity (coarsest 1x1 levels)
-        return F.interpolate(x, size=(size[0], size[1]), mode="nearest"), 1
-
     def extra_repr(self) -> str:
         kind = "none" if self.steps == 0 else (self.down_mode if self.steps > 0 else self.up_mode)
         return f"{self.in_channels}->{self.out_channels}, steps={self.steps}, resize={kind}"
