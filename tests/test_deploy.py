@@ -236,7 +236,7 @@ def test_elan_block_in_a_graph_deploys_and_matches(basic: str) -> None:
 
 
 def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
-    neck = _randomize(necklace.build_neck("pafpn", SPECS, width=16, lite=True, norm="bn", act="relu"))
+    neck = _randomize(necklace.build_neck("yolo_pafpn", SPECS))  # inputs feed concats: converted on entry
     feats = pyramid(SPECS, (97, 131), batch=2)
     before = [f.clone() for f in feats]
     deployed = deploy(neck, channels_last=True)
@@ -250,14 +250,66 @@ def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
     assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
     assert _max_rel(out, ref) <= 1e-5
     assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(feats, before, strict=True))  # inputs intact
-    # one memory-format copy (a whole 4-d map into one of the same shape) per input map, none inside the neck
-    copies = [
-        e.input_shapes[0]
-        for e in prof.events()
-        if e.name == "aten::copy_" and len(e.input_shapes[0]) == 4 and e.input_shapes[0] == e.input_shapes[1]
-    ]
-    assert copies == [list(f.shape) for f in feats], f"map copies seen: {copies}"
+    # the input maps are converted first, on entry, in order (later same-shape copies are C2f's channel splits)
+    assert _map_copies(prof)[: len(feats)] == [list(f.shape) for f in feats]
     necklace.set_channels_last(deployed, False)
     assert not any(m.channels_last_inputs for m in deployed.modules() if isinstance(m, GraphNeck))
     with torch.no_grad():
         assert all(o.is_contiguous() for o in deployed(feats))
+
+
+def _map_copies(prof: torch.profiler.profile) -> list[list[int]]:
+    return [
+        e.input_shapes[0]
+        for e in prof.events()
+        if e.name == "aten::copy_" and len(e.input_shapes[0]) == 4 and e.input_shapes[0] == e.input_shapes[1]
+    ]
+
+
+@pytest.mark.parametrize("name", ["fpn", "pafpn"])
+def test_channels_last_laterals_read_nchw_maps_without_converting_them(name: str) -> None:
+    """Lateral 1x1 convs become PointwiseToChannelsLast: one GEMM from the NCHW map to a channels_last output, so
+    inputs read only by laterals are never converted; set_channels_last(False) restores plain Conv2d."""
+    from necklace.layers import PointwiseToChannelsLast
+
+    neck = _randomize(necklace.build_neck(name, SPECS, width=16))
+    feats = pyramid(SPECS, (97, 131), batch=2)
+    deployed = deploy(neck, channels_last=True)
+    (graph,) = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
+    assert graph.channels_last_direct == {"C3", "C4", "C5"}
+    assert sum(isinstance(m, PointwiseToChannelsLast) for m in deployed.modules()) == len(SPECS)
+    with torch.no_grad():
+        ref = neck(feats)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            out = deployed(feats)
+    assert _map_copies(prof) == []
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    assert _max_rel(out, ref) <= 1e-5
+    necklace.set_channels_last(deployed, False)
+    assert not any(isinstance(m, PointwiseToChannelsLast) for m in deployed.modules())
+    assert graph.channels_last_direct == frozenset()
+    with torch.no_grad():
+        assert _max_rel(deployed(feats), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_to_channels_last_equals_the_conv(batch: int, bias: bool) -> None:
+    from necklace.layers import PointwiseToChannelsLast
+
+    conv = nn.Conv2d(12, 6, 1, bias=bias)
+    fast = PointwiseToChannelsLast.from_conv(conv)
+    assert fast.weight is conv.weight and set(fast.state_dict()) == set(conv.state_dict())
+    x = torch.randn(batch, 12, 7, 9)
+    with torch.no_grad():
+        ref, got = conv(x), fast(x)
+        got_cl = fast(x.contiguous(memory_format=torch.channels_last))  # already channels_last: the conv path
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_cl, ref, rtol=1e-5, atol=1e-5)
+    y = fast(x.requires_grad_())  # autograd: the plain conv, gradients as usual
+    y.sum().backward()
+    assert x.grad is not None and y.is_contiguous()
+    assert torch.equal(fast.to_conv().weight, conv.weight)
+    with pytest.raises(ValueError, match=r"1x1 stride-1 .* kernel \(3, 3\)"):
+        PointwiseToChannelsLast.from_conv(nn.Conv2d(4, 4, 3))

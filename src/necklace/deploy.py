@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.graph import GraphNeck
-from necklace.layers.conv import ConvNormAct, SeparableConv
+from necklace.layers.conv import ConvNormAct, PointwiseToChannelsLast, SeparableConv
 from necklace.layers.fuse import Fuse
 from necklace.layers.rep import fold_bn_into_conv
 from necklace.spec import FeatureSpec
@@ -179,7 +179,39 @@ def set_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, GraphNeck):
             m.channels_last_inputs = enabled
+            m.channels_last_direct = frozenset(_direct_laterals(m, enabled))
     return model
+
+
+def _direct_laterals(neck: GraphNeck, enabled: bool) -> list[str]:
+    """Swap the lateral 1x1 convs reading backbone inputs to :class:`PointwiseToChannelsLast` (``enabled``) or
+    back; returns the inputs whose every reader is such a conv (they need no layout conversion on entry)."""
+    direct = []
+    for name, edges in neck.input_readers().items():
+        swapped = 0
+        for edge in edges:
+            align = getattr(edge, "align", None)
+            ok = (
+                isinstance(align, ConvNormAct)
+                and getattr(edge, "pre_act", None) is None
+                and not align.act_first
+                and not align.same
+                and align.conv.kernel_size == (1, 1)
+                and align.conv.stride == (1, 1)
+                and align.conv.padding == (0, 0)
+                and align.conv.groups == 1
+            )
+            if not ok:
+                continue
+            assert isinstance(align, ConvNormAct)
+            if enabled and type(align.conv) is nn.Conv2d:
+                align.conv = PointwiseToChannelsLast.from_conv(align.conv)
+            elif not enabled and isinstance(align.conv, PointwiseToChannelsLast):
+                align.conv = align.conv.to_conv()
+            swapped += 1
+        if enabled and edges and swapped == len(edges):
+            direct.append(name)
+    return direct
 
 
 def _first_tensor(model: nn.Module) -> Tensor | None:

@@ -462,6 +462,9 @@ class GraphNeck(nn.Module):
         #: channels_last weights). Without it every conv, concat and sum that meets a contiguous backbone map
         #: converts or mixes formats on its own (measured: 34% of a deployed YOLOv8n neck's time at 640x640 here).
         self.channels_last_inputs = False
+        #: inputs left as they come even with ``channels_last_inputs``: every reader of them is a lateral 1x1 conv
+        #: that writes channels_last straight from NCHW (:class:`necklace.layers.PointwiseToChannelsLast`)
+        self.channels_last_direct: frozenset[str] = frozenset()
         in_levels = [s.level for s in graph.in_specs]
         node_levels = [n.level for n in graph.nodes]
         self._coarser = list(range(max(in_levels) + 1, max(node_levels + in_levels) + 1))
@@ -515,9 +518,10 @@ class GraphNeck(nn.Module):
         env: dict[str, Tensor] = {}
         sizes: dict[int, tuple[int, int]] = {}
         for spec, f in zip(self.in_specs, features, strict=True):
-            if self.channels_last_inputs:
+            name = input_name(spec.level)
+            if self.channels_last_inputs and name not in self.channels_last_direct:
                 f = f.contiguous(memory_format=torch.channels_last)  # no copy when it already is
-            env[input_name(spec.level)] = f
+            env[name] = f
             sizes[spec.level] = (f.shape[-2], f.shape[-1])
         for level in self._coarser:  # extra levels: ceil-halving, like a stride-2 3x3 conv / pool
             h, w = sizes[level - 1]
@@ -534,6 +538,18 @@ class GraphNeck(nn.Module):
                 if s not in keep:
                     del env[s]
         return env
+
+    def input_readers(self) -> dict[str, list[nn.Module]]:
+        """For each backbone input name (``C3``...), the edge modules (:class:`necklace.layers.Resample`) that read
+        it, in node order."""
+        readers: dict[str, list[nn.Module]] = {input_name(s.level): [] for s in self.in_specs}
+        for name, _, srcs in self._order:
+            node = self.nodes[name]
+            assert isinstance(node, _NodeModule)
+            for edge, src in zip(node.edges, srcs, strict=True):
+                if src in readers:
+                    readers[src].append(edge)
+        return readers
 
     def describe(self) -> str:
         """Text table of the graph (see :meth:`NeckGraph.describe`)."""

@@ -2,7 +2,15 @@
 
 from necklace.layers.aspp import ASPP
 from necklace.layers.blocks import BLOCKS, Bottleneck, C2f, CSPBlock, build_block
-from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, make_norm
+from necklace.layers.conv import (
+    ConvCfg,
+    ConvNormAct,
+    DepthwiseSeparableConv,
+    PointwiseToChannelsLast,
+    SeparableConv,
+    make_act,
+    make_norm,
+)
 from necklace.layers.fuse import Fuse
 from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
 from necklace.layers.resample import Resample, match_size
@@ -23,6 +31,7 @@ __all__ = [
     "DepthwiseSeparableConv",
     "Fuse",
     "GhostConv",
+    "PointwiseToChannelsLast",
     "RepBlock",
     "RepConv",
     "Resample",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.spec import is_symbolic
+from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = [
     "ACTS",
@@ -24,6 +24,7 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseSeparableConv",
     "Hardswish",
+    "PointwiseToChannelsLast",
     "SeparableConv",
     "SiLU",
     "make_act",
@@ -233,6 +234,63 @@ class ConvNormAct(nn.Module):
         fold_bn_into_conv(self.conv, self.norm)
         self.norm = nn.Identity().train(self.training)
         return True
+
+
+class PointwiseToChannelsLast(nn.Conv2d):
+    """A 1x1, stride-1 ``Conv2d`` that turns a contiguous (NCHW) map into a channels_last one in a single GEMM.
+
+    ``out[n, (h, w), :] = x[n, :, (h, w)]^T @ W^T + b``: the GEMM reads the NCHW map through a transposed view and
+    writes (N, H*W, C_out), which *is* the channels_last layout, so no layout conversion runs at all (converting
+    the backbone map first and then convolving costs a full copy of it). Used by :func:`necklace.deploy` for
+    the lateral 1x1 convs of a channels_last neck; other inputs, autograd and tracing/export take the plain
+    ``Conv2d`` path. Same parameters and state dict as the ``Conv2d`` it replaces (:meth:`from_conv`).
+
+    Example:
+        >>> conv = nn.Conv2d(8, 4, 1)
+        >>> fast = PointwiseToChannelsLast.from_conv(conv)
+        >>> x = torch.randn(2, 8, 5, 7)
+        >>> with torch.no_grad():
+        ...     y = fast(x)
+        >>> y.is_contiguous(memory_format=torch.channels_last), torch.allclose(y, conv(x), atol=1e-6)
+        (True, True)
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> PointwiseToChannelsLast:
+        """Wrap ``conv`` (1x1, stride 1, no padding, groups 1), sharing its weight and bias tensors."""
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+            raise ValueError(
+                f"PointwiseToChannelsLast needs a 1x1 stride-1 unpadded dense conv, got kernel {conv.kernel_size}, "
+                f"stride {conv.stride}, padding {conv.padding}, groups {conv.groups}."
+            )
+        new = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def to_conv(self) -> nn.Conv2d:
+        """The plain ``Conv2d`` with the same weight and bias tensors (undoes :meth:`from_conv`)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None)
+        conv.weight = self.weight
+        conv.bias = self.bias
+        return conv.train(self.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or not x.is_contiguous() or torch.is_grad_enabled() or _is_tracing():
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n == 0 or h * w == 1:  # (a 1x1 map is both layouts at once: nothing to gain)
+            return super().forward(x)
+        wt = self.weight.reshape(self.out_channels, c).t()  # (C_in, C_out) view
+        xt = x.reshape(n, c, h * w).transpose(1, 2)  # (N, H*W, C_in) view of the NCHW map
+        if n == 1:
+            out = torch.addmm(self.bias, xt[0], wt) if self.bias is not None else torch.mm(xt[0], wt)
+        else:
+            out = torch.matmul(xt, wt)
+            if self.bias is not None:
+                out.add_(self.bias)
+        return out.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 
 class SeparableConv(nn.Module):
