@@ -4,37 +4,36 @@ Timing method (used by every script here):
 
 - all callables of one comparison run in the same process, *interleaved*: each round calls every callable
   once, the starting callable rotating from round to round, so slow phases of a noisy machine hit all of
-  them alike;
+  them alike (``interleaved``);
 - a comparison of two callables is the median of the per-round ratios ``t_a[i] / t_b[i]`` (more robust to
-  drift than the ratio of medians);
+  drift than the ratio of medians; ``ratio_stats``);
 - the "roofline" is the GMAC/s torch reaches on one 3x3 conv 256->256 at 80x80 (batch 1, no bias); timing
   it as one more callable of the same interleaved rounds gives the ceiling under the same conditions.
 
-Nothing here imports necklace: these helpers time and describe any callables.
+``interleaved``, ``stats_ms`` and ``ratio_stats`` are ``necklace.bench``'s, ``max_abs_diff`` and the mmcv-lite
+shim (``install_mmcv_ext_shim``, ``import_mmdet_necks``, ``import_mmyolo_necks``) ``necklace.peers``' (the
+``necklace bench --vs PEER`` command uses them too); they are re-exported here for the scripts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import gc
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from necklace.bench import interleaved, peak_memory_bytes, ratio_stats, stats_ms
+from necklace.peers import import_mmdet_necks, import_mmyolo_necks, install_mmcv_ext_shim, max_abs_diff
 
 __all__ = [
     "ROOFLINE_CHANNELS",
@@ -86,81 +85,6 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-# ----------------------------------------------------------------------------------------------- timing
-def interleaved(
-    callables: Mapping[str, Callable[[], object]],
-    repeats: int,
-    warmup: int = 2,
-) -> dict[str, list[float]]:
-    """Time every callable ``repeats`` times, interleaved; returns ``{name: [seconds per call, ...]}``.
-
-    Round ``i`` calls the callables in their given order rotated by ``i`` (so none is always first or
-    always runs right after the same neighbour). ``warmup`` untimed rounds come first. The garbage collector
-    runs once before the timed rounds and is paused during them (like ``timeit``), so a collection never
-    lands inside a timed call.
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    names = list(callables)
-    fns = [callables[n] for n in names]
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(repeats):
-            k = i % len(fns)
-            for j in list(range(k, len(fns))) + list(range(k)):
-                start = time.perf_counter()
-                fns[j]()
-                times[names[j]].append(time.perf_counter() - start)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
-
-
-def _quantile(values: Sequence[float], q: float) -> float:
-    v = sorted(values)
-    if len(v) == 1:
-        return v[0]
-    pos = q * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def stats_ms(times_s: Sequence[float]) -> dict[str, float | int]:
-    """Median, min, max, mean and quartiles of per-call times, in milliseconds."""
-    ms = [t * 1e3 for t in times_s]
-    return {
-        "median_ms": statistics.median(ms),
-        "min_ms": min(ms),
-        "max_ms": max(ms),
-        "mean_ms": statistics.fmean(ms),
-        "p25_ms": _quantile(ms, 0.25),
-        "p75_ms": _quantile(ms, 0.75),
-        "repeats": len(ms),
-    }
-
-
-def ratio_stats(a_s: Sequence[float], b_s: Sequence[float]) -> dict[str, float | int]:
-    """Per-round ratios ``a[i] / b[i]`` of two interleaved series: median (the reported ratio) and quartiles."""
-    if len(a_s) != len(b_s) or not a_s:
-        raise ValueError(f"need two equally long, non-empty series; got {len(a_s)} and {len(b_s)}.")
-    r = [a / b for a, b in zip(a_s, b_s, strict=True)]
-    return {
-        "median": statistics.median(r),
-        "p25": _quantile(r, 0.25),
-        "p75": _quantile(r, 0.75),
-        "min": min(r),
-        "max": max(r),
-        "n": len(r),
-    }
-
-
 # ----------------------------------------------------------------------------------------------- roofline
 def roofline_case(hw: int = ROOFLINE_HW, channels: int = ROOFLINE_CHANNELS) -> tuple[Callable[[], object], int]:
     """``(callable, macs)``: one ``channels -> channels`` 3x3 conv (no bias) on ``1 x channels x hw x hw``, no_grad.
@@ -179,112 +103,6 @@ def roofline_case(hw: int = ROOFLINE_HW, channels: int = ROOFLINE_CHANNELS) -> t
             return conv(x)
 
     return run, macs
-
-
-# ----------------------------------------------------------------------------------------------- memory
-def peak_memory_bytes(fn: Callable[[], object]) -> dict[str, int]:
-    """Peak bytes of tensors that one ``fn()`` allocates and holds at once in torch's CPU allocator.
-
-    Read from ``torch.profiler`` (``profile_memory=True``) allocation/free events, matched by address: only
-    blocks allocated during this call count, so the number is the peak of *new* tensor memory (activations
-    kept for backward, temporaries, gradients, outputs) on top of whatever existed before (parameters, inputs;
-    a train step that starts by setting ``.grad`` to None frees the old gradients first, so this is its peak
-    beyond parameters + inputs). Memory that oneDNN or the Python heap allocate outside torch's allocator is
-    not seen. ``retained_bytes``: what the call left allocated (e.g. its outputs, new ``.grad`` tensors).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    fd, tmp = tempfile.mkstemp(suffix=".json")
-    os.close(fd)
-    try:
-        prof.export_chrome_trace(tmp)
-        trace = json.loads(Path(tmp).read_text())
-    finally:
-        os.unlink(tmp)
-    events = [
-        e["args"]
-        for e in trace.get("traceEvents", [])
-        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0  # 0: CPU
-    ]
-    events.sort(key=lambda a: a.get("Ev Idx", 0))
-    live: dict[int, int] = {}
-    current = peak = 0
-    for a in events:
-        addr, nbytes = int(a["Addr"]), int(a["Bytes"])
-        if nbytes > 0:
-            live[addr] = nbytes
-            current += nbytes
-            peak = max(peak, current)
-        elif addr in live:  # a free of a block allocated before this call is not ours
-            current -= live.pop(addr)
-    return {"peak_bytes": peak, "retained_bytes": current, "events": len(events)}
-
-
-# ----------------------------------------------------------------------------------------------- checks
-def max_abs_diff(a: Sequence[Tensor], b: Sequence[Tensor]) -> tuple[float, float]:
-    """``(max |a - b|, max |b|)`` over equally shaped tensor lists (raises ``AssertionError`` on shape mismatch)."""
-    assert len(a) == len(b), f"{len(a)} outputs vs {len(b)}"
-    for x, y in zip(a, b, strict=True):
-        assert x.shape == y.shape, f"output shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}"
-    diff = max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b, strict=True))
-    scale = max(float(y.float().abs().max()) for y in b)
-    return diff, scale
-
-
-# ----------------------------------------------------------------------------------------------- mmdet shim
-class _MissingExt(types.ModuleType):
-    """Stands in for ``mmcv._ext``: attribute lookups succeed, calling an op raises."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def _missing(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError(f"mmcv compiled op {name!r} is not available (mmcv-lite + benchmark shim).")
-
-        return _missing
-
-
-def install_mmcv_ext_shim() -> None:
-    """Replace ``mmcv.utils.ext_loader.load_ext`` by a placeholder loader, before ``mmcv.ops`` is imported.
-
-    A copy of ``tests/_mmdet_shim.py``: with ``mmcv-lite`` (no compiled ops) ``mmcv.ops`` then imports, and any
-    compiled op raises when called (no neck of mmdet/mmyolo calls one). A no-op once ``mmcv.ops`` is imported.
-    Raises ``ImportError`` when mmcv is not installed.
-    """
-    if "mmcv.ops" in sys.modules:
-        return
-    from mmcv.utils import ext_loader
-
-    def load_ext(name: str, funcs: list[str]) -> types.ModuleType:
-        return _MissingExt(f"mmcv.{name}")
-
-    ext_loader.load_ext = load_ext
-
-
-def import_mmdet_necks() -> types.ModuleType:
-    """``mmdet.models.necks``, importable with ``mmcv-lite`` (no compiled ops; no neck calls one).
-
-    Installs :func:`install_mmcv_ext_shim` first. Raises ``ImportError`` when mmdet/mmcv are not installed.
-    """
-    install_mmcv_ext_shim()
-    import mmdet.models.necks as necks
-
-    return necks
-
-
-def import_mmyolo_necks() -> types.ModuleType:
-    """``mmyolo.models.necks`` (mmyolo 0.6 on mmdet 3 + mmcv-lite), with :func:`install_mmcv_ext_shim` first.
-
-    Build its necks inside ``mmengine.registry.DefaultScope.overwrite_default_scope("mmyolo")``: their blocks
-    (``RepVGGBlock``) are looked up by registry name. Raises ``ImportError`` when mmyolo/mmcv are not installed.
-    """
-    install_mmcv_ext_shim()
-    import mmyolo.models.necks as necks
-
-    return necks
 
 
 # ----------------------------------------------------------------------------------------------- environment

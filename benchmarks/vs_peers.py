@@ -2,8 +2,11 @@
 
 For every config the peer's neck is built with random weights, the necklace neck is built with the options that
 reproduce it and loaded with the peer's weights through necklace's converters (``necklace.convert``; the
-ultralytics neck is mapped key by key here, as necklace has no ultralytics converter), the outputs are checked
-equal (max abs diff printed), then both are timed interleaved in this process together with the roofline conv:
+ultralytics neck is mapped key by key by ``necklace.peers.ultralytics_to_necklace``), the outputs are checked
+equal (max abs diff printed), then both are timed interleaved in this process together with the roofline conv.
+The pairs (peer builders, converted weights, equality checks, the peers' deploy forms) are those of
+``necklace.peers``, which ``necklace bench NAME --vs PEER`` runs one pair at a time; this script groups them into
+configs and adds the roofline, train-mode timing and memory:
 
 - eval: ``eval()`` + ``no_grad`` forward, float32, batch 1, ``--threads`` threads; median of ``--repeats``;
   ``ratio`` = median over rounds of ``t_necklace / t_peer`` (< 1: necklace is faster);
@@ -57,23 +60,18 @@ Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import functools
-import io
-import math
 import sys
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 if __package__ in (None, ""):  # run as a script: make the sibling module importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,43 +79,27 @@ if __package__ in (None, ""):  # run as a script: make the sibling module import
 else:  # imported as benchmarks.vs_peers
     from benchmarks import common  # type: ignore[no-redef]
 
-import necklace
-from necklace import FeatureSpec
-from necklace.bench import count_params, random_features
+from necklace import FeatureSpec, peers
+from necklace.bench import (
+    EFFICIENTNET_B0_C3_C5,
+    RESNET50_C3_C5,
+    count_call_flops,
+    count_params,
+    random_features,
+    train_step,
+)
+from necklace.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIGS = ("r50_fpn", "r50_pafpn", "bifpn_d0", "yolov8n")
-#: relative tolerance of the equality check: max |necklace - peer| <= TOL * max(1, max |peer|)
-TOL = 1e-4
-#: the same for a *deployed* necklace neck against the eager peer: Conv+BN folding changes the rounding, and
-#: deep stacks with random weights amplify it (NAS-FPN, 7 cells: outputs ~2e6, relative difference ~2e-4)
-DEPLOY_TOL = 1e-3
-R50 = (FeatureSpec(512, 8), FeatureSpec(1024, 16), FeatureSpec(2048, 32))
-B0 = (FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32))
-R50_C2 = (FeatureSpec(256, 4), *R50)
-#: what is said (notes, JSON) for a peer without a deployment form
-NO_PEER_DEPLOY = "peer has no deploy form: compared with its eager form"
+R50 = RESNET50_C3_C5
+B0 = EFFICIENTNET_B0_C3_C5
 
 Call = Callable[[list[Tensor]], list[Tensor]]
-M = TypeVar("M", bound=nn.Module)
 
 
 # ----------------------------------------------------------------------------------------------- cases
-@dataclass
-class Pair:
-    """One comparison: the necklace neck and a peer's neck holding the same weights."""
-
-    peer: str
-    necklace: nn.Module | None = None
-    peer_module: nn.Module | None = None
-    call: Callable[[nn.Module, list[Tensor]], list[Tensor]] | None = None  # run the peer, return a list
-    weights: str = ""
-    skipped: str | None = None
-    #: turns a copy of ``peer_module`` into the peer's own deployment form (None: the peer has none)
-    peer_deploy: Callable[[nn.Module], nn.Module] | None = None
-    peer_deploy_what: str = ""
-
-
+# the pairs (peer builders, weights carried over by necklace.convert) are necklace.peers'; a case groups them
 @dataclass
 class Case:
     name: str
@@ -128,332 +110,21 @@ class Case:
     notes: list[str] = field(default_factory=list)
 
 
-def randomize(module: M, seed: int = 0) -> M:
-    """Random weights everywhere: He-scaled convs, non-zero biases, non-trivial BN affine and running stats,
-    positive unequal fusion weights (effdet ``edge_weights``). Returns the module in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("edge_weights"):
-                p.copy_(torch.rand(p.shape, generator=g) * 1.5 + 0.25)
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                n = m.weight.shape[0]
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-                if isinstance(m, nn.BatchNorm2d):
-                    assert m.running_mean is not None and m.running_var is not None
-                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-    module.eval()  # not chained: mmyolo's necks override train() and return None
-    return module
-
-
-def _skip(peer: str, what: str, err: BaseException) -> Pair:
-    return Pair(peer, skipped=f"{what} is not importable ({type(err).__name__}: {err})")
-
-
-# torchvision --------------------------------------------------------------------------------------------
-def _tv_pair(specs: Sequence[FeatureSpec], width: int, p6p7: bool = False) -> Pair:
-    name = "torchvision FeaturePyramidNetwork" + (" + LastLevelP6P7" if p6p7 else "")
-    try:
-        from torchvision.ops import FeaturePyramidNetwork
-        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-    except ImportError as e:
-        return _skip(name, "torchvision.ops.FeaturePyramidNetwork", e)
-    from necklace.convert import fpn_from_torchvision
-
-    extra = LastLevelP6P7(width, width) if p6p7 else None
-    tv = randomize(FeaturePyramidNetwork([s.channels for s in specs], width, extra_blocks=extra))
-    keys = [f"c{s.level}" for s in specs]
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(OrderedDict(zip(keys, feats, strict=True))).values())
-
-    neck = fpn_from_torchvision(tv, specs).eval()
-    return Pair(name, neck, tv, call, "necklace.convert.fpn_from_torchvision")
-
-
-# mmdet --------------------------------------------------------------------------------------------------
-def _mmdet_pair(kind: str, specs: Sequence[FeatureSpec], width: int, label: str = "", **cfg: Any) -> Pair:
-    name = f"mmdet {kind}{label}"
-    try:
-        necks = common.import_mmdet_necks()
-    except Exception as e:  # ImportError, or mmcv/mmdet version checks
-        return _skip(name, "mmdet (with mmcv or mmcv-lite)", e)
-    from necklace.convert import neck_from_mmdet
-
-    cfg.setdefault("num_outs", len(specs))
-    mm = randomize(getattr(necks, kind)(in_channels=[s.channels for s in specs], out_channels=width, **cfg))
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(tuple(feats)))
-
-    neck = neck_from_mmdet(mm, specs).eval()
-    return Pair(name, neck, mm, call, "necklace.convert.neck_from_mmdet")
-
-
-# effdet -------------------------------------------------------------------------------------------------
-def _effdet_pair(model_name: str, specs: Sequence[FeatureSpec], image_size: tuple[int, int]) -> Pair:
-    name = f"efficientdet-pytorch BiFpn ({model_name})"
-    try:
-        from effdet.config import get_efficientdet_config
-        from effdet.efficientdet import BiFpn
-    except ImportError as e:
-        return _skip(name, "effdet (efficientdet-pytorch)", e)
-    from necklace.convert import from_effdet_bifpn
-
-    cfg = get_efficientdet_config(model_name)
-    cfg.image_size = image_size  # effdet bakes every resample size into the module
-    cfg.num_levels = cfg.max_level - cfg.min_level + 1
-    ref = randomize(BiFpn(cfg, [{"num_chs": s.channels, "reduction": s.stride} for s in specs]))
-    tf = model_name.startswith("tf_")
-    neck = necklace.build_neck(
-        "bifpn",
-        specs,
-        preset=model_name.rsplit("_", 1)[-1],
-        padding="same" if tf else "symmetric",
-        redundant_bias=tf,
-    )
-    neck.load_state_dict(from_effdet_bifpn(ref.state_dict(), cast(Any, neck)))
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(list(feats)))  # effdet appends the extra levels to the list it is given
-
-    return Pair(name, neck.eval(), ref, call, "necklace.convert.from_effdet_bifpn")
-
-
-# ultralytics --------------------------------------------------------------------------------------------
-class UltralyticsNeck(nn.Module):
-    """Layers 10-21 of an ultralytics YOLOv8 detection model (the neck between SPPF and Detect), run the way
-    ``BaseModel._predict_once`` runs them: ``[P3, P4, P5]`` (outputs of layers 4, 6, 9) -> ``[15, 18, 21]``."""
-
-    IN_LAYERS = (4, 6, 9)
-    OUT_LAYERS = (15, 18, 21)
-
-    def __init__(self, yaml: str) -> None:
-        super().__init__()
-        DetectionModel = _ultralytics_tasks().DetectionModel
-
-        model: Any = DetectionModel(yaml, verbose=False)  # built from the YAML shipped with ultralytics: no download
-        self.layers = nn.ModuleList(model.model[10:22])
-        self.save = set(model.save)
-
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        y: dict[int, Tensor] = dict(zip(self.IN_LAYERS, feats, strict=True))
-        x: Any = feats[-1]
-        m: Any
-        for m in self.layers:
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
-            if m.i in self.save:
-                y[m.i] = x
-        return [y[i] for i in self.OUT_LAYERS]
-
-
-def ultralytics_fuse(ul: nn.Module) -> nn.Module:
-    """ultralytics' own inference fusion on an :class:`UltralyticsNeck`, in place: ``BaseModel.fuse()``.
-
-    ``DetectionModel.fuse()`` is ``BaseModel.fuse``: for every ``Conv`` with a ``bn`` it runs
-    ``fuse_conv_and_bn`` (``conv`` <- BN folded in, ``bn`` deleted, ``forward = forward_fuse``; RepConv /
-    ConvTranspose likewise). It walks ``self.model``, so it is called here, unchanged, on a bare ``BaseModel``
-    holding the neck's layers as its ``model``.
-    """
-    holder = _ultralytics_tasks().BaseModel()
-    holder.model = ul.layers
-    holder.fuse(verbose=False)
-    if not holder.is_fused():
-        raise RuntimeError("ultralytics BaseModel.fuse() left unfused Conv+BN modules in the neck")
-    return ul
-
-
-#: necklace yolo_pafpn (P3-P5) module prefix -> ultralytics layer index (position in ``layers`` = index - 10)
-YOLO_LAYER_MAP = {
-    "nodes.T4.block.": 12,
-    "nodes.N3.block.": 15,
-    "nodes.N4.edges.0.ops.0.": 16,
-    "nodes.N4.block.": 18,
-    "nodes.N5.edges.0.ops.0.": 19,
-    "nodes.N5.block.": 21,
-}
-
-
-def ultralytics_to_necklace(ul: UltralyticsNeck, neck: nn.Module) -> dict[str, Tensor]:
-    """Map the ultralytics neck's state dict onto necklace ``yolo_pafpn`` keys (``conv``/``bn`` -> ``conv``/``norm``).
-
-    Every necklace key must be filled and every ultralytics key used, with equal shapes (else ``ValueError``).
-    """
-    src = ul.state_dict()
-    out: dict[str, Tensor] = {}
-    used: set[str] = set()
-    for key, value in neck.state_dict().items():
-        prefix = next((p for p in YOLO_LAYER_MAP if key.startswith(p)), None)
-        if prefix is None:
-            raise ValueError(f"necklace key {key} has no ultralytics counterpart")
-        src_key = f"layers.{YOLO_LAYER_MAP[prefix] - 10}." + key[len(prefix) :].replace("norm.", "bn.")
-        if src_key not in src or src[src_key].shape != value.shape:
-            raise ValueError(f"{key} {tuple(value.shape)}: no matching {src_key} in the ultralytics neck")
-        out[key] = src[src_key]
-        used.add(src_key)
-    if set(src) - used:
-        raise ValueError(f"ultralytics keys without a necklace counterpart: {sorted(set(src) - used)[:5]}")
-    return out
-
-
-def _ultralytics_tasks() -> Any:
-    """``ultralytics.nn.tasks``, imported without keeping the global patches ultralytics applies at import
-    (``PIL.Image.open``, which then tries to pip-install ``pi-heif`` on an unreadable image, and ``torch.save``):
-    this script, and the test process that runs it, must not change how other code opens images or saves."""
-    import PIL.Image
-
-    saved = (PIL.Image.open, torch.save)
-    try:
-        import ultralytics.nn.tasks as tasks
-    finally:
-        PIL.Image.open, torch.save = saved
-    return tasks
-
-
-def _ultralytics_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
-    name = f"ultralytics YOLOv8{scale} neck (layers 10-21)"
-    try:
-        _ultralytics_tasks()
-    except ImportError as e:
-        return _skip(name, "ultralytics", e)
-    ul = randomize(UltralyticsNeck(f"yolov8{scale}.yaml"))
-    neck = necklace.build_neck("yolo_pafpn", specs, preset=scale)
-    neck.load_state_dict(ultralytics_to_necklace(ul, neck))
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(list(feats)))
-
-    return Pair(
-        name,
-        neck.eval(),
-        ul,
-        call,
-        "mapped key by key (benchmarks/vs_peers.py: ultralytics_to_necklace)",
-        peer_deploy=ultralytics_fuse,
-        peer_deploy_what="ultralytics BaseModel.fuse(): fuse_conv_and_bn, forward_fuse",
-    )
-
-
-# mmyolo -------------------------------------------------------------------------------------------------
-#: mmyolo YOLOv6 configs: preset -> (deepen_factor, widen_factor)
-MMYOLO_FACTORS = {"n": (0.33, 0.25), "s": (0.33, 0.5)}
-
-
-def mmyolo_switch_to_deploy(module: nn.Module) -> nn.Module:
-    """mmyolo's deployment form, in place: ``mmyolo.utils.switch_to_deploy`` (``RepVGGBlock.switch_to_deploy()``
-    on every RepVGGBlock: 3x3 + 1x1 + identity branches with their BNs -> one 3x3 conv with bias).
-
-    ``mmyolo.utils`` imports prettytable (not a dependency of its models); where that import fails, the same
-    loop as that helper runs here, calling each block's own ``switch_to_deploy``.
-    """
-    try:
-        from mmyolo.utils import switch_to_deploy
-    except ImportError:
-        from mmyolo.models import RepVGGBlock
-
-        for layer in module.modules():
-            if isinstance(layer, RepVGGBlock):
-                layer.switch_to_deploy()
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Switch model to deploy modality."
-            switch_to_deploy(module)
-    return module
-
-
-def _mmyolo_reppafpn_pair(preset: str, specs: Sequence[FeatureSpec]) -> Pair:
-    name = f"mmyolo YOLOv6RepPAFPN ({preset})"
-    try:
-        necks = common.import_mmyolo_necks()
-        from mmengine.registry import DefaultScope
-    except Exception as e:  # ImportError, or mmcv/mmdet/mmyolo version checks
-        return _skip(name, "mmyolo (with mmdet and mmcv or mmcv-lite)", e)
-    from necklace.convert import from_mmyolo_reppafpn
-
-    deepen, widen = MMYOLO_FACTORS[preset]
-    with DefaultScope.overwrite_default_scope("mmyolo"):  # RepStageBlock builds RepVGGBlock by registry name
-        mm = necks.YOLOv6RepPAFPN(
-            in_channels=[256, 512, 1024],
-            out_channels=[128, 256, 512],
-            deepen_factor=deepen,
-            widen_factor=widen,
-            num_csp_blocks=12,
-            norm_cfg=dict(type="BN", momentum=0.03, eps=0.001),
-            act_cfg=dict(type="ReLU", inplace=True),
-            block_cfg=dict(type="RepVGGBlock"),
-        )
-    mm = randomize(mm)
-    neck = necklace.build_neck("rep_pafpn", specs, preset=preset)
-    neck.load_state_dict(from_mmyolo_reppafpn(mm, neck))
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(list(feats)))
-
-    return Pair(
-        name,
-        neck.eval(),
-        mm,
-        call,
-        "necklace.convert.from_mmyolo_reppafpn",
-        peer_deploy=mmyolo_switch_to_deploy,
-        peer_deploy_what="mmyolo switch_to_deploy(): RepVGGBlocks re-parameterised, ConvModule BN kept",
-    )
-
-
-# mmdet NAS-FPN ------------------------------------------------------------------------------------------
-def _mmdet_nasfpn_pair(specs: Sequence[FeatureSpec], width: int, stack_times: int, start_level: int) -> Pair:
-    name = f"mmdet NASFPN (stack_times {stack_times})"
-    try:
-        necks = common.import_mmdet_necks()
-    except Exception as e:  # ImportError, or mmcv/mmdet version checks
-        return _skip(name, "mmdet (with mmcv or mmcv-lite)", e)
-    from necklace.convert import from_mmdet_nasfpn
-
-    mm = randomize(
-        necks.NASFPN(
-            in_channels=[s.channels for s in specs],
-            out_channels=width,
-            num_outs=5,
-            stack_times=stack_times,
-            start_level=start_level,
-            norm_cfg=dict(type="BN", requires_grad=True),
-        )
-    )
-    lo = specs[start_level].level
-    neck = necklace.build_neck("nasfpn", specs, width=width, stack_times=stack_times, levels=(lo, lo + 4), norm="bn")
-    neck.load_state_dict(from_mmdet_nasfpn(mm, neck))  # the module form also checks the options
-
-    def call(m: nn.Module, feats: list[Tensor]) -> list[Tensor]:
-        return list(m(tuple(feats)))
-
-    return Pair(name, neck.eval(), mm, call, "necklace.convert.from_mmdet_nasfpn")
-
-
-# configs ------------------------------------------------------------------------------------------------
 def _r50_fpn(size: tuple[int, int]) -> Case:
-    pairs = [_tv_pair(R50, 256), _mmdet_pair("FPN", R50, 256)]
+    pairs = [peers.torchvision_fpn_pair(R50, 256), peers.mmdet_pair("FPN", R50, 256)]
     return Case("r50_fpn", "R50-FPN P3-P5 (C3-C5 512/1024/2048 -> 256)", size, R50, pairs)
 
 
 def _r50_fpn_p6p7(size: tuple[int, int]) -> Case:
     pairs = [
-        _tv_pair(R50, 256, p6p7=True),
-        _mmdet_pair("FPN", R50, 256, " (RetinaNet: P6/P7 convs on C5)", add_extra_convs="on_input", num_outs=5),
+        peers.torchvision_fpn_pair(R50, 256, p6p7=True),
+        peers.mmdet_pair("FPN", R50, 256, " (RetinaNet: P6/P7 convs on C5)", add_extra_convs="on_input", num_outs=5),
     ]
     return Case("r50_fpn_p6p7", "R50-FPN P3-P7 (C3-C5 -> 256, two stride-2 extra convs)", size, R50, pairs)
 
 
 def _r50_pafpn(size: tuple[int, int]) -> Case:
-    return Case("r50_pafpn", "R50-PAFPN P3-P5 (C3-C5 -> 256)", size, R50, [_mmdet_pair("PAFPN", R50, 256)])
+    return Case("r50_pafpn", "R50-PAFPN P3-P5 (C3-C5 -> 256)", size, R50, [peers.mmdet_pair("PAFPN", R50, 256)])
 
 
 def _bifpn_d0(size: tuple[int, int]) -> Case:
@@ -462,7 +133,7 @@ def _bifpn_d0(size: tuple[int, int]) -> Case:
         "BiFPN-D0 (EfficientNet-B0 C3-C5 40/112/320 -> 64, 3 cells, P3-P7), eager vs eager",
         size,
         B0,
-        [_effdet_pair("tf_efficientdet_d0", B0, size)],
+        [peers.effdet_bifpn_pair("tf_efficientdet_d0", B0, size)],
     )
     case.notes.append("necklace: bifpn preset d0, padding='same', redundant_bias=True (the tf_ port's layout)")
     return case
@@ -478,7 +149,7 @@ def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
             f"YOLOv8{scale} neck (P3-P5 {'/'.join(map(str, base))} in)",
             size,
             specs,
-            [_ultralytics_pair(scale, specs)],
+            [peers.ultralytics_yolov8_pair(scale, specs)],
         )
         case.notes.append(f"necklace: yolo_pafpn preset {scale}; ultralytics built from yolov8{scale}.yaml")
         return case
@@ -486,24 +157,19 @@ def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
     return build
 
 
-def _divisible(name: str, size: tuple[int, int], by: int, why: str) -> None:
-    if size[0] % by or size[1] % by:
-        raise ValueError(f"{name} needs an image size divisible by {by} ({why}); got {size[0]}x{size[1]}")
-
-
 def _yolov6(preset: str) -> Callable[[tuple[int, int]], Case]:
     widen = MMYOLO_FACTORS[preset][1]
-    specs = tuple(FeatureSpec(int(c * widen), s) for c, s in zip((256, 512, 1024), (8, 16, 32), strict=True))
+    specs = peers.mmyolo_in_specs(preset)
     chans = "/".join(str(s.channels) for s in specs)
 
     def build(size: tuple[int, int]) -> Case:
-        _divisible(f"yolov6{preset}", size, 32, "mmyolo upsamples x2 then concatenates")
+        peers.check_divisible(f"yolov6{preset}", size, *peers.MMYOLO_DIVISIBLE)
         case = Case(
             f"yolov6{preset}",
             f"YOLOv6-{preset.upper()} RepPAN (P3-P5 {chans} in)",
             size,
             specs,
-            [_mmyolo_reppafpn_pair(preset, specs)],
+            [peers.mmyolo_reppafpn_pair(preset, specs)],
         )
         case.notes.append(
             f"necklace: rep_pafpn preset {preset}; mmyolo YOLOv6RepPAFPN as in its yolov6_{preset} config "
@@ -515,13 +181,13 @@ def _yolov6(preset: str) -> Callable[[tuple[int, int]], Case]:
 
 
 def _nasfpn(size: tuple[int, int]) -> Case:
-    _divisible("nasfpn", size, 128, "mmdet's NASFPN floors odd P6/P7 sizes, necklace ceils them")
+    peers.check_divisible("nasfpn", size, *peers.NASFPN_DIVISIBLE)
     case = Case(
         "nasfpn",
         "NAS-FPN, RetinaNet config (C2-C5 256/512/1024/2048 in, start_level 1, 256 wide, P3-P7, 7 stacks, BN)",
         size,
         R50_C2,
-        [_mmdet_nasfpn_pair(R50_C2, 256, stack_times=7, start_level=1)],
+        [peers.mmdet_nasfpn_pair(R50_C2, 256, stack_times=7, start_level=1)],
     )
     case.notes.append(
         "necklace: nasfpn width 256, stack_times 7, levels (3, 7), norm bn; mmdet NASFPN as in "
@@ -532,7 +198,9 @@ def _nasfpn(size: tuple[int, int]) -> Case:
 
 def _tiny_fpn(size: tuple[int, int]) -> Case:
     specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
-    return Case("tiny_fpn", "tiny FPN (16/32/64 -> 32) for smoke tests", size, specs, [_tv_pair(specs, 32)])
+    return Case(
+        "tiny_fpn", "tiny FPN (16/32/64 -> 32) for smoke tests", size, specs, [peers.torchvision_fpn_pair(specs, 32)]
+    )
 
 
 CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str]] = {
@@ -550,43 +218,17 @@ CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str
 
 # ----------------------------------------------------------------------------------------------- measuring
 def count_macs(fn: Callable[[], object]) -> int:
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        fn()
-    return int(counter.get_total_flops()) // 2
+    return count_call_flops(fn) // 2
 
 
-def _eval_call(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Callable[[], object]:
-    def run() -> object:
-        with torch.no_grad():
-            return module(list(feats)) if call is None else call(list(feats))
-
-    return run
+_eval_call = peers.eval_call  # (module, call, feats) -> no-argument callable; also used by profile_ops.py
+_bind = peers.bind
+run_pair_parity = peers.parity
 
 
 def _train_step(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Callable[[], object]:
     """One forward + backward of ``sum(out.sum())`` in train mode; grads are set to None first."""
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def step() -> None:
-        for p in params:
-            p.grad = None
-        for f in feats:
-            f.grad = None
-        outs = module(list(feats)) if call is None else call(list(feats))
-        loss = outs[0].sum()
-        for o in outs[1:]:
-            loss = loss + o.sum()
-        loss.backward()
-
-    return step
-
-
-def _bind(pair: Pair) -> Call:
-    """The pair's peer as a ``feats -> outputs`` callable."""
-    assert pair.call is not None and pair.peer_module is not None
-    c, m = pair.call, pair.peer_module
-    return lambda f: c(m, f)
+    return train_step(module, feats, call)
 
 
 def _mb(n: int) -> float:
@@ -600,34 +242,28 @@ def _deployed(
     channels_last: bool,
 ) -> dict[int, nn.Module]:
     """``necklace.deploy`` copies of the necklace necks whose outputs still equal the peer's (others noted)."""
-    deploy = getattr(necklace, "deploy", None)
     out: dict[int, nn.Module] = {}
     for i, pair, row in active:
-        if deploy is None:
-            row["deployed_note"] = "this necklace has no deploy()"
-            continue
-        assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
         try:
-            module = deploy(pair.necklace, channels_last=channels_last).eval()
-            with torch.no_grad():
-                diff, scale = common.max_abs_diff(module(list(feats)), pair.call(pair.peer_module, list(feats)))
+            module, eq = peers.deploy_necklace(pair, feats, channels_last=channels_last)
         except Exception as e:  # deploy is optional here: report, keep timing the rest
             row["deployed_note"] = f"necklace.deploy failed: {type(e).__name__}: {e}"
             log(f"  [deploy] {pair.peer}: {row['deployed_note']}")
             continue
+        diff, rel = eq["max_abs_diff"], eq["max_abs_diff"] / max(1.0, eq["max_abs_output"])
         row["_deployed_equality"] = {
             "max_abs_diff": diff,
-            "max_rel_diff": diff / max(1.0, scale),
-            "tolerance": DEPLOY_TOL * max(1.0, scale),
-            "equal": diff <= DEPLOY_TOL * max(1.0, scale),
+            "max_rel_diff": rel,
+            "tolerance": eq["tolerance"],
+            "equal": eq["equal"],
         }
-        log(f"  deployed necklace vs {pair.peer}: max abs diff {diff:.3g} (relative {diff / max(1.0, scale):.2g})")
-        if row["_deployed_equality"]["equal"]:
+        log(f"  deployed necklace vs {pair.peer}: max abs diff {diff:.3g} (relative {rel:.2g})")
+        if eq["equal"]:
             out[i] = module
         else:
             row["deployed_note"] = (
                 f"deployed outputs differ from the peer's (max abs diff {diff:.3g}, relative "
-                f"{diff / max(1.0, scale):.2g} > {DEPLOY_TOL:g}); not timed"
+                f"{rel:.2g} > {DEPLOY_TOL:g}); not timed"
             )
             row.pop("_deployed_equality")
     return out
@@ -645,56 +281,31 @@ def _peer_deployed(
     """
     out: dict[int, nn.Module] = {}
     for i, pair, row in active:
-        assert pair.peer_module is not None and pair.call is not None
         if pair.peer_deploy is None:
             row["_peer_deploy"] = {"what": None, "has_deploy_form": False, "note": NO_PEER_DEPLOY}
             continue
         info: dict[str, Any] = {"what": pair.peer_deploy_what, "has_deploy_form": True}
         row["_peer_deploy"] = info
         try:
-            module = pair.peer_deploy(copy.deepcopy(pair.peer_module))
-            module.eval()
-            with torch.no_grad():
-                diff, scale = common.max_abs_diff(
-                    pair.call(module, list(feats)), pair.call(pair.peer_module, list(feats))
-                )
+            module, eq = peers.deploy_peer(pair, feats)
         except Exception as e:  # report, time the necklace deployed neck against the eager peer instead
             info["note"] = f"peer deploy form failed ({type(e).__name__}: {e}): compared with its eager form"
             log(f"  [peer deploy] {pair.peer}: {info['note']}")
             continue
-        info["equality_vs_peer_eager"] = {
-            "max_abs_diff": diff,
-            "max_abs_output": scale,
-            "tolerance": TOL * max(1.0, scale),
-            "equal": diff <= TOL * max(1.0, scale),
-        }
+        info["equality_vs_peer_eager"] = eq
+        diff = eq["max_abs_diff"]
         log(f"  peer deployed ({pair.peer_deploy_what.split(':')[0]}) vs its eager form: max abs diff {diff:.3g}")
-        if not info["equality_vs_peer_eager"]["equal"]:
+        if not eq["equal"]:
             info["note"] = (
                 f"peer deploy form's outputs differ from its eager ones (max abs diff {diff:.3g}): compared with "
                 "its eager form"
             )
             continue
-        c = pair.call
+        assert pair.call is not None
         info["params"] = count_params(module)
-        info["macs"] = count_macs(functools.partial(c, module, list(feats)))
+        info["macs"] = count_macs(functools.partial(pair.call, module, list(feats)))
         out[i] = module
     return out
-
-
-def run_pair_parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
-    assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
-    with torch.no_grad():
-        got = pair.necklace(list(feats))
-        ref = pair.call(pair.peer_module, list(feats))
-    diff, scale = common.max_abs_diff(got, ref)
-    return {
-        "max_abs_diff": diff,
-        "max_abs_output": scale,
-        "tolerance": TOL * max(1.0, scale),
-        "equal": diff <= TOL * max(1.0, scale),
-        "out_shapes": [list(t.shape) for t in got],
-    }
 
 
 def _run_train(
@@ -725,7 +336,7 @@ def _run_train(
         g_nk = [f.grad.clone() for f in feats_t if f.grad is not None]
         steps[f"peer{i}"]()
         g_pe = [f.grad.clone() for f in feats_t if f.grad is not None]
-        diff, scale = common.max_abs_diff(g_nk, g_pe)
+        diff, scale = peers.max_abs_diff(g_nk, g_pe)
         grad_check[i] = {"input_grad_max_abs_diff": diff, "input_grad_max_abs": scale}
         log(f"  train-mode input gradients vs {pair.peer}: max abs diff {diff:.3g} (max {scale:.3g})")
     t0 = time.perf_counter()

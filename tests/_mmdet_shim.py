@@ -1,45 +1,12 @@
 """Import mmdet's necks without mmcv's compiled ops (``mmcv-lite`` has none; no neck calls one).
 
-``mmcv.ops`` loads its C++/CUDA extension at import time through ``mmcv.utils.ext_loader.load_ext``;
-:func:`import_mmdet_necks` replaces that loader with one returning a placeholder module (any op call raises),
-then imports ``mmdet.models.necks``.
+The shim lives in the library (:mod:`necklace.peers`, also used by ``necklace bench --vs mmdet`` and the
+benchmarks); the tests import it from here under their historical names.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+from necklace.peers import import_mmdet_necks
+from necklace.peers import install_mmcv_ext_shim as install_ext_shim
 
-
-class _MissingExt(types.ModuleType):
-    """Stands in for ``mmcv._ext``: attribute lookups succeed, calling an op raises."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def _missing(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError(f"mmcv compiled op {name!r} is not available (mmcv-lite + test shim).")
-
-        return _missing
-
-
-def install_ext_shim() -> None:
-    """Replace ``mmcv.utils.ext_loader.load_ext`` by a placeholder loader (must run before ``mmcv.ops``)."""
-    if "mmcv.ops" in sys.modules:
-        return  # already imported (with real ops or an earlier shim)
-    from mmcv.utils import ext_loader
-
-    def load_ext(name: str, funcs: list[str]) -> types.ModuleType:
-        return _MissingExt(f"mmcv.{name}")
-
-    ext_loader.load_ext = load_ext  # type: ignore[assignment]
-
-
-def import_mmdet_necks() -> types.ModuleType:
-    """Return ``mmdet.models.necks`` imported with the ext-loader shim in place."""
-    install_ext_shim()
-    import mmdet.models.necks as necks
-
-    return necks
+__all__ = ["import_mmdet_necks", "install_ext_shim"]

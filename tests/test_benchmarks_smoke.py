@@ -178,10 +178,12 @@ def test_ratio_and_interleaving_helpers(vs_peers) -> None:
 
 
 def test_missing_peer_is_skipped_with_a_note(vs_peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from necklace import peers
+
     def no_mmdet():
         raise ImportError("No module named 'mmdet'")
 
-    monkeypatch.setattr(vs_peers.common, "import_mmdet_necks", no_mmdet)
+    monkeypatch.setattr(peers, "import_mmdet_necks", no_mmdet)  # the pair builders live in necklace.peers
     md = tmp_path / "RESULTS.md"
     argv = ["--configs", "r50_pafpn", "--repeats", "1", "--out", str(tmp_path), "--results-md", str(md)]
     assert vs_peers.main(argv) == 0
@@ -208,13 +210,16 @@ def test_deploy_speed_tiny_config(tmp_path: Path) -> None:
     assert deploy_speed.main(["--configs", "nope"]) == 2
 
 
-def test_ultralytics_import_leaves_pil_open_and_torch_save_alone(vs_peers) -> None:  # type: ignore[no-untyped-def]
+def test_ultralytics_import_leaves_pil_open_and_torch_save_alone() -> None:
     """ultralytics replaces PIL.Image.open (pip-installing pi-heif on an unreadable image) and torch.save when
-    imported; the benchmark must not leak that into the process (the data tests open broken images)."""
+    imported; the benchmark (and ``necklace bench --vs ultralytics``) must not leak that into the process (the
+    data tests open broken images)."""
     _require_ultralytics()
     import PIL.Image
 
+    from necklace import peers
+
     before = (PIL.Image.open, torch.save)
-    tasks = vs_peers._ultralytics_tasks()
+    tasks = peers._ultralytics_tasks()
     assert hasattr(tasks, "DetectionModel")
     assert PIL.Image.open is before[0] and torch.save is before[1]

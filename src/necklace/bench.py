@@ -13,11 +13,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import math
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,13 +37,19 @@ __all__ = [
     "BenchResult",
     "LatencyStats",
     "bench_neck",
+    "count_call_flops",
     "count_flops",
     "count_macs",
     "count_params",
     "default_image_size",
     "default_in_specs",
+    "interleaved",
     "measure_latency",
+    "peak_memory_bytes",
     "random_features",
+    "ratio_stats",
+    "stats_ms",
+    "train_step",
 ]
 
 #: What :func:`bench_neck` can time: the neck as built, deployed, or compiled (see :mod:`necklace.compile`).
@@ -233,9 +244,22 @@ def count_flops(module: nn.Module, inputs: Any) -> int:
         >>> count_flops(conv, torch.zeros(1, 8, 10, 12)) == 2 * 8 * 16 * 9 * 10 * 12
         True
     """
+    return count_call_flops(lambda: _forward(module, inputs))
+
+
+def count_call_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one ``fn()`` call under ``no_grad``, as :func:`count_flops` counts them (convs and matmuls).
+
+    For callables that are not ``module(inputs)``, e.g. a peer library's neck called with its own input type.
+
+    Example:
+        >>> conv = nn.Conv2d(8, 16, 1, bias=False)
+        >>> count_call_flops(lambda: conv(torch.zeros(1, 8, 4, 4))) == 2 * 8 * 16 * 4 * 4
+        True
+    """
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        _forward(module, inputs)
+        fn()
     return int(counter.get_total_flops())
 
 
@@ -326,6 +350,106 @@ def measure_latency(
         if was_training:
             module.train(True)
     return LatencyStats.from_seconds(times)
+
+
+def interleaved(
+    callables: Mapping[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 2,
+    progress: Progress | None = None,
+) -> dict[str, list[float]]:
+    """Time every callable ``repeats`` times, interleaved; returns ``{name: [seconds per call, ...]}``.
+
+    Round ``i`` calls the callables in their given order rotated by ``i`` (so none is always first or
+    always runs right after the same neighbour), so slow phases of a noisy machine hit all of them alike.
+    ``warmup`` untimed rounds come first. The garbage collector runs once before the timed rounds and is
+    paused during them (like ``timeit``), so a collection never lands inside a timed call.
+    ``progress(done, repeats)`` is called before the first and after every timed round.
+
+    Example:
+        >>> calls = []
+        >>> times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=0)
+        >>> calls, [len(t) for t in times.values()]
+        (['a', 'b', 'b', 'a', 'a', 'b'], [3, 3])
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    names = list(callables)
+    fns = [callables[n] for n in names]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    if progress is not None:
+        progress(0, repeats)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(repeats):
+            k = i % len(fns)
+            for j in list(range(k, len(fns))) + list(range(k)):
+                start = time.perf_counter()
+                fns[j]()
+                times[names[j]].append(time.perf_counter() - start)
+            if progress is not None:
+                progress(i + 1, repeats)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    v = sorted(values)
+    if len(v) == 1:
+        return v[0]
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def stats_ms(times_s: Sequence[float]) -> dict[str, float | int]:
+    """Median, min, max, mean and quartiles of per-call times given in seconds, in milliseconds.
+
+    Example:
+        >>> s = stats_ms([0.001, 0.002, 0.003, 0.004, 0.005])
+        >>> s["median_ms"], s["p25_ms"], s["p75_ms"], s["repeats"]
+        (3.0, 2.0, 4.0, 5)
+    """
+    ms = [t * 1e3 for t in times_s]
+    return {
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "mean_ms": statistics.fmean(ms),
+        "p25_ms": _quantile(ms, 0.25),
+        "p75_ms": _quantile(ms, 0.75),
+        "repeats": len(ms),
+    }
+
+
+def ratio_stats(a_s: Sequence[float], b_s: Sequence[float]) -> dict[str, float | int]:
+    """Per-round ratios ``a[i] / b[i]`` of two interleaved series: median (the reported ratio) and quartiles.
+
+    The median of per-round ratios is more robust to drift of the machine's speed than the ratio of medians.
+
+    Example:
+        >>> r = ratio_stats([2.0, 4.0, 9.0], [1.0, 1.0, 3.0])
+        >>> r["median"], r["p25"], r["p75"], r["n"]
+        (3.0, 2.5, 3.5, 3)
+    """
+    if len(a_s) != len(b_s) or not a_s:
+        raise ValueError(f"need two equally long, non-empty series; got {len(a_s)} and {len(b_s)}.")
+    r = [a / b for a, b in zip(a_s, b_s, strict=True)]
+    return {
+        "median": statistics.median(r),
+        "p25": _quantile(r, 0.25),
+        "p75": _quantile(r, 0.75),
+        "min": min(r),
+        "max": max(r),
+        "n": len(r),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- defaults
@@ -493,3 +617,80 @@ def _prepare(module: nn.Module, feats: list[torch.Tensor], mode: str) -> tuple[A
 
     compiled = compile_model(module, feats, backend=mode)
     return compiled, CompileReport.of(compiled).compile_s
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def peak_memory_bytes(fn: Callable[[], object]) -> dict[str, int]:
+    """Peak bytes of tensors that one ``fn()`` allocates and holds at once in torch's CPU allocator.
+
+    Read from ``torch.profiler`` (``profile_memory=True``) allocation/free events, matched by address: only
+    blocks allocated during this call count, so the number is the peak of *new* tensor memory (activations
+    kept for backward, temporaries, gradients, outputs) on top of whatever existed before (parameters, inputs;
+    a train step that starts by setting ``.grad`` to None frees the old gradients first, so this is its peak
+    beyond parameters + inputs). Memory that oneDNN or the Python heap allocate outside torch's allocator is
+    not seen. ``retained_bytes``: what the call left allocated (e.g. its outputs, new ``.grad`` tensors);
+    ``events``: how many allocation events were read (0 means nothing was measured).
+
+    Example:
+        >>> peak_memory_bytes(lambda: torch.zeros(1024, 256))["peak_bytes"]  # 1 MiB of float32
+        1048576
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    fd, tmp = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(tmp)
+        trace = json.loads(Path(tmp).read_text())
+    finally:
+        os.unlink(tmp)
+    events = [
+        e["args"]
+        for e in trace.get("traceEvents", [])
+        if e.get("name") == "[memory]" and e.get("args", {}).get("Device Type", 0) == 0  # 0: CPU
+    ]
+    events.sort(key=lambda a: a.get("Ev Idx", 0))
+    live: dict[int, int] = {}
+    current = peak = 0
+    for a in events:
+        addr, nbytes = int(a["Addr"]), int(a["Bytes"])
+        if nbytes > 0:
+            live[addr] = nbytes
+            current += nbytes
+            peak = max(peak, current)
+        elif addr in live:  # a free of a block allocated before this call is not ours
+            current -= live.pop(addr)
+    return {"peak_bytes": peak, "retained_bytes": current, "events": len(events)}
+
+
+def train_step(
+    module: nn.Module,
+    feats: Sequence[torch.Tensor],
+    call: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
+) -> Callable[[], None]:
+    """A callable running one training step of a neck: grads set to None, ``module(feats)`` (or ``call(feats)``),
+    backward of ``sum(out.sum())``. Inputs that require grad get gradients too, as backbone maps do.
+
+    Example:
+        >>> neck = build_neck("fpn", [(8, 8), (16, 16)], width=8)
+        >>> feats = [torch.randn(1, 8, 8, 8, requires_grad=True), torch.randn(1, 16, 4, 4, requires_grad=True)]
+        >>> train_step(neck, feats)()
+        >>> feats[0].grad.shape
+        torch.Size([1, 8, 8, 8])
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        for f in feats:
+            f.grad = None
+        outs = module(list(feats)) if call is None else call(list(feats))
+        loss = outs[0].sum()
+        for o in outs[1:]:
+            loss = loss + o.sum()
+        loss.backward()
+
+    return step

