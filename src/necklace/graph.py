@@ -430,9 +430,19 @@ class _NodeModule(nn.Module):
         if overrides:
             cfg = cfg.with_(**overrides)
         self.block = build_block(node.block, block_in, node.channels, cfg, **args)
+        # edges that pass their map through unchanged (same level, no align, no pre-activation) are not called,
+        # and a lone input without weights skips the fusion: fewer Python module calls on light necks
+        self._passthrough = tuple(
+            p.steps == 0 and not isinstance(e.align, nn.Module) and e.pre_act is None
+            for p, e in zip(edges, self.edges, strict=True)
+        )
+        self._lone = len(edges) == 1 and node.fuse != "gp"
 
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
-        return self.block(self.fuse([edge(x, size) for edge, x in zip(self.edges, xs, strict=True)]))
+        ys = [x if skip else edge(x, size) for edge, x, skip in zip(self.edges, xs, self._passthrough, strict=True)]
+        if self._lone and self.fuse.weight is None and self.fuse.frozen_weight is None:
+            return self.block(ys[0])
+        return self.block(self.fuse(ys))
 
 
 def _schedule(graph: NeckGraph) -> list[Node]:
