@@ -188,7 +188,7 @@ def test_cli_bench_vs_table_deployed_and_csv_file(tmp_path: Path, capsys: pytest
     header = out.splitlines()[0].split()
     assert header[:4] == ["neck", "peer", "image", "max"] and "ratio" in header and "deployed" in header
     assert out.splitlines()[2].startswith("fpn   torchvision  64x64")
-    assert "(eager)" in out and "weights by necklace.convert.fpn_from_torchvision" in out
+    assert "(eager)" in out and "(weights: necklace.convert.fpn_from_torchvision)" in out
     (row,) = csv.DictReader(target.read_text().splitlines())
     assert row["equal"] == "True" and float(row["ratio"]) > 0 and float(row["ratio_deployed"]) > 0
     assert row["options"] == "width=16" and f"wrote {target}" in err

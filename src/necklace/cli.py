@@ -422,7 +422,7 @@ def _vs_table(results: Sequence[Any]) -> str:
         f"rounds after {first.warmup} warm-up; ratio = median over rounds of t_necklace / t_peer (< 1: necklace "
         "faster); same weights (converted), outputs checked equal; GMACs of convs (torch FlopCounterMode)"
     ]
-    notes += [f"{r.neck} vs {r.peer_module}: weights by {r.weights}" for r in results]
+    notes += [f"{r.neck} vs {r.peer_module} (weights: {r.weights})" for r in results]
     if deployed:
         notes.append(
             "deployed: necklace.deploy(neck) vs the peer's own deploy form (ultralytics fuse(), mmyolo "
