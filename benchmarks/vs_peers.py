@@ -79,7 +79,7 @@ if __package__ in (None, ""):  # run as a script: make the sibling module import
 else:  # imported as benchmarks.vs_peers
     from benchmarks import common  # type: ignore[no-redef]
 
-from necklace import FeatureSpec, peers
+from necklace import CompileReport, FeatureSpec, compile_model, peers
 from necklace.bench import (
     EFFICIENTNET_B0_C3_C5,
     RESNET50_C3_C5,
@@ -497,6 +497,9 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         elif "_peer_deploy" in row:  # neither deployed form was timed
             row["peer_deploy_note"] = row.pop("_peer_deploy").get("note", "")
 
+    if args.compile:
+        _run_compiled(active, feats, args, log, peer_deployed)
+
     # train: forward + backward, on copies (BN running stats move), interleaved the same way
     if not args.no_train:
         try:
@@ -511,6 +514,55 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                 row["train_note"] = note
 
     return entry
+
+
+def _run_compiled(
+    active: list[tuple[int, Pair, dict[str, Any]]],
+    feats: list[Tensor],
+    args: argparse.Namespace,
+    log: Callable[[str], None],
+    peer_deployed: dict[int, nn.Module],
+) -> None:
+    """``necklace.compile_model`` of each necklace neck vs the peer's deployed form (or eager form), checked equal
+    to the peer, timed interleaved in rounds of their own (compiled kernels run their own thread pool, so they are
+    kept out of the eval rounds). Sets ``row["compiled"]``."""
+    for i, pair, row in active:
+        assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
+        try:
+            compiled = compile_model(pair.necklace, (list(feats),), backend=args.compile)
+            report = CompileReport.of(compiled)
+            with torch.no_grad():
+                diff, scale = common.max_abs_diff(compiled(list(feats)), pair.call(pair.peer_module, list(feats)))
+        except Exception as e:  # optional path: report, keep the rest
+            row["compiled"] = {"note": f"necklace.compile_model failed: {type(e).__name__}: {e}"}
+            log(f"  [compile] {pair.peer}: {row['compiled']['note']}")
+            continue
+        rel = diff / max(1.0, scale)
+        if rel > DEPLOY_TOL:
+            row["compiled"] = {"note": f"compiled outputs differ from the peer's (relative {rel:.2g}); not timed"}
+            continue
+        peer_module = peer_deployed.get(i, pair.peer_module)
+        call = pair.call
+        fns = {
+            "compiled": _eval_call(compiled, None, feats),
+            "peer": _eval_call(peer_module, functools.partial(call, peer_module), feats),
+        }
+        times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+        ratio = common.ratio_stats(times["compiled"], times["peer"])
+        row["compiled"] = {
+            "backend": args.compile,
+            "compile_s": report.compile_s,
+            "max_abs_diff_vs_peer": diff,
+            "max_rel_diff_vs_peer": rel,
+            "peer_form": "deployed" if i in peer_deployed else "eager",
+            "necklace_compiled": common.stats_ms(times["compiled"]),
+            "peer": common.stats_ms(times["peer"]),
+            "ratio_compiled_over_peer": ratio,
+        }
+        log(
+            f"  compiled ({args.compile}, {report.compile_s:.1f} s to compile) vs {pair.peer} "
+            f"({row['compiled']['peer_form']}): ratio {ratio['median']:.3f}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- reporting
@@ -535,6 +587,19 @@ def _deployed_cells(p: dict[str, Any]) -> list[str]:
     else:
         cells.append("-")
     return cells
+
+
+def _compiled_note(d: dict[str, Any]) -> str:
+    """The notes line of ``--compile``: ratio of the compiled necklace neck to the peer's deployed form."""
+    if "note" in d:
+        return str(d["note"])
+    r = d["ratio_compiled_over_peer"]
+    return (
+        f"necklace.compile_model(backend={d['backend']!r}) {_f(d['necklace_compiled']['median_ms'])} ms vs peer "
+        f"{d['peer_form']} {_f(d['peer']['median_ms'])} ms in rounds of their own: ratio compiled / peer "
+        f"{d['peer_form']} **{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}] (compile "
+        f"{d['compile_s']:.1f} s, not in the latency; relative diff vs peer {d['max_rel_diff_vs_peer']:.1g})"
+    )
 
 
 def _deployed_notes(p: dict[str, Any]) -> list[str]:
@@ -664,6 +729,8 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
         for p in c["pairs"]:
             notes += [f"{c['config']} vs {p['peer']}: {n}" for n in _deployed_notes(p)]
+            if "compiled" in p:
+                notes.append(f"{c['config']} vs {p['peer']}: {_compiled_note(p['compiled'])}")
     if roofs:
         lines += [
             "",
@@ -694,6 +761,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("nchw", "channels_last"),
         help="also time necklace.deploy(neck) (BN folded, fusions frozen); 'channels_last' deploys with "
         "channels_last=True (inputs stay NCHW, as the peer gets them)",
+    )
+    ap.add_argument(
+        "--compile",
+        choices=("inductor", "torchscript"),
+        default=None,
+        help="also time necklace.compile_model(neck, backend=...) (deploy, then compile) against the peer's "
+        "deployed form (its eager form where it has none), in rounds of their own after the eval rounds; compile "
+        "seconds reported apart",
     )
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for vs_peers.json")
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="Markdown file to update ('' = none)")
@@ -753,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dtype": "float32",
         "roofline_hw": args.roofline_hw,
         "deployed": args.deployed,
+        "compile": args.compile,
         "tolerance_rel": TOL,
         "command": "benchmarks/vs_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

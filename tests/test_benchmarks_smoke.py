@@ -223,3 +223,16 @@ def test_ultralytics_import_leaves_pil_open_and_torch_save_alone() -> None:
     tasks = peers._ultralytics_tasks()
     assert hasattr(tasks, "DetectionModel")
     assert PIL.Image.open is before[0] and torch.save is before[1]
+
+
+def test_vs_peers_compiled_path(vs_peers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``--compile``: necklace.compile_model of the neck, checked equal to the peer and timed against it; the
+    compile time is reported apart and the notes line names the backend."""
+    rc, data, md = _run_tiny(vs_peers, tmp_path, "--configs", "tiny_fpn", "--no-train", "--compile", "torchscript")
+    assert rc == 0
+    (pair,) = data["configs"][0]["pairs"]
+    c = pair["compiled"]
+    assert c["backend"] == "torchscript" and c["compile_s"] > 0 and c["peer_form"] == "eager"
+    assert c["max_rel_diff_vs_peer"] <= 1e-3 and c["ratio_compiled_over_peer"]["median"] > 0
+    assert c["necklace_compiled"]["median_ms"] > 0
+    assert "necklace.compile_model(backend='torchscript')" in md and "compile " in md
