@@ -441,8 +441,11 @@ class _NodeModule(nn.Module):
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
         ys = [x if skip else edge(x, size) for edge, x, skip in zip(self.edges, xs, self._passthrough, strict=True)]
         if self._lone and self.fuse.weight is None and self.fuse.frozen_weight is None:
-            return self.block(ys[0])
-        return self.block(self.fuse(ys))
+            fused = ys[0]
+        else:
+            fused = self.fuse(ys)
+        del ys  # the resampled inputs must not stay alive while the block runs (inference peak memory)
+        return self.block(fused)
 
 
 def _schedule(graph: NeckGraph) -> list[Node]:
