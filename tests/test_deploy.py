@@ -285,6 +285,9 @@ def test_channels_last_laterals_read_nchw_maps_without_converting_them(name: str
     assert _map_copies(prof) == []
     assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
     assert _max_rel(out, ref) <= 1e-5
+    again = deploy(deployed, channels_last=False)  # re-deploying a channels_last model undoes the layout
+    assert not any(isinstance(m, PointwiseToChannelsLast) for m in again.modules())
+    assert not any(m.channels_last_inputs for m in again.modules() if isinstance(m, GraphNeck))
     necklace.set_channels_last(deployed, False)
     assert not any(isinstance(m, PointwiseToChannelsLast) for m in deployed.modules())
     assert graph.channels_last_direct == frozenset()

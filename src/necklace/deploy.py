@@ -350,6 +350,7 @@ def deploy(
 
     latency: tuple[float, float] | None = None
     use_cl = bool(channels_last)
+    set_channels_last(deployed, False)  # start from contiguous, also when the model was deployed before
     if channels_last is None and inputs is not None:
         t_contiguous = _time_ms(deployed, inputs)
         set_channels_last(deployed, True)
