@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from necklace.layers.winograd import direct_convs
 from necklace.registry import build_neck, neck_info
 from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
@@ -237,7 +238,8 @@ def count_flops(module: nn.Module, inputs: Any) -> int:
 
     ``inputs`` is passed as the single positional argument (a tensor, or a list of maps for a neck).
     Element-wise ops, pooling and interpolation are not counted. Runs under ``no_grad`` in the module's
-    current train/eval mode.
+    current train/eval mode. Convs count their nominal (direct) MACs: the count runs with the Winograd path
+    off (:func:`necklace.layers.winograd.direct_convs`), so GMAC/s compares algorithms on the same work.
 
     Example:
         >>> conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
@@ -258,7 +260,7 @@ def count_call_flops(fn: Callable[[], object]) -> int:
         True
     """
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with torch.no_grad(), direct_convs(), counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -16,6 +16,7 @@ from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, 
 from necklace.layers.resample import Resample, match_size
 from necklace.layers.rfa import ResidualFeatureAugmentation
 from necklace.layers.sac import ConvAWS2d, SAConv2d, convert_to_aws, convert_to_sac
+from necklace.layers.winograd import WinogradConv2d, set_winograd
 
 __all__ = [
     "ASPP",
@@ -38,6 +39,7 @@ __all__ = [
     "ResidualFeatureAugmentation",
     "SAConv2d",
     "SeparableConv",
+    "WinogradConv2d",
     "build_block",
     "convert_to_aws",
     "convert_to_sac",
@@ -45,4 +47,5 @@ __all__ = [
     "make_act",
     "make_norm",
     "match_size",
+    "set_winograd",
 ]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from necklace.layers.winograd import WinogradConv2d
 from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = [
@@ -209,7 +210,9 @@ class ConvNormAct(nn.Module):
         self.act_first = act_first
         pad = 0 if self.same else (kernel - 1) // 2 * dilation
         self.kernel, self.stride, self.dilation = kernel, stride, dilation
-        self.conv = nn.Conv2d(
+        # 3x3 stride-1 dense convs run Winograd F(4x4, 3x3) in inference where it is faster (same parameters)
+        conv_cls = WinogradConv2d if (kernel, stride, dilation, groups, pad) == (3, 1, 1, 1, 1) else nn.Conv2d
+        self.conv = conv_cls(
             in_channels, out_channels, kernel, stride, pad, dilation=dilation, groups=groups, bias=cfg.use_bias
         )
         self.norm = cfg.norm_layer(out_channels)

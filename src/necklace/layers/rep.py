@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, make_act
+from necklace.layers.winograd import WinogradConv2d
 
 __all__ = ["BepC3", "BottleRep", "GhostConv", "RepBlock", "RepConv", "fold_bn", "fold_bn_into_conv", "require_bn"]
 
@@ -212,7 +213,8 @@ class RepConv(nn.Module):
         if self.conv is not None:
             return
         weight, bias = self.fused_kernel_bias()
-        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, groups=self.groups, bias=True)
+        conv_cls = WinogradConv2d if (self.stride, self.groups) == (1, 1) else nn.Conv2d
+        conv = conv_cls(self.in_channels, self.out_channels, 3, self.stride, 1, groups=self.groups, bias=True)
         conv = conv.to(device=weight.device, dtype=weight.dtype).train(self.training)
         conv.weight.copy_(weight)
         assert conv.bias is not None

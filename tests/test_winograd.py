@@ -1,0 +1,219 @@
+"""Winograd F(4x4, 3x3) inference convs: equality with the direct conv, when the path runs, and its cache."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import necklace
+from necklace.layers import winograd as wg
+from necklace.layers.conv import ConvNormAct
+from necklace.layers.rep import RepConv
+from necklace.layers.winograd import (
+    WinogradConv2d,
+    set_winograd,
+    winograd_conv3x3,
+    winograd_eligible,
+    winograd_filter,
+    winograd_pays,
+)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (4, 4), (5, 7), (9, 13), (16, 17), (33, 8)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matches_direct_conv_in_float64_any_size(hw: tuple[int, int], batch: int) -> None:
+    g = torch.Generator().manual_seed(hw[0] * 31 + hw[1] + batch)
+    x = torch.randn(batch, 5, *hw, generator=g, dtype=torch.float64)
+    w = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    y = winograd_conv3x3(x, winograd_filter(w), b)
+    ref = F.conv2d(x, w, b, padding=1)
+    assert y.shape == ref.shape and y.is_contiguous()
+    assert torch.allclose(y, ref, rtol=0, atol=1e-11 * float(ref.abs().max())), _rel_err(y, ref)
+
+
+def test_float32_error_is_about_1e5_of_the_output() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 256, 40, 40, generator=g)
+    w = torch.randn(256, 256, 3, 3, generator=g) / 48
+    b = torch.randn(256, generator=g)
+    ref64 = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    err = _rel_err(winograd_conv3x3(x, winograd_filter(w), b), ref64)
+    direct_err = _rel_err(F.conv2d(x, w, b, padding=1), ref64)
+    assert err < 5e-5  # the module docstring's claim (~1e-5)
+    assert err > direct_err  # and it is not the direct conv in disguise
+
+
+def test_channels_last_input_gives_channels_last_output() -> None:
+    x = torch.randn(2, 8, 11, 12).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, 8, 3, 3), torch.randn(4)
+    y = winograd_conv3x3(x, winograd_filter(w), b)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, F.conv2d(x, w, b, padding=1), atol=1e-4)
+
+
+def test_bad_shapes_are_named() -> None:
+    with pytest.raises(ValueError, match=r"u \(36, O, C\).*\(1, 8, 5, 5\).*\(36, 4, 7\)"):
+        winograd_conv3x3(torch.zeros(1, 8, 5, 5), torch.zeros(36, 4, 7))
+    with pytest.raises(ValueError, match=r"\(O, C, 3, 3\).*\(4, 8, 5, 5\)"):
+        winograd_filter(torch.zeros(4, 8, 5, 5))
+
+
+def test_eligibility_and_threshold() -> None:
+    assert winograd_eligible(nn.Conv2d(8, 8, 3, padding=1))
+    for conv in (
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.Conv2d(8, 8, 3, padding=0),
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(8, 8, 1),
+    ):
+        assert not winograd_eligible(conv), conv
+    c, s = wg.MIN_CHANNELS, wg.MIN_SIDE
+    assert winograd_pays(c, c, s, s)
+    assert not winograd_pays(c - 1, c, s, s) and not winograd_pays(c, c - 1, s, s)
+    assert not winograd_pays(c, c, s - 1, s) and not winograd_pays(c, c, s, s - 1)
+
+
+def _big_conv() -> tuple[WinogradConv2d, torch.Tensor]:
+    c, s = wg.MIN_CHANNELS, wg.MIN_SIDE + 3
+    torch.manual_seed(0)
+    return WinogradConv2d(c, c, 3, padding=1).eval(), torch.randn(1, c, s, s + 2)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    seen: list[tuple[int, ...]] = []
+    real = wg.winograd_conv3x3
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return real(x, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wg, "winograd_conv3x3", spy)
+    return seen
+
+
+def test_module_runs_winograd_only_in_inference(calls: list[tuple[int, ...]]) -> None:
+    conv, x = _big_conv()
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    with torch.no_grad():
+        y = conv(x)
+    assert calls == [tuple(x.shape)]
+    assert _rel_err(y, ref) < 5e-5 and not torch.equal(y, ref.detach())
+    # autograd on: the plain conv, bit for bit, and gradients flow
+    y_train = conv(x)
+    assert len(calls) == 1 and torch.equal(y_train, ref)
+    y_train.sum().backward()
+    assert conv.weight.grad is not None
+    with torch.inference_mode():
+        conv(x)
+    assert len(calls) == 2
+
+
+def test_module_skips_small_shapes_other_dtypes_and_when_switched_off(calls: list[tuple[int, ...]]) -> None:
+    conv, x = _big_conv()
+    with torch.no_grad():
+        small = x[:, :, : wg.MIN_SIDE - 1]
+        assert torch.equal(conv(small), F.conv2d(small, conv.weight, conv.bias, padding=1))
+        assert calls == []
+        half = conv.to(torch.bfloat16)
+        half(x.to(torch.bfloat16))
+        assert calls == []
+        conv = conv.float()
+        assert set_winograd(nn.Sequential(conv, nn.ReLU()), False) == 1
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+        assert calls == []
+        set_winograd(conv, True)
+        conv(x)
+        assert len(calls) == 1
+
+
+def test_filter_cache_follows_weight_changes() -> None:
+    conv, x = _big_conv()
+    with torch.no_grad():
+        conv(x)
+        conv.weight.mul_(2)  # in place (what BN folding does)
+        assert _rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < 5e-5
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # replaced
+        assert _rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < 5e-5
+        twin = copy.deepcopy(conv)
+        twin.weight.zero_()
+        assert twin(x).abs().max() <= conv.bias.abs().max() + 1e-6  # the copy's own (zero) filter
+        assert _rel_err(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < 5e-5  # original untouched
+        dbl = conv.double()
+        assert _rel_err(dbl(x.double()), F.conv2d(x.double(), dbl.weight, dbl.bias, padding=1)) < 1e-12
+
+
+def test_same_parameters_and_state_dict_as_conv2d() -> None:
+    plain = nn.Conv2d(8, 16, 3, padding=1)
+    fast = WinogradConv2d.from_conv(plain)
+    assert fast.weight is plain.weight and fast.bias is plain.bias
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    fresh = WinogradConv2d(8, 16, 3, padding=1)
+    fresh.load_state_dict(plain.state_dict())
+    assert torch.equal(fresh.weight, plain.weight)
+
+
+def test_tracing_sees_the_plain_conv(calls: list[tuple[int, ...]]) -> None:
+    conv, x = _big_conv()
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, (x,), check_trace=False)
+    kinds = {n.kind() for n in traced.graph.nodes()}
+    assert "aten::_convolution" in kinds and "aten::bmm" not in kinds
+    assert calls == []
+
+
+def test_conv_blocks_use_it_where_eligible() -> None:
+    assert isinstance(ConvNormAct(8, 8, 3).conv, WinogradConv2d)
+    for block in (ConvNormAct(8, 8, 3, stride=2), ConvNormAct(8, 8, 1), ConvNormAct(8, 8, 3, groups=8)):
+        assert type(block.conv) is nn.Conv2d
+    rep = RepConv(8, 8).eval()
+    rep.reparameterize()
+    assert isinstance(rep.conv, WinogradConv2d)
+
+
+@pytest.mark.parametrize("name", ["fpn", "pafpn"])
+def test_neck_outputs_with_and_without_winograd(name: str, calls: list[tuple[int, ...]]) -> None:
+    specs = [necklace.FeatureSpec(256, 8), necklace.FeatureSpec(512, 16), necklace.FeatureSpec(1024, 32)]
+    neck = necklace.build_neck(name, specs, width=wg.MIN_CHANNELS).eval()
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(1, s.channels, -(-227 // s.stride), -(-250 // s.stride), generator=g) for s in specs]
+    with torch.no_grad():
+        fast = neck(feats)
+        assert calls, "the 3x3 output convs of the finest level should take the Winograd path"
+        assert set_winograd(neck, False) > 0
+        n_calls = len(calls)
+        slow = neck(feats)
+        assert len(calls) == n_calls
+    for a, b in zip(fast, slow, strict=True):
+        assert a.shape == b.shape
+        assert _rel_err(a, b) < 1e-4
+
+
+def test_direct_convs_block_and_nominal_mac_count(calls: list[tuple[int, ...]]) -> None:
+    from necklace.bench import count_flops
+    from necklace.layers.winograd import direct_convs
+
+    conv, x = _big_conv()
+    with torch.no_grad(), direct_convs():
+        with direct_convs():  # nests
+            conv(x)
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+    assert calls == []
+    c, h, w = conv.in_channels, x.shape[2], x.shape[3]
+    assert count_flops(conv.eval(), x) == 2 * c * c * 9 * h * w  # the conv's MACs, not the Winograd GEMMs'
+    assert calls == []
+    with torch.no_grad():
+        conv(x)
+    assert len(calls) == 1
