@@ -11,7 +11,7 @@ from torch import nn
 
 import necklace
 from necklace.layers import winograd as wg
-from necklace.layers.conv import ConvNormAct
+from necklace.layers.conv import ConvNormAct, PointwiseConv2d, PointwiseToChannelsLast
 from necklace.layers.rep import RepConv
 from necklace.layers.winograd import (
     WinogradConv2d,
@@ -176,8 +176,10 @@ def test_tracing_sees_the_plain_conv(calls: list[tuple[int, ...]]) -> None:
 
 def test_conv_blocks_use_it_where_eligible() -> None:
     assert isinstance(ConvNormAct(8, 8, 3).conv, WinogradConv2d)
-    for block in (ConvNormAct(8, 8, 3, stride=2), ConvNormAct(8, 8, 1), ConvNormAct(8, 8, 3, groups=8)):
+    for block in (ConvNormAct(8, 8, 3, stride=2), ConvNormAct(8, 8, 3, groups=8), ConvNormAct(8, 8, 3, dilation=2)):
         assert type(block.conv) is nn.Conv2d
+    assert type(ConvNormAct(8, 8, 1).conv) is PointwiseConv2d
+    assert type(ConvNormAct(8, 8, 1, stride=2).conv) is nn.Conv2d
     rep = RepConv(8, 8).eval()
     rep.reparameterize()
     assert isinstance(rep.conv, WinogradConv2d)
@@ -217,3 +219,66 @@ def test_direct_convs_block_and_nominal_mac_count(calls: list[tuple[int, ...]]) 
     with torch.no_grad():
         conv(x)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("tiles_per_band", [1, 3, 8])
+@pytest.mark.parametrize("hw", [(4, 4), (9, 13), (16, 17), (17, 16), (24, 8)])
+def test_bands_cover_the_map_exactly(monkeypatch: pytest.MonkeyPatch, tiles_per_band: int, hw: tuple[int, int]) -> None:
+    monkeypatch.setattr(wg, "TILES_PER_BAND", tiles_per_band)  # bands of 1 / a few tile rows
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, *hw, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, w, padding=1)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        y = winograd_conv3x3(inp, winograd_filter(w))
+        assert torch.allclose(y, ref, rtol=0, atol=1e-11 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_gemm_matches_conv(batch: int, bias: bool, channels_last: bool) -> None:
+    torch.manual_seed(batch)
+    conv = PointwiseConv2d(12, 5, 1, bias=bias).double().eval()
+    x = torch.randn(batch, 12, 7, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x, conv.weight, conv.bias)
+    with torch.no_grad():
+        y = conv(x)
+    assert y.shape == ref.shape
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-12)
+
+
+def test_pointwise_gemm_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from necklace.layers.winograd import direct_convs
+
+    conv = PointwiseConv2d(16, 8, 1).eval()
+    x = torch.randn(1, 16, 6, 6)
+    used: list[str] = []
+    real_addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: used.append("addmm") or real_addmm(*a, **k))
+    with torch.no_grad():
+        conv(x)
+        assert used == ["addmm"]
+        with direct_convs():
+            assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias))
+    y = conv(x)  # autograd on: the plain conv
+    assert used == ["addmm"] and torch.equal(y, F.conv2d(x, conv.weight, conv.bias))
+    y.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.shape == conv.weight.shape
+    with pytest.raises(ValueError, match=r"1x1 stride-1.*kernel \(3, 3\)"):
+        PointwiseConv2d.from_conv(nn.Conv2d(4, 4, 3))
+
+
+def test_channels_last_laterals_round_trip_to_pointwise() -> None:
+    specs = [necklace.FeatureSpec(8, 8), necklace.FeatureSpec(16, 16)]
+    neck = necklace.build_neck("fpn", specs, width=8).eval()
+    laterals = [m for m in neck.modules() if type(m) is PointwiseConv2d]
+    assert laterals
+    necklace.set_channels_last(neck, True)
+    assert any(type(m) is PointwiseToChannelsLast for m in neck.modules())
+    necklace.set_channels_last(neck, False)
+    assert not any(type(m) is PointwiseToChannelsLast for m in neck.modules())
+    assert len([m for m in neck.modules() if type(m) is PointwiseConv2d]) == len(laterals)

@@ -204,7 +204,7 @@ def _direct_laterals(neck: GraphNeck, enabled: bool) -> list[str]:
             if not ok:
                 continue
             assert isinstance(align, ConvNormAct)
-            if enabled and type(align.conv) is nn.Conv2d:
+            if enabled and not isinstance(align.conv, PointwiseToChannelsLast):
                 align.conv = PointwiseToChannelsLast.from_conv(align.conv)
             elif not enabled and isinstance(align.conv, PointwiseToChannelsLast):
                 align.conv = align.conv.to_conv()

