@@ -239,8 +239,8 @@ def test_bands_cover_the_map_exactly(monkeypatch: pytest.MonkeyPatch, tiles_per_
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_pointwise_gemm_matches_conv(batch: int, bias: bool, channels_last: bool) -> None:
     torch.manual_seed(batch)
-    conv = PointwiseConv2d(12, 5, 1, bias=bias).double().eval()
-    x = torch.randn(batch, 12, 7, 9, dtype=torch.float64)
+    conv = PointwiseConv2d(512, 5, 1, bias=bias).double().eval()
+    x = torch.randn(batch, 512, 7, 9, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ref = F.conv2d(x, conv.weight, conv.bias)
@@ -254,13 +254,16 @@ def test_pointwise_gemm_matches_conv(batch: int, bias: bool, channels_last: bool
 def test_pointwise_gemm_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> None:
     from necklace.layers.winograd import direct_convs
 
-    conv = PointwiseConv2d(16, 8, 1).eval()
-    x = torch.randn(1, 16, 6, 6)
+    conv = PointwiseConv2d(512, 8, 1).eval()
+    x = torch.randn(1, 512, 6, 6)
     used: list[str] = []
     real_addmm = torch.addmm
     monkeypatch.setattr(torch, "addmm", lambda *a, **k: used.append("addmm") or real_addmm(*a, **k))
     with torch.no_grad():
         conv(x)
+        assert used == ["addmm"]
+        narrow = PointwiseConv2d(511, 8, 1).eval()
+        narrow(torch.randn(1, 511, 6, 6))  # below GEMM_MIN_IN_CHANNELS: mkldnn's conv
         assert used == ["addmm"]
         with direct_convs():
             assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias))

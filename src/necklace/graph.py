@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from necklace.layers.blocks import BLOCKS, build_block
-from necklace.layers.conv import ConvCfg
+from necklace.layers.conv import ConvCfg, ConvNormAct, concat_pointwise, pointwise_head_ok
 from necklace.layers.fuse import FUSE_MODES, Fuse
 from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES, Resample
 from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, check_features, validate_in_specs
@@ -437,8 +437,42 @@ class _NodeModule(nn.Module):
             for p, e in zip(edges, self.edges, strict=True)
         )
         self._lone = len(edges) == 1 and node.fuse != "gp"
+        # a concatenation read only by a 1x1 conv (C2f's cv1): in inference the conv runs per input, nearest-
+        # upsampled inputs at their own resolution, and the concatenation is never built (_concat_into_head)
+        self._resize_only: tuple[bool, ...] = tuple(
+            bool(e._interp and e.up_mode == "nearest" and e.align is None and e.pre_act is None)
+            for e in self.edges
+            if isinstance(e, Resample)
+        )
+        self._concat_head = (
+            node.fuse == "concat"
+            and len(edges) > 1
+            and hasattr(self.block, "tail")
+            and isinstance(getattr(self.block, "cv1", None), nn.Module)
+        )
+
+    def _concat_into_head(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
+        head = self.block.cv1
+        if not isinstance(head, ConvNormAct) or not pointwise_head_ok(head, xs[0]):
+            return None
+        parts = [
+            x if skip or low else edge(x, size)
+            for edge, x, skip, low in zip(self.edges, xs, self._passthrough, self._resize_only, strict=True)
+        ]
+        z = concat_pointwise(parts, head.conv.weight, head.conv.bias, upsample=self._resize_only, size=size)
+        if z is None:  # layouts the GEMMs cannot read in place (e.g. a batch of NCHW maps): concatenate after all
+            full = [
+                edge(p, size) if low else p for edge, p, low in zip(self.edges, parts, self._resize_only, strict=True)
+            ]
+            return self.block(torch.cat(full, dim=1))
+        tail = cast(Callable[[Tensor], Tensor], self.block.tail)
+        return tail(head.act(head.norm(z)))
 
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
+        if self._concat_head:
+            out = self._concat_into_head(xs, size)
+            if out is not None:
+                return out
         ys = [x if skip else edge(x, size) for edge, x, skip in zip(self.edges, xs, self._passthrough, strict=True)]
         if self._lone and self.fuse.weight is None and self.fuse.frozen_weight is None:
             fused = ys[0]

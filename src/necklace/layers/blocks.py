@@ -8,7 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, _choices_error
+from necklace.layers.conv import (
+    ConvCfg,
+    ConvNormAct,
+    DepthwiseSeparableConv,
+    SeparableConv,
+    _choices_error,
+    concat_pointwise,
+    pointwise_head_ok,
+)
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
 
@@ -75,10 +83,24 @@ class C2f(nn.Module):
         self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, (3, 3), 1.0, cfg) for _ in range(n))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = list(self.cv1(x).split((self.c, self.c), dim=1))
+        return self.tail(self.cv1(x))
+
+    def tail(self, y: Tensor) -> Tensor:
+        """Everything after ``cv1``: ``y`` is its output (``2c`` channels, split into two halves).
+
+        In inference the final ``cv2(cat([y, m_1, ..., m_n]))`` runs as GEMMs accumulated into one output
+        (:func:`necklace.layers.conv.concat_pointwise`): the concatenation is never written.
+        """
+        parts = [y]
+        h = y[:, self.c :]
         for m in self.m:
-            y.append(m(y[-1]))
-        return self.cv2(torch.cat(y, dim=1))
+            h = m(h)
+            parts.append(h)
+        if pointwise_head_ok(self.cv2, y):
+            z = concat_pointwise(parts, self.cv2.conv.weight, self.cv2.conv.bias)
+            if z is not None:
+                return self.cv2.act(self.cv2.norm(z))
+        return self.cv2(torch.cat(parts, dim=1))
 
 
 class CSPBlock(nn.Module):

@@ -191,6 +191,9 @@ def winograd_conv3x3(
     # faster inside a neck than transforming the whole map at once.
     rows = max(1, TILES_PER_BAND // tw)
     right = 1 + M_OUT * tw - w  # zero columns after the map (1 when W is a multiple of 4)
+    t_max = min(rows, th) * tw
+    m_buf = x.new_empty(N_IN * N_IN * o * t_max)  # the GEMM outputs of every band go to these two buffers
+    y_buf = x.new_empty(M_OUT * M_OUT * o * t_max)
     for i in range(n):
         dst_i = full[i].view(o, th, M_OUT, tw, M_OUT)
         for r0 in range(0, th, rows):
@@ -204,8 +207,11 @@ def winograd_conv3x3(
                 v = F.conv2d(band, input_kernel, stride=M_OUT, padding=(0, 1), groups=c)
             t = (r1 - r0) * tw
             # v: (1, C*36, r, tw) = (C, 36, t); the GEMM reads it through a strided view
-            m = torch.bmm(u, v.view(c, N_IN * N_IN, t).transpose(0, 1))  # (36, O, t)
-            y_t = torch.mm(output_matrix, m.view(N_IN * N_IN, o * t)).view(M_OUT, M_OUT, o, r1 - r0, tw)
+            m = m_buf[: N_IN * N_IN * o * t].view(N_IN * N_IN, o, t)
+            torch.bmm(u, v.view(c, N_IN * N_IN, t).transpose(0, 1), out=m)  # (36, O, t)
+            y_t = y_buf[: M_OUT * M_OUT * o * t].view(M_OUT * M_OUT, o * t)
+            torch.mm(output_matrix, m.view(N_IN * N_IN, o * t), out=y_t)
+            y_t = y_t.view(M_OUT, M_OUT, o, r1 - r0, tw)
             # y[o, 4i + a, 4j + b] = y_t[a, b, o, i, j]: one copy into the output layout, adding the bias on the way
             src, dst = y_t.permute(2, 3, 0, 4, 1), dst_i[:, r0:r1]
             if bias is not None:

@@ -1,0 +1,111 @@
+"""1x1 convs over concatenations without building them: ``concat_pointwise``, C2f and the graph engine's path."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import necklace
+from necklace.layers.blocks import C2f
+from necklace.layers.conv import concat_pointwise
+from necklace.layers.winograd import direct_convs
+
+
+def _ref(parts: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | None, up: list[bool], size) -> torch.Tensor:
+    full = [F.interpolate(p, size=size, mode="nearest") if u else p for p, u in zip(parts, up, strict=True)]
+    return F.conv2d(torch.cat(full, 1), w, b)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("low", "size"), [((3, 4), (6, 8)), ((5, 7), (9, 13)), ((1, 1), (3, 2))])
+def test_matches_conv_of_the_concatenation(channels_last: bool, bias: bool, low, size) -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 2 if channels_last else 1  # a batch works in channels_last; NCHW needs single maps
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    a = torch.randn(n, 3, *size, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    wide = torch.randn(n, 10, *size, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    c = wide[:, 4:9]  # a channel slice: read in place
+    small = torch.randn(n, 6, *low, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    w = torch.randn(7, 14, 1, 1, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64) if bias else None
+    parts, up = [small, a, c], [True, False, False]
+    y = concat_pointwise(parts, w, b, upsample=up, size=size)
+    assert y is not None
+    assert y.is_contiguous(memory_format=fmt)
+    assert torch.allclose(y, _ref(parts, w, b, up, size), rtol=0, atol=1e-12)
+    y2 = concat_pointwise([a, c], w[:, :8], b)  # nothing upsampled
+    assert y2 is not None and torch.allclose(y2, _ref([a, c], w[:, :8], b, [False, False], size), atol=1e-12)
+
+
+def test_layouts_it_cannot_read_give_none() -> None:
+    w = torch.randn(4, 6, 1, 1)
+    batch = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)]
+    assert concat_pointwise(batch, w, None) is None  # a batch of NCHW maps is not one matrix
+    mixed = [torch.randn(1, 3, 4, 4), torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)]
+    assert concat_pointwise(mixed, w, None) is None
+    assert concat_pointwise([torch.randn(1, 3, 4, 4), torch.randn(1, 2, 4, 4)], w, None) is None  # 5 != 6 channels
+    assert concat_pointwise([torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 5)], w, None) is None  # sizes differ
+
+
+def _count_cats(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = torch.cat
+
+    def spy(tensors, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(tensors))
+        return real(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", spy)
+    return calls
+
+
+def test_c2f_inference_skips_the_concatenation(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    block = C2f(24, 32, n=2, cfg=necklace.ConvCfg(norm="bn", act="silu")).eval()
+    x = torch.randn(1, 24, 9, 11)
+    with torch.no_grad(), direct_convs():
+        ref = block(x)
+    cats = _count_cats(monkeypatch)
+    with torch.no_grad():
+        y = block(x)
+    assert cats == [] and torch.allclose(y, ref, atol=1e-5)
+    y_grad = block(x)  # autograd on: the concatenation, as written
+    assert cats == [3] and torch.allclose(y_grad, ref, atol=1e-5)  # [cv1 output, m_1, m_2]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_yolo_neck_never_concatenates_in_inference(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+    specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
+    neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(1, s.channels, -(-203 // s.stride), -(-157 // s.stride), generator=g) for s in specs]
+    dep = necklace.deploy(neck, channels_last=channels_last)
+    with torch.no_grad(), direct_convs():
+        ref = neck(feats)
+        ref_dep = dep(feats)
+    cats = _count_cats(monkeypatch)
+    with torch.no_grad():
+        out = dep(feats)
+        eager = neck(feats)
+    assert cats == []  # every C2f and every concat node ran as accumulated GEMMs
+    for a, b, c, d in zip(out, ref_dep, eager, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4) and torch.allclose(c, d, rtol=1e-4, atol=1e-4)
+
+
+def test_yolo_neck_batch_of_nchw_maps_falls_back_to_the_concatenation(monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
+    neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
+    feats = [torch.randn(2, s.channels, 64 // s.stride, 96 // s.stride) for s in specs]
+    with torch.no_grad(), direct_convs():
+        ref = neck(feats)
+    twin = copy.deepcopy(neck)
+    cats = _count_cats(monkeypatch)
+    with torch.no_grad():
+        out = twin(feats)
+    assert cats  # NCHW batches are not one matrix: concatenated as written
+    for a, b in zip(out, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
