@@ -88,6 +88,7 @@ from necklace.bench import (
     random_features,
     train_step,
 )
+from necklace.layers.winograd import direct_convs
 from necklace.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
 
 HERE = Path(__file__).resolve().parent
@@ -222,6 +223,19 @@ def count_macs(fn: Callable[[], object]) -> int:
 
 
 _eval_call = peers.eval_call  # (module, call, feats) -> no-argument callable; also used by profile_ops.py
+
+
+def _direct_call(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with necklace's inference paths off (Winograd, GEMM 1x1 convs, concat/lateral GEMMs): the same
+    neck on torch's direct convs, timed beside the default form to show what those paths are worth."""
+
+    def run() -> object:
+        with direct_convs():
+            return fn()
+
+    return run
+
+
 _bind = peers.bind
 run_pair_parity = peers.parity
 
@@ -423,6 +437,8 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         assert pair.necklace is not None and pair.peer_module is not None
         fns[f"necklace{i}"] = _eval_call(pair.necklace, None, feats)
         fns[f"peer{i}"] = _eval_call(pair.peer_module, _bind(pair), feats)
+        if not args.no_direct:
+            fns[f"direct{i}"] = _direct_call(_eval_call(pair.necklace, None, feats))
     deployed = _deployed(active, feats, log, args.deployed == "channels_last") if args.deployed else {}
     for i, module in deployed.items():
         fns[f"deployed{i}"] = _eval_call(module, None, feats)
@@ -459,6 +475,9 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
             "gmac_per_s": gmac_s,
             "roofline_share": {k: v / roof_gmac_s for k, v in gmac_s.items()},
         }
+        if f"direct{i}" in times:
+            row["eval"]["necklace_direct_convs"] = common.stats_ms(times[f"direct{i}"])
+            row["eval"]["ratio_direct_convs_over_peer"] = common.ratio_stats(times[f"direct{i}"], times[f"peer{i}"])
         log(
             f"  eval  vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
             f"ratio {ratio['median']:.3f} [{ratio['p25']:.3f}-{ratio['p75']:.3f}]"
@@ -728,6 +747,13 @@ def markdown(result: dict[str, Any]) -> str:
         if c.get("run_utc", env["date_utc"]) != env["date_utc"] or (cs is not None and cs != mine):
             notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
         for p in c["pairs"]:
+            dc = p.get("eval", {}).get("ratio_direct_convs_over_peer")
+            if dc is not None:
+                notes.append(
+                    f"{c['config']} vs {p['peer']}: necklace on direct convs (Winograd / GEMM inference paths off, "
+                    f"`necklace.layers.winograd.direct_convs()`) {_f(p['eval']['necklace_direct_convs']['median_ms'])}"
+                    f" ms, ratio {_f(dc['median'], 3)} [{_f(dc['p25'], 2)}-{_f(dc['p75'], 2)}]"
+                )
             notes += [f"{c['config']} vs {p['peer']}: {n}" for n in _deployed_notes(p)]
             if "compiled" in p:
                 notes.append(f"{c['config']} vs {p['peer']}: {_compiled_note(p['compiled'])}")
@@ -753,6 +779,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=0, help="override every config's square image size")
     ap.add_argument("--roofline-hw", type=int, default=common.ROOFLINE_HW, help="roofline conv map size (80)")
     ap.add_argument("--no-train", action="store_true", help="skip train-mode timing and memory")
+    ap.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="do not also time necklace with its inference paths off (direct convs: no Winograd / GEMM paths)",
+    )
     ap.add_argument(
         "--deployed",
         nargs="?",

@@ -122,6 +122,11 @@ def test_vs_peers_yolov8n_peer_deployed(vs_peers, tmp_path: Path) -> None:
     _checked_equal(pair)
     _peer_deployed_checked(pair, "BaseModel.fuse()")
     assert "ratio necklace deployed / peer deployed" in md and "| ratio deployed nk / deployed peer |" in md
+    # the direct-conv form (inference paths off) is timed in the same rounds and reported
+    direct = pair["eval"]["necklace_direct_convs"]
+    assert direct["repeats"] == pair["eval"]["necklace"]["repeats"] and direct["median_ms"] > 0
+    assert pair["eval"]["ratio_direct_convs_over_peer"]["median"] > 0
+    assert "necklace on direct convs (Winograd / GEMM inference paths off" in md
 
 
 def test_vs_peers_yolov6n_vs_mmyolo(vs_peers, tmp_path: Path) -> None:

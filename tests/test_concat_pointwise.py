@@ -109,3 +109,56 @@ def test_yolo_neck_batch_of_nchw_maps_falls_back_to_the_concatenation(monkeypatc
     assert cats  # NCHW batches are not one matrix: concatenated as written
     for a, b in zip(out, ref, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("acc_cl", "x_cl"), [(False, False), (True, True), (True, False), (False, True)])
+def test_add_pointwise_any_layout_pair(acc_cl: bool, x_cl: bool) -> None:
+    from necklace.layers.conv import add_pointwise_
+
+    g = torch.Generator().manual_seed(5)
+    n = 2 if acc_cl and x_cl else 1
+    cl = torch.channels_last
+    acc = torch.randn(n, 4, 5, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 6, 5, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 6, 1, 1, generator=g, dtype=torch.float64)
+    ref = acc + F.conv2d(x, w)
+    acc = acc.contiguous(memory_format=cl) if acc_cl else acc
+    x = x.contiguous(memory_format=cl) if x_cl else x
+    assert add_pointwise_(acc, x, w)
+    assert torch.allclose(acc, ref, rtol=0, atol=1e-12)
+    batch = torch.randn(2, 4, 5, 3)
+    before = batch.clone()
+    assert not add_pointwise_(batch, torch.randn(2, 6, 5, 3), w.float())  # NCHW batch: not one matrix
+    assert torch.equal(batch, before)  # untouched
+
+
+@pytest.mark.parametrize("channels_last", [None, True])
+def test_fpn_lateral_goes_into_the_upsampled_map(monkeypatch: pytest.MonkeyPatch, channels_last: bool | None) -> None:
+    import necklace.graph as graph
+
+    calls: list[tuple[int, ...]] = []
+    real = graph.add_pointwise_
+
+    def spy(acc: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> bool:
+        calls.append(tuple(acc.shape))
+        return real(acc, x, w)
+
+    monkeypatch.setattr(graph, "add_pointwise_", spy)
+    specs = [necklace.FeatureSpec(32, 8), necklace.FeatureSpec(64, 16), necklace.FeatureSpec(128, 32)]
+    neck = necklace.build_neck("fpn", specs, width=16).eval()
+    if channels_last:
+        neck = necklace.deploy(neck, channels_last=True)
+        assert calls  # deploy's own check ran the path (a batch of 2 channels_last maps)
+        calls.clear()
+    g = torch.Generator().manual_seed(2)
+    feats = [torch.randn(1, s.channels, -(-99 // s.stride), -(-131 // s.stride), generator=g) for s in specs]
+    with torch.no_grad(), direct_convs():
+        ref = neck(feats)
+    assert calls == []
+    with torch.no_grad():
+        out = neck(feats)
+    assert calls == [(1, 16, 7, 9), (1, 16, 13, 17)]  # L4 = lat(C4) + up(L5), then L3
+    for a, b in zip(out, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+    out_grad = neck(feats)  # autograd: the sum as written
+    assert len(calls) == 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out_grad, ref, strict=True))

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from necklace.deploy import EXAMPLE_IMAGE_SIZE, _first_tensor, _flatten, _require_eval, deploy, example_pyramid
+from necklace.layers.winograd import direct_convs
 from necklace.spec import FeatureSpec, as_feature_specs
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "export_onnx", "export_torchscript"]
@@ -242,7 +243,7 @@ def _prepare(
             suffix = name[1:] if specs is not None else f"_{name}"
             dyn[name] = {0: "batch", 2: f"h{suffix}", 3: f"w{suffix}"}
 
-    with torch.no_grad():
+    with torch.no_grad(), direct_convs():  # the reference is what gets exported: torch's direct convs
         reference = [t.detach() for t in _flatten(model(inputs))]
     out_specs = _model_specs(model, "out_specs")
     if out_specs is not None and len(out_specs) == len(reference):
@@ -306,7 +307,7 @@ def _compare(job: _Job, got: Sequence[Any], ref: Sequence[Tensor], where: str, t
 
 def _second_reference(job: _Job) -> list[Tensor]:
     assert job.second is not None
-    with torch.no_grad():
+    with torch.no_grad(), direct_convs():
         return [t.detach() for t in _flatten(job.model(job.second))]
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.layers.blocks import BLOCKS, build_block
-from necklace.layers.conv import ConvCfg, ConvNormAct, concat_pointwise, pointwise_head_ok
+from necklace.layers.conv import ConvCfg, ConvNormAct, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.layers.fuse import FUSE_MODES, Fuse
 from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES, Resample
 from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, check_features, validate_in_specs
@@ -444,12 +445,43 @@ class _NodeModule(nn.Module):
             for e in self.edges
             if isinstance(e, Resample)
         )
+        # FPN's top-down sum of a lateral 1x1 conv (no norm/act) and a nearest-upsampled coarser map
+        self._lateral_sum: tuple[int, int] | None = None
+        if node.fuse == "sum" and len(edges) == 2 and not self._passthrough[0] and not self._passthrough[1]:
+            for lat, up in ((0, 1), (1, 0)):
+                e = self.edges[lat]
+                if (
+                    isinstance(e, Resample)
+                    and e.steps == 0
+                    and e.pre_act is None
+                    and isinstance(e.align, ConvNormAct)
+                    and self._resize_only[up]
+                ):
+                    self._lateral_sum = (lat, up)
         self._concat_head = (
             node.fuse == "concat"
             and len(edges) > 1
             and hasattr(self.block, "tail")
             and isinstance(getattr(self.block, "cv1", None), nn.Module)
         )
+
+    def _lateral_into_upsampled(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
+        """FPN's ``lateral_1x1(C) + up(P)`` in inference: the lateral GEMM accumulates into the upsampled map
+        (the bias added at the coarse resolution), so neither the lateral map nor the sum is a separate pass."""
+        lat, up = self._lateral_sum  # type: ignore[misc]
+        conv = cast(ConvNormAct, self.edges[lat].align)
+        if not pointwise_head_ok(conv, xs[lat]):
+            return None
+        if not isinstance(conv.norm, nn.Identity) or not isinstance(conv.act, nn.Identity):
+            return None
+        coarse = xs[up]
+        if conv.conv.bias is not None:
+            coarse = coarse + conv.conv.bias.view(1, -1, 1, 1)
+        acc = F.interpolate(coarse, size=(size[0], size[1]), mode="nearest")
+        x = xs[lat]
+        if not add_pointwise_(acc, x, conv.conv.weight):
+            return None
+        return self.block(acc)
 
     def _concat_into_head(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
         head = self.block.cv1
@@ -469,6 +501,10 @@ class _NodeModule(nn.Module):
         return tail(head.act(head.norm(z)))
 
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
+        if self._lateral_sum is not None and self.fuse.weight is None and self.fuse.frozen_weight is None:
+            out = self._lateral_into_upsampled(xs, size)
+            if out is not None:
+                return out
         if self._concat_head:
             out = self._concat_into_head(xs, size)
             if out is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "PointwiseToChannelsLast",
     "SeparableConv",
     "SiLU",
+    "add_pointwise_",
     "concat_pointwise",
     "make_act",
     "make_norm",
@@ -407,6 +408,33 @@ def concat_pointwise(
         return out
     assert acc_mat is not None
     return as_map(acc_mat, h, w)
+
+
+def add_pointwise_(acc: Tensor, x: Tensor, weight: Tensor) -> bool:
+    """``acc += conv1x1(x, weight)`` in place (no bias) as one GEMM accumulating into ``acc``; returns whether
+    it ran (``False``, and ``acc`` untouched, when a layout is not one matrix: e.g. a batch of NCHW maps).
+
+    ``acc`` and ``x`` may differ in layout (NCHW vs channels_last): the GEMM reads either operand transposed.
+    An inference helper (FPN's ``lateral(C_l) + up(P_{l+1})`` writes the lateral into the upsampled map).
+
+    Example:
+        >>> acc, x, w = torch.randn(1, 4, 3, 5), torch.randn(1, 6, 3, 5), torch.randn(4, 6, 1, 1)
+        >>> ref = acc + nn.functional.conv2d(x, w)
+        >>> add_pointwise_(acc, x, w), torch.allclose(acc, ref, atol=1e-5)
+        (True, True)
+    """
+    if acc.shape[0] != x.shape[0] or acc.shape[2:] != x.shape[2:]:
+        return False
+    am, xm = _pixel_matrix(acc), _pixel_matrix(x)
+    if am is None or xm is None:
+        return False
+    w2 = weight.reshape(weight.shape[0], -1)
+    (a, a_major), (b, b_major) = am, xm
+    if a_major:  # acc (O, HW) += W (O, C) @ X (C, HW)
+        a.addmm_(w2, b if b_major else b.t())
+    else:  # acc (NHW, O) += X (NHW, C) @ W^T
+        a.addmm_(b.t() if b_major else b, w2.t())
+    return True
 
 
 def pointwise_head_ok(block: nn.Module, x: Tensor) -> bool:
