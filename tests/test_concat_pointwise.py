@@ -45,8 +45,8 @@ def test_layouts_it_cannot_read_give_none() -> None:
     w = torch.randn(4, 6, 1, 1)
     batch = [torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)]
     assert concat_pointwise(batch, w, None) is None  # a batch of NCHW maps is not one matrix
-    mixed = [torch.randn(1, 3, 4, 4), torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)]
-    assert concat_pointwise(mixed, w, None) is None
+    batches = [torch.randn(1, 3, 4, 4), torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)]
+    assert concat_pointwise(batches, w, None) is None
     assert concat_pointwise([torch.randn(1, 3, 4, 4), torch.randn(1, 2, 4, 4)], w, None) is None  # 5 != 6 channels
     assert concat_pointwise([torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 5)], w, None) is None  # sizes differ
 
@@ -162,3 +162,18 @@ def test_fpn_lateral_goes_into_the_upsampled_map(monkeypatch: pytest.MonkeyPatch
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
     out_grad = neck(feats)  # autograd: the sum as written
     assert len(calls) == 2 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(out_grad, ref, strict=True))
+
+
+@pytest.mark.parametrize("low_cl", [False, True])
+def test_mixed_layouts_give_channels_last(low_cl: bool) -> None:
+    g = torch.Generator().manual_seed(9)
+    cl = torch.channels_last
+    a = torch.randn(1, 3, 6, 8, generator=g, dtype=torch.float64)  # a backbone map left NCHW
+    b = torch.randn(1, 4, 6, 8, generator=g, dtype=torch.float64).contiguous(memory_format=cl)
+    small = torch.randn(1, 5, 3, 4, generator=g, dtype=torch.float64)
+    small = small.contiguous(memory_format=cl) if low_cl else small
+    w, bias = torch.randn(2, 12, 1, 1, generator=g, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    parts, up = [small, a, b], [True, False, False]
+    y = concat_pointwise(parts, w, bias, upsample=up, size=(6, 8))
+    assert y is not None and y.is_contiguous(memory_format=cl)
+    assert torch.allclose(y, _ref(parts, w, bias, up, (6, 8)), rtol=0, atol=1e-12)

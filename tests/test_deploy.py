@@ -258,6 +258,25 @@ def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
         assert all(o.is_contiguous() for o in deployed(feats))
 
 
+def test_channels_last_yolo_reads_single_nchw_inputs_in_place() -> None:
+    """A single image's backbone maps feed only C2f concat nodes: their GEMMs read them NCHW (no conversion
+    copy on entry); a batch is still converted once on entry (an NCHW batch is not one matrix)."""
+    neck = _randomize(necklace.build_neck("yolo_pafpn", SPECS))
+    deployed = deploy(neck, channels_last=True)
+    (graph,) = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
+    assert graph.channels_last_direct_single == {"C3", "C4", "C5"} and graph.channels_last_direct == frozenset()
+    for batch in (1, 2):
+        feats = pyramid(SPECS, (97, 131), batch=batch)
+        with torch.no_grad():
+            ref, out = neck(feats), deployed(feats)
+            with torch.profiler.profile(record_shapes=True) as prof:
+                deployed(feats)
+        assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+        assert _max_rel(out, ref) <= 1e-5
+        converted = [s for s in _map_copies(prof) if s in [list(f.shape) for f in feats]]
+        assert converted == ([] if batch == 1 else [list(f.shape) for f in feats])
+
+
 def _map_copies(prof: torch.profiler.profile) -> list[list[int]]:
     return [
         e.input_shapes[0]

@@ -179,18 +179,26 @@ def set_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, GraphNeck):
             m.channels_last_inputs = enabled
-            m.channels_last_direct = frozenset(_direct_laterals(m, enabled))
+            direct, single = _direct_laterals(m, enabled)
+            m.channels_last_direct = frozenset(direct)
+            m.channels_last_direct_single = frozenset(single)
     return model
 
 
-def _direct_laterals(neck: GraphNeck, enabled: bool) -> list[str]:
+def _direct_laterals(neck: GraphNeck, enabled: bool) -> tuple[list[str], list[str]]:
     """Swap the lateral 1x1 convs reading backbone inputs to :class:`PointwiseToChannelsLast` (``enabled``) or
-    back; returns the inputs whose every reader is such a conv (they need no layout conversion on entry)."""
-    direct = []
-    for name, edges in neck.input_readers().items():
-        swapped = 0
-        for edge in edges:
+    back; returns the inputs that need no layout conversion on entry: ``(direct, single)``. ``direct``: every
+    reader is such a conv (any batch). ``single``: the readers are such convs or concatenations that only a 1x1
+    conv reads (YOLOv8's C2f nodes), whose GEMMs read a single NCHW map as a transposed operand."""
+    direct, single = [], []
+    for name, readers in neck.input_reader_nodes().items():
+        ok_readers = concat_readers = 0
+        for node, k in readers:
+            edge = node.edges[k]  # type: ignore[index]
             align = getattr(edge, "align", None)
+            if getattr(node, "_concat_head", False) and (node._passthrough[k] or node._resize_only[k]):  # type: ignore[index]
+                concat_readers += 1
+                continue
             ok = (
                 isinstance(align, ConvNormAct)
                 and getattr(edge, "pre_act", None) is None
@@ -208,10 +216,12 @@ def _direct_laterals(neck: GraphNeck, enabled: bool) -> list[str]:
                 align.conv = PointwiseToChannelsLast.from_conv(align.conv)
             elif not enabled and isinstance(align.conv, PointwiseToChannelsLast):
                 align.conv = align.conv.to_conv()
-            swapped += 1
-        if enabled and edges and swapped == len(edges):
+            ok_readers += 1
+        if enabled and readers and ok_readers == len(readers):
             direct.append(name)
-    return direct
+        elif enabled and readers and ok_readers + concat_readers == len(readers):
+            single.append(name)
+    return direct, single
 
 
 def _first_tensor(model: nn.Module) -> Tensor | None:

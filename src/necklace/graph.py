@@ -592,6 +592,9 @@ class GraphNeck(nn.Module):
         #: inputs left as they come even with ``channels_last_inputs``: every reader of them is a lateral 1x1 conv
         #: that writes channels_last straight from NCHW (:class:`necklace.layers.PointwiseToChannelsLast`)
         self.channels_last_direct: frozenset[str] = frozenset()
+        #: the same for single NCHW maps in inference only: every reader is a concatenation that only a 1x1 conv
+        #: reads (C2f nodes), whose GEMMs read the NCHW map as a transposed operand (a batch is converted)
+        self.channels_last_direct_single: frozenset[str] = frozenset()
         in_levels = [s.level for s in graph.in_specs]
         node_levels = [n.level for n in graph.nodes]
         self._coarser = list(range(max(in_levels) + 1, max(node_levels + in_levels) + 1))
@@ -646,7 +649,11 @@ class GraphNeck(nn.Module):
         sizes: dict[int, tuple[int, int]] = {}
         for spec, f in zip(self.in_specs, features, strict=True):
             name = input_name(spec.level)
-            if self.channels_last_inputs and name not in self.channels_last_direct:
+            if (
+                self.channels_last_inputs
+                and name not in self.channels_last_direct
+                and not (name in self.channels_last_direct_single and f.shape[0] == 1 and not torch.is_grad_enabled())
+            ):
                 f = f.contiguous(memory_format=torch.channels_last)  # no copy when it already is
             env[name] = f
             sizes[spec.level] = (f.shape[-2], f.shape[-1])
@@ -676,6 +683,16 @@ class GraphNeck(nn.Module):
             for edge, src in zip(node.edges, srcs, strict=True):
                 if src in readers:
                     readers[src].append(edge)
+        return readers
+
+    def input_reader_nodes(self) -> dict[str, list[tuple[nn.Module, int]]]:
+        """For each backbone input name, the ``(node module, edge index)`` pairs that read it, in node order."""
+        readers: dict[str, list[tuple[nn.Module, int]]] = {input_name(s.level): [] for s in self.in_specs}
+        for name, _, srcs in self._order:
+            node = self.nodes[name]
+            for k, src in enumerate(srcs):
+                if src in readers:
+                    readers[src].append((node, k))
         return readers
 
     def describe(self) -> str:

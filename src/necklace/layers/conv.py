@@ -344,8 +344,9 @@ def concat_pointwise(
     low-resolution map whose nearest-neighbour resize to ``size`` is the map to concatenate: a 1x1 conv
     commutes with nearest resizing, so that part's GEMM runs at the low resolution and only its O-channel result
     is resized (YOLOv8's top-down ``C2f(cat(up(p), x))``: 4x fewer multiply-adds for that part, and neither
-    the upsampled map nor the concatenation is ever written). All parts share one layout: single NCHW maps or
-    channels_last maps; their spatial size is ``size`` (default: the first part's) unless flagged.
+    the upsampled map nor the concatenation is ever written). Parts are single NCHW maps or channels_last maps
+    (the output is channels_last if any part is); their spatial size is ``size`` (default: the first part's)
+    unless flagged.
 
     Example:
         >>> a, b = torch.randn(1, 3, 4, 6), torch.randn(1, 5, 2, 3)
@@ -366,23 +367,29 @@ def concat_pointwise(
     mats = [_pixel_matrix(p) for p in parts]
     if any(m is None for m in mats) or len(ups) != len(parts):
         return None
-    major = mats[0][1]  # type: ignore[index]
+    # the output is channels_last when any part is (a channels_last neck); a part in the other layout is read
+    # as a transposed operand (e.g. a backbone map left NCHW, as PointwiseToChannelsLast reads it)
+    major = all(m[1] for m in mats)  # type: ignore[index]
     chans = [p.shape[1] for p in parts]
-    if any(m[1] != major for m in mats) or sum(chans) != w2.shape[1]:  # type: ignore[index]
+    if sum(chans) != w2.shape[1]:
+        return None
+    if any(p.shape[0] != n for p in parts):
         return None
     if any(p.shape[2:] != (h, w) for p, u in zip(parts, ups, strict=True) if not u):
         return None
     starts = [sum(chans[:i]) for i in range(len(chans))]
 
     def gemm(i: int, acc: Tensor | None, b: Tensor | None) -> Tensor:
-        wi, xi = w2[:, starts[i] : starts[i] + chans[i]], mats[i][0]  # type: ignore[index]
+        wi, (xi, x_major) = w2[:, starts[i] : starts[i] + chans[i]], mats[i]  # type: ignore[misc]
         if major:  # (O, HW) = W_i (O, C_i) @ X_i (C_i, HW)
+            xc = xi if x_major else xi.t()
             if acc is not None:
-                return acc.addmm_(wi, xi)
-            return torch.addmm(b[:, None], wi, xi) if b is not None else torch.mm(wi, xi)
-        if acc is not None:  # (NHW, O) = X_i (NHW, C_i) @ W_i^T
-            return acc.addmm_(xi, wi.t())
-        return torch.addmm(b, xi, wi.t()) if b is not None else torch.mm(xi, wi.t())
+                return acc.addmm_(wi, xc)
+            return torch.addmm(b[:, None], wi, xc) if b is not None else torch.mm(wi, xc)
+        xp = xi.t() if x_major else xi  # (NHW, O) = X_i (NHW, C_i) @ W_i^T
+        if acc is not None:
+            return acc.addmm_(xp, wi.t())
+        return torch.addmm(b, xp, wi.t()) if b is not None else torch.mm(xp, wi.t())
 
     def as_map(mat: Tensor, hh: int, ww: int) -> Tensor:
         return mat.view(1, o, hh, ww) if major else mat.view(n, hh, ww, o).permute(0, 3, 1, 2)

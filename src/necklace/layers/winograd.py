@@ -296,7 +296,10 @@ class WinogradConv2d(nn.Conv2d):
         return new.train(conv.training)
 
     def _use_winograd(self, x: Tensor) -> bool:
-        if not self.winograd or _DIRECT_DEPTH or torch.is_grad_enabled() or _is_tracing() or _is_exporting():
+        # cheapest tests first: most convs of a light neck are too narrow, and return after one comparison
+        if not self.winograd or min(self.in_channels, self.out_channels) < MIN_CHANNELS or _DIRECT_DEPTH:
+            return False
+        if torch.is_grad_enabled() or _is_tracing() or _is_exporting():
             return False
         if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
             return False
