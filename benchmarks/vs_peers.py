@@ -21,7 +21,7 @@ configs and adds the roofline, train-mode timing and memory:
 A peer that cannot be imported is skipped with a note; a pair whose outputs differ is reported and not timed
 (exit status 1).
 
-``--deployed [nchw|channels_last]`` also times, in the same interleaved eval rounds, ``necklace.deploy(neck)``
+``--deployed [nchw|channels_last|auto]`` also times, in the same interleaved eval rounds, ``necklace.deploy(neck)``
 and the peer's own deployment form where the peer has one, each checked equal first (the necklace one against
 the peer's outputs, the peer's against its eager outputs, same tolerance):
 
@@ -225,6 +225,10 @@ def count_macs(fn: Callable[[], object]) -> int:
 _eval_call = peers.eval_call  # (module, call, feats) -> no-argument callable; also used by profile_ops.py
 
 
+#: --deployed value -> deploy's ``channels_last`` (``auto``: deploy times both formats on the benchmark inputs)
+_CL: dict[str, bool | None] = {"nchw": False, "channels_last": True, "auto": None}
+
+
 def _direct_call(fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with necklace's inference paths off (Winograd, GEMM 1x1 convs, concat/lateral GEMMs): the same
     neck on torch's direct convs, timed beside the default form to show what those paths are worth."""
@@ -253,7 +257,7 @@ def _deployed(
     active: list[tuple[int, Pair, dict[str, Any]]],
     feats: list[Tensor],
     log: Callable[[str], None],
-    channels_last: bool,
+    channels_last: bool | None,
 ) -> dict[int, nn.Module]:
     """``necklace.deploy`` copies of the necklace necks whose outputs still equal the peer's (others noted)."""
     out: dict[int, nn.Module] = {}
@@ -439,7 +443,7 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         fns[f"peer{i}"] = _eval_call(pair.peer_module, _bind(pair), feats)
         if not args.no_direct:
             fns[f"direct{i}"] = _direct_call(_eval_call(pair.necklace, None, feats))
-    deployed = _deployed(active, feats, log, args.deployed == "channels_last") if args.deployed else {}
+    deployed = _deployed(active, feats, log, _CL[args.deployed]) if args.deployed else {}
     for i, module in deployed.items():
         fns[f"deployed{i}"] = _eval_call(module, None, feats)
     peer_deployed = _peer_deployed(active, feats, log) if args.deployed else {}
@@ -490,7 +494,9 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                 dep = common.stats_ms(times[f"deployed{i}"])
                 dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
                 ed.update(
-                    what=f"necklace.deploy(neck, channels_last={args.deployed == 'channels_last'}): BN folded, "
+                    what=f"necklace.deploy(neck, channels_last={_CL[args.deployed]}"
+                    + ("" if args.deployed != "auto" else f" -> {deployed[i].deploy_report.channels_last}")
+                    + "): BN folded, "
                     "fusion weights frozen",
                     necklace_deployed=dep,
                     ratio_deployed_over_peer=dratio,
@@ -789,9 +795,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="?",
         const="nchw",
         default=None,
-        choices=("nchw", "channels_last"),
+        choices=tuple(_CL),
         help="also time necklace.deploy(neck) (BN folded, fusions frozen); 'channels_last' deploys with "
-        "channels_last=True (inputs stay NCHW, as the peer gets them)",
+        "channels_last=True (inputs stay NCHW, as the peer gets them); 'auto' lets deploy time both formats on "
+        "the benchmark's inputs and keep the faster",
     )
     ap.add_argument(
         "--compile",

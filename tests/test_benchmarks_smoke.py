@@ -115,13 +115,14 @@ def _require_ultralytics() -> None:
 
 def test_vs_peers_yolov8n_peer_deployed(vs_peers, tmp_path: Path) -> None:
     _require_ultralytics()
-    argv = ["--configs", "yolov8n", "--image-size", "64", "--no-train", "--deployed"]
+    argv = ["--configs", "yolov8n", "--image-size", "64", "--no-train", "--deployed", "auto"]
     rc, data, md = _run_tiny(vs_peers, tmp_path, *argv)
     assert rc == 0
     (pair,) = data["configs"][0]["pairs"]
     _checked_equal(pair)
     _peer_deployed_checked(pair, "BaseModel.fuse()")
     assert "ratio necklace deployed / peer deployed" in md and "| ratio deployed nk / deployed peer |" in md
+    assert "necklace.deploy(neck, channels_last=None -> " in md  # 'auto': deploy's own choice, reported
     # the direct-conv form (inference paths off) is timed in the same rounds and reported
     direct = pair["eval"]["necklace_direct_convs"]
     assert direct["repeats"] == pair["eval"]["necklace"]["repeats"] and direct["median_ms"] > 0

@@ -656,13 +656,17 @@ def parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
     return {**equality(got, ref), "out_shapes": [list(t.shape) for t in got]}
 
 
-def deploy_necklace(pair: Pair, feats: list[Tensor], channels_last: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def deploy_necklace(
+    pair: Pair, feats: list[Tensor], channels_last: bool | None = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """``necklace.deploy`` of the pair's necklace neck (a copy) and the :func:`equality` of its outputs with the
-    eager peer's, tolerance :data:`DEPLOY_TOL` (folding changes the rounding)."""
+    eager peer's, tolerance :data:`DEPLOY_TOL` (folding changes the rounding). ``channels_last=None``: deploy
+    times both memory formats on ``feats`` and keeps the faster."""
     from necklace.deploy import deploy
 
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
-    module = deploy(pair.necklace, channels_last=channels_last).eval()
+    example = list(feats) if channels_last is None else None
+    module = deploy(pair.necklace, example, channels_last=channels_last).eval()
     with torch.no_grad():
         eq = equality(module(list(feats)), pair.call(pair.peer_module, list(feats)), DEPLOY_TOL)
     return module, eq
