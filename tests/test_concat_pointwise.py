@@ -126,10 +126,14 @@ def test_add_pointwise_any_layout_pair(acc_cl: bool, x_cl: bool) -> None:
     x = x.contiguous(memory_format=cl) if x_cl else x
     assert add_pointwise_(acc, x, w)
     assert torch.allclose(acc, ref, rtol=0, atol=1e-12)
-    batch = torch.randn(2, 4, 5, 3)
-    before = batch.clone()
-    assert not add_pointwise_(batch, torch.randn(2, 6, 5, 3), w.float())  # NCHW batch: not one matrix
-    assert torch.equal(batch, before)  # untouched
+    wide = torch.randn(2, 8, 5, 3)
+    part = wide[:, :4]  # a channel slice of an NCHW batch: neither one matrix nor one per image
+    before = wide.clone()
+    assert not add_pointwise_(part, torch.randn(2, 6, 5, 3), w.float())
+    assert torch.equal(wide, before)  # untouched
+    batch, xb = torch.randn(3, 4, 5, 3, dtype=torch.float64), torch.randn(3, 6, 5, 3, dtype=torch.float64)
+    ref_b = batch + F.conv2d(xb, w)
+    assert add_pointwise_(batch, xb, w) and torch.allclose(batch, ref_b, rtol=0, atol=1e-12)  # image by image
 
 
 @pytest.mark.parametrize("channels_last", [None, True])

@@ -666,7 +666,7 @@ def deploy_necklace(
 
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
     example = list(feats) if channels_last is None else None
-    module = deploy(pair.necklace, example, channels_last=channels_last).eval()
+    module = deploy(pair.necklace, example, channels_last=channels_last, rtol=DEPLOY_TOL).eval()
     with torch.no_grad():
         eq = equality(module(list(feats)), pair.call(pair.peer_module, list(feats)), DEPLOY_TOL)
     return module, eq

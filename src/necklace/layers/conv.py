@@ -305,10 +305,13 @@ class PointwiseConv2d(nn.Conv2d):
             if n == 1:
                 xm = x.view(c, h * w)
                 out = torch.addmm(self.bias[:, None], wt, xm) if self.bias is not None else torch.mm(wt, xm)
-            else:
-                out = torch.matmul(wt, x.view(n, c, h * w))
-                if self.bias is not None:
-                    out.add_(self.bias[:, None])
+            else:  # one GEMM per image into its slice of the output (a broadcast matmul copies both operands)
+                out = x.new_empty((n, self.out_channels, h * w))
+                for i in range(n):
+                    if self.bias is not None:
+                        torch.addmm(self.bias[:, None], wt, x[i].view(c, h * w), out=out[i])
+                    else:
+                        torch.mm(wt, x[i].view(c, h * w), out=out[i])
             return out.view(n, self.out_channels, h, w)
         if x.is_contiguous(memory_format=torch.channels_last):
             xm = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view: the channels_last map is (N*H*W, C)
@@ -432,6 +435,8 @@ def add_pointwise_(acc: Tensor, x: Tensor, weight: Tensor) -> bool:
     """
     if acc.shape[0] != x.shape[0] or acc.shape[2:] != x.shape[2:]:
         return False
+    if acc.shape[0] > 1 and acc.is_contiguous() and x.is_contiguous():  # a batch of NCHW maps: image by image
+        return all(add_pointwise_(acc[i : i + 1], x[i : i + 1], weight) for i in range(acc.shape[0]))
     am, xm = _pixel_matrix(acc), _pixel_matrix(x)
     if am is None or xm is None:
         return False
