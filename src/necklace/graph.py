@@ -487,16 +487,24 @@ class _NodeModule(nn.Module):
         head = self.block.cv1
         if not isinstance(head, ConvNormAct) or not pointwise_head_ok(head, xs[0]):
             return None
+        if xs[0].shape[0] > 1 and not xs[0].is_contiguous(memory_format=torch.channels_last):
+            return None  # a batch of NCHW maps is not one matrix: the concatenation, as written
         parts = [
             x if skip or low else edge(x, size)
             for edge, x, skip, low in zip(self.edges, xs, self._passthrough, self._resize_only, strict=True)
         ]
         z = concat_pointwise(parts, head.conv.weight, head.conv.bias, upsample=self._resize_only, size=size)
-        if z is None:  # layouts the GEMMs cannot read in place (e.g. a batch of NCHW maps): concatenate after all
-            full = [
-                edge(p, size) if low else p for edge, p, low in zip(self.edges, parts, self._resize_only, strict=True)
-            ]
-            return self.block(torch.cat(full, dim=1))
+        if z is None:  # layouts the GEMMs cannot read in place (mixed batches): concatenate after all
+            fused = torch.cat(
+                [
+                    edge(p, size) if low else p
+                    for edge, p, low in zip(self.edges, parts, self._resize_only, strict=True)
+                ],
+                dim=1,
+            )
+            del parts  # (inference peak memory: the parts must not stay alive while the block runs)
+            return self.block(fused)
+        del parts
         tail = cast(Callable[[Tensor], Tensor], self.block.tail)
         return tail(head.act(head.norm(z)))
 
