@@ -49,9 +49,9 @@ Configs beyond the defaults (run them explicitly with ``--configs``):
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/vs_peers.py --configs r50_fpn,r50_pafpn,bifpn_d0,yolov8n --repeats 20
-    .venv/bin/python benchmarks/vs_peers.py --configs yolov8n,yolov6n --deployed --repeats 20
-    .venv/bin/python benchmarks/vs_peers.py --configs nasfpn --repeats 5 --warmup 1
+    .venv/bin/python benchmarks/vs_peers.py --configs r50_fpn,r50_pafpn,bifpn_d0,yolov8n,yolov6n --repeats 20 \
+        --deployed auto --compile inductor
+    .venv/bin/python benchmarks/vs_peers.py --configs nasfpn --repeats 10 --train-repeats 5 --deployed auto --merge
     .venv/bin/python benchmarks/vs_peers.py --list
 
 Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESULTS.md``.
