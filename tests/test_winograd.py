@@ -15,6 +15,7 @@ from necklace.layers.conv import ConvNormAct, PointwiseConv2d, PointwiseToChanne
 from necklace.layers.rep import RepConv
 from necklace.layers.winograd import (
     WinogradConv2d,
+    direct_convs,
     set_winograd,
     winograd_conv3x3,
     winograd_eligible,
@@ -285,3 +286,22 @@ def test_channels_last_laterals_round_trip_to_pointwise() -> None:
     necklace.set_channels_last(neck, False)
     assert not any(type(m) is PointwiseToChannelsLast for m in neck.modules())
     assert len([m for m in neck.modules() if type(m) is PointwiseConv2d]) == len(laterals)
+
+
+@pytest.mark.parametrize("name", ["fpn", "yolo_pafpn"])
+def test_cpu_autocast_runs_the_direct_convs(name: str, calls: list[tuple[int, ...]]) -> None:
+    """Under CPU autocast the ops would be cast one by one (mixed-dtype GEMMs fail): the fast paths step aside."""
+    if name == "fpn":
+        specs = [necklace.FeatureSpec(512, 8), necklace.FeatureSpec(1024, 16), necklace.FeatureSpec(2048, 32)]
+        neck, size = necklace.build_neck("fpn", specs, width=wg.MIN_CHANNELS).eval(), 256
+    else:
+        specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
+        neck, size = necklace.build_neck("yolo_pafpn", specs, preset="n").eval(), 128
+    feats = [torch.randn(1, s.channels, size // s.stride, size // s.stride) for s in specs]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = neck(feats)
+        with direct_convs():
+            ref = neck(feats)
+    assert calls == []
+    for a, b in zip(out, ref, strict=True):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)

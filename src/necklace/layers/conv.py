@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.layers.winograd import WinogradConv2d, direct_convs_active
-from necklace.spec import _is_tracing, is_symbolic
+from necklace.layers.winograd import WinogradConv2d, inference_paths_off
+from necklace.spec import is_symbolic
 
 __all__ = [
     "ACTS",
@@ -250,7 +250,7 @@ class ConvNormAct(nn.Module):
 
 def _gemm_inference(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether a 1x1 conv's inference call may run as a plain GEMM (autograd off, CPU float, not tracing)."""
-    if torch.is_grad_enabled() or _is_tracing() or direct_convs_active() or torch.onnx.is_in_onnx_export():
+    if inference_paths_off():
         return False
     if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
         return False

@@ -19,8 +19,8 @@ transforms cost more than they save, so :func:`winograd_pays` keeps the direct c
 Numerics: the transforms' coefficients (up to 8 and 1/24) cost about 5 bits, so the result differs from the
 direct fp32 conv by about 1e-5 of the output's magnitude (the direct conv's own rounding is ~3e-7), two
 orders of magnitude below the 1e-3 that fp16 inference gives. The path is inference only: it runs when
-autograd is off, for float32/float64 4-D inputs, and never while tracing, scripting, compiling or exporting
-(those see the plain ``Conv2d``, so exported graphs are unchanged). Switch it off per model with
+autograd is off, for float32/float64 4-D inputs, and never under CPU autocast or while tracing, scripting,
+compiling or exporting (those see the plain ``Conv2d``, so exported graphs are unchanged). Switch it off per model with
 :func:`set_winograd` (``necklace.set_winograd(model, False)``) when bit-level agreement with another library
 matters more than speed.
 
@@ -48,6 +48,7 @@ __all__ = [
     "WinogradConv2d",
     "direct_convs",
     "direct_convs_active",
+    "inference_paths_off",
     "set_winograd",
     "winograd_conv3x3",
     "winograd_eligible",
@@ -117,6 +118,20 @@ def direct_convs() -> Iterator[None]:
 def direct_convs_active() -> bool:
     """Whether a :func:`direct_convs` block is running."""
     return _DIRECT_DEPTH > 0
+
+
+def _autocast_on() -> bool:
+    """CPU autocast (bfloat16/float16) on: the ops here would be cast piecemeal, so the direct conv runs."""
+    try:
+        return bool(torch.is_autocast_enabled("cpu"))
+    except TypeError:  # older torch: no device argument
+        return bool(torch.is_autocast_cpu_enabled())
+
+
+def inference_paths_off() -> bool:
+    """Whether necklace's inference paths (Winograd, GEMM 1x1 convs) must not run now: autograd on, a
+    :func:`direct_convs` block, tracing / scripting / compiling / exporting, or CPU autocast."""
+    return bool(_DIRECT_DEPTH) or torch.is_grad_enabled() or _is_tracing() or _is_exporting() or _autocast_on()
 
 
 def _is_exporting() -> bool:
@@ -297,9 +312,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def _use_winograd(self, x: Tensor) -> bool:
         # cheapest tests first: most convs of a light neck are too narrow, and return after one comparison
-        if not self.winograd or min(self.in_channels, self.out_channels) < MIN_CHANNELS or _DIRECT_DEPTH:
-            return False
-        if torch.is_grad_enabled() or _is_tracing() or _is_exporting():
+        if not self.winograd or min(self.in_channels, self.out_channels) < MIN_CHANNELS or inference_paths_off():
             return False
         if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
             return False
