@@ -12,9 +12,9 @@ input-channel MACs than the direct conv. The transforms are fixed linear maps, r
 strided conv (input) and one small GEMM (output), so the whole conv is three library calls plus one fused
 copy; no compiled extension.
 
-On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN runs 1.7x faster at 80x80 and 1.15x at
-40x40 than mkldnn's direct conv (``benchmarks/winograd.py``); below about 192 channels or 28x28 maps the
-transforms cost more than they save, so :func:`winograd_pays` keeps the direct conv there.
+On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN runs 1.35x faster at 80x80, 1.25x at
+40x40 and 1.7x at 160x160 than mkldnn's direct conv (``benchmarks/winograd.py``); below about 192 channels or
+28x28 maps the transforms cost more than they save, so :func:`winograd_pays` keeps the direct conv there.
 
 Numerics: the transforms' coefficients (up to 8 and 1/24) cost about 5 bits, so the result differs from the
 direct fp32 conv by about 1e-5 of the output's magnitude (the direct conv's own rounding is ~3e-7), two
@@ -83,8 +83,9 @@ M_OUT = 4  #: output tile size
 N_IN = 6  #: input tile size
 
 #: the smallest channel count (in and out) and output map side where the Winograd path is faster than the
-#: direct conv here (measured by ``benchmarks/winograd.py``: 192 channels at 24x24 is still 1.1x slower,
-#: 256 at 32x32 0.89x, 256 at 80x80 0.60x); from WIDE_CHANNELS on it pays from WIDE_MIN_SIDE
+#: direct conv here (measured by ``benchmarks/winograd.py``, time ratio winograd / direct: 192 channels at 24x24
+#: 1.01-1.1, 256 at 32x32 0.84, 256 at 80x80 0.74, 128 channels >= 0.97 everywhere); from WIDE_CHANNELS on it
+#: pays from WIDE_MIN_SIDE
 MIN_CHANNELS = 192
 MIN_SIDE = 28
 WIDE_CHANNELS = 384
