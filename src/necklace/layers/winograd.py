@@ -216,11 +216,14 @@ def winograd_conv3x3(
             r1 = min(th, r0 + rows)
             lo, hi = M_OUT * r0 - 1, M_OUT * r1 + 1  # input rows this band reads (with the 1-pixel halo)
             band = xin[i : i + 1, :, max(lo, 0) : min(hi, h)]
-            if lo < 0 or hi > h or right != 1:
-                band = F.pad(band, (1, right, max(-lo, 0), max(hi - h, 0)))
+            top, bottom = max(-lo, 0), max(hi - h, 0)
+            if right == 1 and bottom <= top:
+                # the conv pads by itself (no copy of the band): columns 1 | 1; rows 0 | 0 inside the map, 1 | 1 for
+                # the first band (its bottom pad row is never read when the band stops inside the map)
+                v = F.conv2d(band, input_kernel, stride=M_OUT, padding=(top, 1), groups=c)
+            else:
+                band = F.pad(band, (1, right, top, bottom))
                 v = F.conv2d(band, input_kernel, stride=M_OUT, groups=c)
-            else:  # an inner band of a map whose width is a multiple of 4: no copy, the conv pads the columns
-                v = F.conv2d(band, input_kernel, stride=M_OUT, padding=(0, 1), groups=c)
             t = (r1 - r0) * tw
             # v: (1, C*36, r, tw) = (C, 36, t); the GEMM reads it through a strided view
             m = m_buf[: N_IN * N_IN * o * t].view(N_IN * N_IN, o, t)
