@@ -181,3 +181,20 @@ def test_mixed_layouts_give_channels_last(low_cl: bool) -> None:
     y = concat_pointwise(parts, w, bias, upsample=up, size=(6, 8))
     assert y is not None and y.is_contiguous(memory_format=cl)
     assert torch.allclose(y, _ref(parts, w, bias, up, (6, 8)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pafpn", "nasfpn", "bifpn"])
+def test_inference_sums_into_fresh_maps_leave_the_inputs_intact(name: str) -> None:
+    specs = [necklace.FeatureSpec(16, 8), necklace.FeatureSpec(32, 16), necklace.FeatureSpec(64, 32)]
+    opts = {"width": 16} if name != "bifpn" else {}
+    neck = necklace.build_neck(name, specs, **opts).eval()
+    g = torch.Generator().manual_seed(4)
+    feats = [torch.randn(1, s.channels, -(-130 // s.stride), -(-97 // s.stride), generator=g) for s in specs]
+    before = [f.clone() for f in feats]
+    with torch.no_grad():
+        out = neck(feats)
+        again = neck(feats)
+    ref = neck(feats)  # autograd on: the sums as written
+    assert all(torch.equal(a, b) for a, b in zip(feats, before, strict=True))  # inputs untouched
+    for a, b, c in zip(out, again, ref, strict=True):
+        assert torch.equal(a, b) and torch.allclose(a, c, rtol=1e-5, atol=1e-5)

@@ -445,6 +445,12 @@ class _NodeModule(nn.Module):
             for e in self.edges
             if isinstance(e, Resample)
         )
+        # an unweighted sum with an input that an edge computed (not passed through): inference adds into it
+        self._sum_into = (
+            next((k for k, skip in enumerate(self._passthrough) if not skip), None)
+            if node.fuse == "sum" and len(edges) > 1
+            else None
+        )
         # FPN's top-down sum of a lateral 1x1 conv (no norm/act) and a nearest-upsampled coarser map
         self._lateral_sum: tuple[int, int] | None = None
         if node.fuse == "sum" and len(edges) == 2 and not self._passthrough[0] and not self._passthrough[1]:
@@ -520,6 +526,16 @@ class _NodeModule(nn.Module):
         ys = [x if skip else edge(x, size) for edge, x, skip in zip(self.edges, xs, self._passthrough, strict=True)]
         if self._lone and self.fuse.weight is None and self.fuse.frozen_weight is None:
             fused = ys[0]
+        elif (
+            self._sum_into is not None
+            and not torch.is_grad_enabled()
+            and self.fuse.weight is None
+            and ys[self._sum_into].untyped_storage().data_ptr() != xs[self._sum_into].untyped_storage().data_ptr()
+        ):
+            fused = ys[self._sum_into]  # inference: add into an edge's own fresh output, no new map
+            for j, y in enumerate(ys):
+                if j != self._sum_into:
+                    fused.add_(y)
         else:
             fused = self.fuse(ys)
         del ys  # the resampled inputs must not stay alive while the block runs (inference peak memory)
