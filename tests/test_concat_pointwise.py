@@ -198,3 +198,25 @@ def test_inference_sums_into_fresh_maps_leave_the_inputs_intact(name: str) -> No
     assert all(torch.equal(a, b) for a, b in zip(feats, before, strict=True))  # inputs untouched
     for a, b, c in zip(out, again, ref, strict=True):
         assert torch.equal(a, b) and torch.allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_custom_graph_sum_of_an_input_and_a_conv_under_autocast() -> None:
+    """A sum of a backbone map (float32) and a conv output (bfloat16 under CPU autocast) promotes like ``+``."""
+    from necklace import Edge, GraphNeck, NeckGraph, Node
+
+    graph = NeckGraph(
+        in_specs=(necklace.FeatureSpec(8, 8), necklace.FeatureSpec(8, 16)),
+        nodes=(
+            Node("A", 3, (Edge("C4", align="always"), "C3"), channels=8, fuse="sum"),
+            Node("B", 4, ("C4",), channels=8),
+        ),
+        outputs=("A", "B"),
+    )
+    neck = GraphNeck(graph).eval()
+    feats = [torch.randn(1, 8, 12, 10), torch.randn(1, 8, 6, 5)]
+    with torch.no_grad():
+        plain = neck(feats)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = neck(feats)
+    assert mixed[0].dtype == torch.float32  # bfloat16 conv output + float32 input, promoted as written
+    assert torch.allclose(mixed[0], plain[0], atol=0.1)

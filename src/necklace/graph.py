@@ -23,6 +23,7 @@ from necklace.layers.blocks import BLOCKS, build_block
 from necklace.layers.conv import ConvCfg, ConvNormAct, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.layers.fuse import FUSE_MODES, Fuse
 from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES, Resample
+from necklace.layers.winograd import inference_paths_off
 from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, check_features, validate_in_specs
 
 __all__ = ["ALIGN_MODES", "Edge", "GraphNeck", "NeckGraph", "Node", "input_name"]
@@ -528,9 +529,9 @@ class _NodeModule(nn.Module):
             fused = ys[0]
         elif (
             self._sum_into is not None
-            and not torch.is_grad_enabled()
-            and self.fuse.weight is None
+            and not inference_paths_off()
             and ys[self._sum_into].untyped_storage().data_ptr() != xs[self._sum_into].untyped_storage().data_ptr()
+            and all(y.dtype == ys[self._sum_into].dtype and y.shape == ys[self._sum_into].shape for y in ys)
         ):
             fused = ys[self._sum_into]  # inference: add into an edge's own fresh output, no new map
             for j, y in enumerate(ys):
