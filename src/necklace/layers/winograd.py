@@ -7,7 +7,7 @@ A 3x3 conv computes every 4x4 output tile from a 6x6 input tile. Winograd's mini
 
 per tile and channel pair: the transformed filter ``U = G g G^T`` (6x6) and input tile ``V = B^T d B`` (6x6) are
 multiplied element-wise and summed over input channels, so the channel mixing becomes 36 independent matrix
-products ``U[k] @ V[k]`` (one batched GEMM) with 36 multiply-adds per 16 outputs instead of 144: 2.25x fewer
+products ``U[k] @ V[k]`` (one batched GEMM) with 36 multiply-adds per 16 outputs instead of 144: 4x fewer
 input-channel MACs than the direct conv. The transforms are fixed linear maps, run here as one depthwise
 strided conv (input) and one small GEMM (output), so the whole conv is three library calls plus one fused
 copy; no compiled extension.
@@ -25,12 +25,12 @@ compiling or exporting (those see the plain ``Conv2d``, so exported graphs are u
 matters more than speed.
 
 Example:
-    >>> conv = WinogradConv2d(128, 128, 3, padding=1)
-    >>> x = torch.randn(1, 128, 30, 30)
+    >>> conv = WinogradConv2d(256, 256, 3, padding=1)
+    >>> x = torch.randn(1, 256, 30, 30)
     >>> with torch.no_grad():
     ...     y, ref = conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)
     >>> y.shape, bool((y - ref).abs().max() <= 1e-4 * ref.abs().max())
-    (torch.Size([1, 128, 30, 30]), True)
+    (torch.Size([1, 256, 30, 30]), True)
 """
 
 from __future__ import annotations
