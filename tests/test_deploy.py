@@ -243,15 +243,10 @@ def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
     graph_necks = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
     assert graph_necks and all(m.channels_last_inputs for m in graph_necks)
     assert not any(m.channels_last_inputs for m in neck.modules() if isinstance(m, GraphNeck))  # original untouched
-    with torch.no_grad():
-        ref, out = neck(feats), deployed(feats)
-        with torch.profiler.profile(record_shapes=True) as prof:
-            deployed(feats)
-    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
-    assert _max_rel(out, ref) <= 1e-5
+    copies = _check_channels_last_run(neck, deployed, feats)
     assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(feats, before, strict=True))  # inputs intact
     # the input maps are converted first, on entry, in order (later same-shape copies are C2f's channel splits)
-    assert _map_copies(prof)[: len(feats)] == [list(f.shape) for f in feats]
+    assert copies[: len(feats)] == [list(f.shape) for f in feats]
     necklace.set_channels_last(deployed, False)
     assert not any(m.channels_last_inputs for m in deployed.modules() if isinstance(m, GraphNeck))
     with torch.no_grad():
@@ -267,14 +262,21 @@ def test_channels_last_yolo_reads_single_nchw_inputs_in_place() -> None:
     assert graph.channels_last_direct_single == {"C3", "C4", "C5"} and graph.channels_last_direct == frozenset()
     for batch in (1, 2):
         feats = pyramid(SPECS, (97, 131), batch=batch)
-        with torch.no_grad():
-            ref, out = neck(feats), deployed(feats)
-            with torch.profiler.profile(record_shapes=True) as prof:
-                deployed(feats)
-        assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
-        assert _max_rel(out, ref) <= 1e-5
-        converted = [s for s in _map_copies(prof) if s in [list(f.shape) for f in feats]]
+        copies = _check_channels_last_run(neck, deployed, feats)
+        converted = [s for s in copies if s in [list(f.shape) for f in feats]]
         assert converted == ([] if batch == 1 else [list(f.shape) for f in feats])
+
+
+def _check_channels_last_run(neck: nn.Module, deployed: nn.Module, feats: list[Tensor]) -> list[list[int]]:
+    """Run both necks; assert the deployed outputs are channels_last and equal the original's; return the
+    same-shape 4-d copies one more deployed call makes (layout conversions, C2f splits)."""
+    with torch.no_grad():
+        ref, out = neck(feats), deployed(feats)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            deployed(feats)
+    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
+    assert _max_rel(out, ref) <= 1e-5
+    return _map_copies(prof)
 
 
 def _map_copies(prof: torch.profiler.profile) -> list[list[int]]:

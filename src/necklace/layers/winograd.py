@@ -47,7 +47,6 @@ from necklace.spec import _is_tracing, is_symbolic
 __all__ = [
     "WinogradConv2d",
     "direct_convs",
-    "direct_convs_active",
     "inference_paths_off",
     "set_winograd",
     "winograd_conv3x3",
@@ -114,11 +113,6 @@ def direct_convs() -> Iterator[None]:
         yield
     finally:
         _DIRECT_DEPTH -= 1
-
-
-def direct_convs_active() -> bool:
-    """Whether a :func:`direct_convs` block is running."""
-    return _DIRECT_DEPTH > 0
 
 
 def _autocast_on() -> bool:
