@@ -415,7 +415,8 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         row["equality"] = eq
         log(
             f"  equality vs {pair.peer}: max abs diff {eq['max_abs_diff']:.3g} "
-            f"(output max {eq['max_abs_output']:.3g}, tolerance {eq['tolerance']:.3g}) -> "
+            f"(output max {eq['max_abs_output']:.3g}, tolerance {eq['tolerance']:.3g}); on direct convs "
+            f"{eq['direct_convs']['max_abs_diff']:.3g} (tolerance {eq['direct_convs']['tolerance']:.3g}) -> "
             f"{'EQUAL' if eq['equal'] else 'DIFFERENT'}"
         )
         if not eq["equal"]:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 from necklace.bench import interleaved, ratio_stats, stats_ms
-from necklace.layers.winograd import _AT, _input_kernel, _kron, winograd_conv3x3, winograd_filter, winograd_pays
+from necklace.layers.winograd import _AT, _input_matrix, _kron, winograd_conv3x3, winograd_filter, winograd_pays
 
 
 def run_cell(channels: int, side: int, repeats: int, warmup: int, channels_last: bool = False) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def run_cell(channels: int, side: int, repeats: int, warmup: int, channels_last:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
-    u, kin, at = winograd_filter(w), _input_kernel(channels, w.dtype, w.device), _kron(_AT, w.dtype, w.device)
+    u, kin, at = winograd_filter(w), _input_matrix(w.dtype, w.device), _kron(_AT, w.dtype, w.device)
     with torch.no_grad():
         ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
         scale = ref.abs().max().item()
@@ -64,7 +64,7 @@ def run_cell(channels: int, side: int, repeats: int, warmup: int, channels_last:
         "direct_rel_err": (direct.double() - ref).abs().max().item() / scale,
         "winograd_rel_err": (wino.double() - ref).abs().max().item() / scale,
         "same_layout": wino.is_contiguous(memory_format=torch.channels_last) == channels_last,
-        "picked": winograd_pays(channels, channels, side, side),
+        "picked": winograd_pays(channels, channels, side, side, channels_last),
     }
 
 
@@ -75,7 +75,8 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", default="64,96,128,192,256,512")
-    parser.add_argument("--sides", default="16,20,24,32,40,60,80,160")
+    parser.add_argument("--sides", default="10,14,16,20,28,40,80,160")
+    parser.add_argument("--layouts", default="nchw,channels_last", help="comma list of nchw, channels_last")
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = parser.parse_args(argv)
     env = common.environment(args.threads)
-    cells = [(c, s, False) for c in _ints(args.channels) for s in _ints(args.sides)]
-    cells += [(256, 80, True), (256, 40, True)]
+    layouts = [v.strip() for v in args.layouts.split(",") if v.strip()]
+    if not layouts or any(v not in ("nchw", "channels_last") for v in layouts):
+        parser.error(f"--layouts takes nchw and/or channels_last, got {args.layouts!r}")
+    cells = [(c, s, cl == "channels_last") for cl in layouts for c in _ints(args.channels) for s in _ints(args.sides)]
     results = []
     with common.threads(args.threads):
         for i, (c, s, cl) in enumerate(cells):
@@ -104,17 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{env.get('date_utc', '')}, {args.threads} threads, float32, batch 1, C -> C channels with bias. "
         "Cell: median of per-round ratios winograd / direct (lower is better); "
         "**bold** where `winograd_pays` picks Winograd.",
-        "",
-        "| C \\ side | " + " | ".join(str(s) for s in sides) + " |",
-        "|---" * (len(sides) + 1) + "|",
     ]
-    for c in _ints(args.channels):
-        row = []
-        for s in sides:
-            r = next(r for r in results if r["channels"] == c and r["side"] == s and not r["channels_last"])
-            v = f"{r['ratio']['median']:.2f}"
-            row.append(f"**{v}**" if r["picked"] else v)
-        lines.append(f"| {c} | " + " | ".join(row) + " |")
+    for cl in (False, True):
+        if not any(r["channels_last"] == cl for r in results):
+            continue
+        lines += [
+            "",
+            f"{'channels_last' if cl else 'NCHW'} maps:",
+            "",
+            "| C \\ side | " + " | ".join(str(s) for s in sides) + " |",
+            "|---" * (len(sides) + 1) + "|",
+        ]
+        for c in _ints(args.channels):
+            row = []
+            for s in sides:
+                r = next(r for r in results if r["channels"] == c and r["side"] == s and r["channels_last"] == cl)
+                v = f"{r['ratio']['median']:.2f}"
+                row.append(f"**{v}**" if r["picked"] else v)
+            lines.append(f"| {c} | " + " | ".join(row) + " |")
     errs = [r["winograd_rel_err"] for r in results]
     derrs = [r["direct_rel_err"] for r in results]
     lines += [
@@ -122,12 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         f"Error vs a float64 conv (max |err| / max |ref|): Winograd {min(errs):.1e}..{max(errs):.1e}, "
         f"direct {min(derrs):.1e}..{max(derrs):.1e}.",
     ]
-    for r in results:
-        if r["channels_last"]:
-            lines.append(
-                f"channels_last input, C={r['channels']}, {r['side']}x{r['side']}: ratio {r['ratio']['median']:.2f} "
-                f"(direct {r['direct_ms']:.2f} ms, winograd {r['winograd_ms']:.2f} ms)."
-            )
     common.update_markdown_section(args.markdown, "winograd", "\n".join(lines))
     return 0
 

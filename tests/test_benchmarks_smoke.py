@@ -46,6 +46,9 @@ def test_vs_peers_tiny_config(vs_peers, tmp_path: Path) -> None:
     assert pair["status"] == "ok", pair
     eq = pair["equality"]  # the equality check ran, with converted weights
     assert eq["equal"] is True and eq["max_abs_diff"] <= eq["tolerance"] and eq["max_abs_output"] > 0
+    # the same arithmetic as the peer (direct convs) at the tight tolerance, the inference paths at the loose one
+    direct = eq["direct_convs"]
+    assert direct["equal"] is True and direct["max_abs_diff"] <= direct["tolerance"] < eq["tolerance"]
     assert pair["params"]["necklace"] == pair["params"]["peer"] > 0
     assert pair["macs"]["necklace"] == pair["macs"]["peer"] > 0
     ev = pair["eval"]
@@ -88,6 +91,9 @@ def _checked_equal(pair: dict) -> None:
     assert pair["status"] == "ok", pair
     eq = pair["equality"]
     assert eq["equal"] is True and eq["max_abs_diff"] <= eq["tolerance"] and eq["max_abs_output"] > 0
+    # the same arithmetic as the peer (direct convs) at the tight tolerance, the inference paths at the loose one
+    direct = eq["direct_convs"]
+    assert direct["equal"] is True and direct["max_abs_diff"] <= direct["tolerance"] < eq["tolerance"]
     assert pair["params"]["necklace"] == pair["params"]["peer"] > 0
 
 

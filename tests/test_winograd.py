@@ -54,6 +54,16 @@ def test_float32_error_is_about_1e5_of_the_output() -> None:
     assert err > direct_err  # and it is not the direct conv in disguise
 
 
+@pytest.mark.parametrize("hw", [(1, 1), (5, 7), (9, 13), (33, 8)])
+def test_channels_last_matches_direct_conv_in_float64_any_size(hw: tuple[int, int]) -> None:
+    g = torch.Generator().manual_seed(hw[0] * 7 + hw[1])
+    x = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 5, 3, 3, generator=g, dtype=torch.float64)
+    y = winograd_conv3x3(x, winograd_filter(w))
+    ref = F.conv2d(x, w, padding=1)
+    assert torch.allclose(y, ref, rtol=0, atol=1e-11 * float(ref.abs().max())), _rel_err(y, ref)
+
+
 def test_channels_last_input_gives_channels_last_output() -> None:
     x = torch.randn(2, 8, 11, 12).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(4, 8, 3, 3), torch.randn(4)
@@ -84,6 +94,16 @@ def test_eligibility_and_threshold() -> None:
     assert winograd_pays(c, c, s, s)
     assert not winograd_pays(c - 1, c, s, s) and not winograd_pays(c, c - 1, s, s)
     assert not winograd_pays(c, c, s - 1, s) and not winograd_pays(c, c, s, s - 1)
+    # every rule's corner, per layout: pays on it, not one channel or one pixel below (unless another rule holds)
+    for channels_last, rules in ((False, wg.PAYS_NCHW), (True, wg.PAYS_CHANNELS_LAST)):
+        for c, s in rules:
+            assert winograd_pays(c, c, s, s, channels_last)
+            below = [(c - 1, s), (c, s - 1)]
+            for cc, ss in below:
+                others = any(cc >= c2 and ss >= s2 for c2, s2 in rules if (c2, s2) != (c, s))
+                assert winograd_pays(cc, cc, ss, ss, channels_last) == others, (channels_last, cc, ss)
+    # channels_last maps pay from narrower convs (the gather reads contiguous channel runs)
+    assert winograd_pays(128, 128, 40, 40, channels_last=True) and not winograd_pays(128, 128, 40, 40)
 
 
 def _big_conv() -> tuple[WinogradConv2d, torch.Tensor]:
@@ -138,6 +158,19 @@ def test_module_skips_small_shapes_other_dtypes_and_when_switched_off(calls: lis
         set_winograd(conv, True)
         conv(x)
         assert len(calls) == 1
+
+
+def test_module_picks_by_the_input_layout(calls: list[tuple[int, ...]]) -> None:
+    torch.manual_seed(0)
+    conv = WinogradConv2d(128, 128, 3, padding=1).eval()
+    x = torch.randn(1, 128, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # NCHW: 128 ch do not pay
+        assert calls == []
+        xl = x.contiguous(memory_format=torch.channels_last)
+        y = conv(xl)
+    assert calls == [tuple(x.shape)] and y.is_contiguous(memory_format=torch.channels_last)
+    assert _rel_err(y, F.conv2d(x, conv.weight, conv.bias, padding=1)) < 5e-5
 
 
 def test_filter_cache_follows_weight_changes() -> None:

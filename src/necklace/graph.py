@@ -22,8 +22,16 @@ from torch import Tensor, nn
 from necklace.layers.blocks import BLOCKS, build_block
 from necklace.layers.conv import ConvCfg, ConvNormAct, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.layers.fuse import FUSE_MODES, Fuse
-from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES, Resample
-from necklace.layers.winograd import inference_paths_off
+from necklace.layers.rep import RepBlock, RepConv
+from necklace.layers.resample import (
+    DOWN_MODES,
+    LEARNED_DOWN_MODES,
+    UP_MODES,
+    Resample,
+    add_transposed_conv3x3_,
+    compose_transposed_conv3x3,
+)
+from necklace.layers.winograd import WinogradConv2d, inference_paths_off, winograd_eligible
 from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, check_features, validate_in_specs
 
 __all__ = ["ALIGN_MODES", "Edge", "GraphNeck", "NeckGraph", "Node", "input_name"]
@@ -471,6 +479,20 @@ class _NodeModule(nn.Module):
             and hasattr(self.block, "tail")
             and isinstance(getattr(self.block, "cv1", None), nn.Module)
         )
+        # a concatenation with one 2x transposed-conv upsample read by a RepBlock (YOLOv6's top-down nodes): once the
+        # block's first RepConv is deployed (one 3x3 conv), inference folds the transposed conv into that conv
+        # (_up_into_rep_head), so neither the upsampled map nor the concatenation is built
+        ups = [
+            k
+            for k, e in enumerate(self.edges)
+            if isinstance(e, Resample)
+            and e.steps == -1
+            and e.up_mode == "transposed"
+            and e.align is None
+            and e.pre_act is None
+        ]
+        self._up_head = ups[0] if node.fuse == "concat" and len(ups) == 1 and isinstance(self.block, RepBlock) else None
+        self._up_cache: tuple[Any, ...] | None = None
 
     def _lateral_into_upsampled(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
         """FPN's ``lateral_1x1(C) + up(P)`` in inference: the lateral GEMM accumulates into the upsampled map
@@ -515,7 +537,69 @@ class _NodeModule(nn.Module):
         tail = cast(Callable[[Tensor], Tensor], self.block.tail)
         return tail(head.act(head.norm(z)))
 
+    def _up_into_rep_head(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
+        """``RepBlock(cat(..., up(a), ...))`` in inference with the block's first RepConv deployed: the 3x3 conv
+        runs on the other parts only (its weight's other input channels), and the transposed conv ``up`` composed
+        with the weight's ``up`` channels runs as one 2x2 conv on the low-resolution ``a`` (a 4x smaller map),
+        added phase by phase (:func:`~necklace.layers.resample.add_transposed_conv3x3_`). Exact up to rounding;
+        ``None`` (the general path) where it does not apply (training, an odd target size, a head not deployed)."""
+        j = cast(int, self._up_head)
+        blocks = list(cast(RepBlock, self.block).blocks)
+        head = cast(RepConv, blocks[0])
+        conv = head.conv
+        a = xs[j]
+        if (
+            not isinstance(conv, nn.Conv2d)
+            or conv.bias is None
+            or not winograd_eligible(conv)
+            or 2 * a.shape[-2] != size[0]
+            or 2 * a.shape[-1] != size[1]
+        ):
+            return None
+        up = cast(nn.ConvTranspose2d, cast(Resample, self.edges[j]).ops[0])
+        rest = [
+            x if skip else edge(x, size)
+            for k, (edge, x, skip) in enumerate(zip(self.edges, xs, self._passthrough, strict=True))
+            if k != j
+        ]
+        start = sum(r.shape[1] for r in rest[:j])
+        w, cu = conv.weight, up.out_channels
+        key = tuple((t, t._version, t.dtype, t.device) for t in (w, conv.bias, up.weight, up.bias) if t is not None)
+        cache = self._up_cache
+        if (
+            cache is None
+            or cache[0] != start
+            or len(cache[1]) != len(key)
+            or any(k0[0] is not k1[0] or k0[1:] != k1[1:] for k0, k1 in zip(cache[1], key, strict=True))
+        ):
+            w_rest = torch.cat([w[:, :start], w[:, start + cu :]], dim=1).detach()
+            rest_conv = WinogradConv2d(w_rest.shape[1], w.shape[0], 3, padding=1, device=w.device, dtype=w.dtype)
+            rest_conv.weight = nn.Parameter(w_rest, requires_grad=False)
+            rest_conv.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
+            kernel = compose_transposed_conv3x3(up, w[:, start : start + cu])
+            if not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
+                # a channels_last neck (deploy): weights in its layout, or every conv call would convert them
+                rest_conv.to(memory_format=torch.channels_last)
+                kernel = kernel.contiguous(memory_format=torch.channels_last)
+            cache = self._up_cache = (start, key, rest_conv.eval(), kernel)
+        rest_conv, kernel = cache[2], cache[3]
+        y = rest_conv(rest[0] if len(rest) == 1 else torch.cat(rest, dim=1))
+        del rest
+        y = head.act(add_transposed_conv3x3_(y, a, kernel))
+        for m in blocks[1:]:
+            y = m(y)
+        return y
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_up_cache"] = None  # deepcopy / pickle: never carry the folded weights (they would alias the old ones)
+        return state
+
     def forward(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor:
+        if self._up_head is not None and not inference_paths_off():
+            out = self._up_into_rep_head(xs, size)
+            if out is not None:
+                return out
         if self._lateral_sum is not None and self.fuse.weight is None and self.fuse.frozen_weight is None:
             out = self._lateral_into_upsampled(xs, size)
             if out is not None:

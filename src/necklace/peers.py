@@ -71,6 +71,7 @@ from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
 __all__ = [
     "DEPLOY_TOL",
+    "INFERENCE_TOL",
     "MMYOLO_FACTORS",
     "NO_PEER_DEPLOY",
     "PEERS",
@@ -112,6 +113,9 @@ TOL = 1e-4
 #: the same for a *deployed* necklace neck against the eager peer: Conv+BN folding changes the rounding, and
 #: deep stacks with random weights amplify it (NAS-FPN, 7 cells: outputs ~2e6, relative difference ~2e-4)
 DEPLOY_TOL = 1e-3
+#: the same for necklace's default inference paths (Winograd convs: ~1e-5 of the output per conv, amplified the
+#: same way by deep stacks); the exact arithmetic is checked apart, on direct convs, at TOL
+INFERENCE_TOL = DEPLOY_TOL
 #: what is said for a peer without a deployment form
 NO_PEER_DEPLOY = "peer has no deploy form: compared with its eager form"
 #: ResNet-50 C2-C5 (NAS-FPN's RetinaNet config gives C2 too, unused with ``start_level`` 1)
@@ -648,12 +652,24 @@ def eval_call(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Call
 
 
 def parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
-    """:func:`equality` of the necklace outputs with the peer's (tolerance :data:`TOL`), plus ``out_shapes``."""
+    """:func:`equality` of the necklace outputs with the peer's, plus ``out_shapes``: on necklace's default
+    inference paths (tolerance :data:`INFERENCE_TOL`) and, under ``direct_convs`` (the peer's arithmetic), in
+    ``direct_convs`` (tolerance :data:`TOL`); ``equal`` needs both."""
+    from necklace.layers.winograd import direct_convs
+
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
     with torch.no_grad():
-        got = pair.necklace(list(feats))
         ref = pair.call(pair.peer_module, list(feats))
-    return {**equality(got, ref), "out_shapes": [list(t.shape) for t in got]}
+        with direct_convs():
+            direct = equality(pair.necklace(list(feats)), ref)
+        got = pair.necklace(list(feats))
+    eq = equality(got, ref, INFERENCE_TOL)
+    return {
+        **eq,
+        "equal": eq["equal"] and direct["equal"],
+        "direct_convs": direct,
+        "out_shapes": [list(t.shape) for t in got],
+    }
 
 
 def deploy_necklace(

@@ -11,7 +11,15 @@ from torch import Tensor, nn
 from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, pad_same
 from necklace.spec import _is_tracing, is_symbolic
 
-__all__ = ["DOWN_MODES", "LEARNED_DOWN_MODES", "UP_MODES", "Resample", "match_size"]
+__all__ = [
+    "DOWN_MODES",
+    "LEARNED_DOWN_MODES",
+    "UP_MODES",
+    "Resample",
+    "add_transposed_conv3x3_",
+    "compose_transposed_conv3x3",
+    "match_size",
+]
 
 UP_MODES = ("nearest", "bilinear", "transposed")
 DOWN_MODES = ("conv", "dwconv", "maxpool", "avgpool", "subsample", "maxpool2", "dpconv")
@@ -188,3 +196,68 @@ class Resample(nn.Module):
     def extra_repr(self) -> str:
         kind = "none" if self.steps == 0 else (self.down_mode if self.steps > 0 else self.up_mode)
         return f"{self.in_channels}->{self.out_channels}, steps={self.steps}, resize={kind}"
+
+
+# which (3x3 tap d, 2x2 transposed-conv phase k) pairs feed output phase p from low-resolution tap t, along one axis
+# (output row 2i + p of a 3x3 conv over a 2x transposed-conv upsample reads low-resolution rows i - 1 + p + t)
+_UP_TAPS = torch.zeros(2, 2, 3, 2, dtype=torch.float64)
+for _p, _t, _d, _k in ((0, 0, 0, 1), (0, 1, 1, 0), (0, 1, 2, 1), (1, 0, 0, 0), (1, 0, 1, 1), (1, 1, 2, 0)):
+    _UP_TAPS[_p, _t, _d, _k] = 1.0
+
+
+def compose_transposed_conv3x3(up: nn.ConvTranspose2d, weight: Tensor) -> Tensor:
+    """The kernel of ``conv3x3(up(a), weight)`` (stride 1, zero padding 1) as one conv on the low-resolution ``a``.
+
+    ``up`` is a 2x2 stride-2 transposed conv (YOLOv6's ``Transpose``), ``weight`` the (O, C_up, 3, 3) slice of the
+    3x3 conv that reads its output. Each output pixel of the pair depends on a 2x2 low-resolution window, so the
+    pair is a 2x2 conv with 4 * O outputs (one O-block per output phase ``(p, q)``, see
+    :func:`add_transposed_conv3x3_`) over ``a`` plus one constant channel carrying ``up``'s bias (zero outside the
+    map, where the 3x3 conv's padding reads zeros): 16 * C_in * O multiply-adds per low-resolution pixel instead of
+    4 * C_in * C_up + 36 * C_up * O. Shape ``(4 * O, C_in + 1, 2, 2)``, computed in float64 and rounded once.
+
+    Example:
+        >>> up, w = nn.ConvTranspose2d(8, 6, 2, 2), torch.randn(5, 6, 3, 3)
+        >>> compose_transposed_conv3x3(up, w).shape
+        torch.Size([20, 9, 2, 2])
+    """
+    if tuple(up.kernel_size) != (2, 2) or tuple(up.stride) != (2, 2) or tuple(up.padding) != (0, 0) or up.groups != 1:
+        raise ValueError(f"compose_transposed_conv3x3 needs a 2x2 stride-2 transposed conv, got {up}.")
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (up.out_channels, 3, 3):
+        raise ValueError(
+            f"compose_transposed_conv3x3: the 3x3 weight must be (O, {up.out_channels}, 3, 3) for {up}, got shape "
+            f"{tuple(weight.shape)}."
+        )
+    k = up.weight.detach().to(torch.float64)  # (C_in, C_up, 2, 2)
+    bias = up.bias.detach().to(torch.float64) if up.bias is not None else k.new_zeros(up.out_channels)
+    k = torch.cat([k, bias.view(1, -1, 1, 1).expand(1, -1, 2, 2)])  # the constant channel: the bias at every phase
+    s = _UP_TAPS.to(k.device)
+    kc = torch.einsum("ptdk,qsel,ocde,ickl->pqoits", s, s, weight.detach().to(torch.float64), k)
+    o = weight.shape[0]
+    return kc.reshape(4 * o, k.shape[0], 2, 2).to(weight.dtype).contiguous()
+
+
+def add_transposed_conv3x3_(y: Tensor, a: Tensor, kernel: Tensor) -> Tensor:
+    """``y += conv3x3(up(a))`` in place, with ``kernel = compose_transposed_conv3x3(up, weight)``; ``y`` is
+    (N, O, 2h, 2w) for ``a`` (N, C_in, h, w). Returns ``y``.
+
+    Example:
+        >>> up, w, a = nn.ConvTranspose2d(8, 6, 2, 2), torch.randn(5, 6, 3, 3), torch.randn(2, 8, 3, 4)
+        >>> ref = F.conv2d(up(a), w, padding=1)
+        >>> y = add_transposed_conv3x3_(torch.zeros(2, 5, 6, 8), a, compose_transposed_conv3x3(up, w))
+        >>> torch.allclose(y, ref, atol=1e-5)
+        True
+    """
+    n, _, h, w = a.shape
+    o = kernel.shape[0] // 4
+    if tuple(y.shape) != (n, o, 2 * h, 2 * w) or kernel.shape[1] != a.shape[1] + 1:
+        raise ValueError(
+            f"add_transposed_conv3x3_: y {tuple(y.shape)}, a {tuple(a.shape)} and kernel {tuple(kernel.shape)} do not "
+            f"fit; expected y (N, O, 2h, 2w) = {(n, o, 2 * h, 2 * w)} and kernel (4 * O, C_in + 1, 2, 2)."
+        )
+    ones = F.pad(a, (0, 0, 0, 0, 0, 1), value=1.0)  # the constant channel that carries up's bias
+    z = F.conv2d(ones, kernel, padding=1).unflatten(1, (2, 2, o))  # (N, 2, 2, O, h + 1, w + 1)
+    y6 = y.unflatten(2, (h, 2)).unflatten(4, (w, 2))  # (N, O, h, 2, w, 2): a view in either layout
+    for p in (0, 1):
+        for q in (0, 1):
+            y6[:, :, :, p, :, q].add_(z[:, p, q, :, p : p + h, q : q + w])
+    return y

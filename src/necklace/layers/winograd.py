@@ -8,13 +8,16 @@ A 3x3 conv computes every 4x4 output tile from a 6x6 input tile. Winograd's mini
 per tile and channel pair: the transformed filter ``U = G g G^T`` (6x6) and input tile ``V = B^T d B`` (6x6) are
 multiplied element-wise and summed over input channels, so the channel mixing becomes 36 independent matrix
 products ``U[k] @ V[k]`` (one batched GEMM) with 36 multiply-adds per 16 outputs instead of 144: 4x fewer
-input-channel MACs than the direct conv. The transforms are fixed linear maps, run here as one depthwise
-strided conv (input) and one small GEMM (output), so the whole conv is three library calls plus one fused
-copy; no compiled extension.
+input-channel MACs than the direct conv. The transforms are fixed linear maps: the overlapping 6x6 tiles are
+gathered by one strided copy, transformed by one (36 x 36) GEMM, multiplied by one batched GEMM and transformed back
+by one small GEMM plus one copy into the output layout; no compiled extension. (An earlier form ran the input
+transform as a depthwise strided conv; mkldnn runs that as many tiny GEMMs plus a reorder, 3-10x slower than the
+gather + GEMM, depending on the shape.)
 
-On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN runs 1.35x faster at 80x80, 1.25x at
-40x40 and 1.7x at 160x160 than mkldnn's direct conv (``benchmarks/winograd.py``); below about 192 channels or
-28x28 maps the transforms cost more than they save, so :func:`winograd_pays` keeps the direct conv there.
+On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN takes 0.60 of mkldnn's direct conv time at
+80x80 and 0.62 at 40x40 on NCHW maps, 0.51 and 0.45 on channels_last ones (``benchmarks/winograd.py``); on
+narrow channels or small maps the transforms cost more than they save, so :func:`winograd_pays` keeps the direct
+conv there (channels_last pays from 128 channels, NCHW from 192).
 
 Numerics: the transforms' coefficients (up to 8 and 1/24) cost about 5 bits, so the result differs from the
 direct fp32 conv by about 1e-5 of the output's magnitude (the direct conv's own rounding is ~3e-7), two
@@ -81,14 +84,18 @@ _AT = (
 M_OUT = 4  #: output tile size
 N_IN = 6  #: input tile size
 
-#: the smallest channel count (in and out) and output map side where the Winograd path is faster than the
-#: direct conv here (measured by ``benchmarks/winograd.py``, time ratio winograd / direct: 192 channels at 24x24
-#: 1.01-1.1, 256 at 32x32 0.84, 256 at 80x80 0.74, 128 channels >= 0.97 everywhere); from WIDE_CHANNELS on it
-#: pays from WIDE_MIN_SIDE
-MIN_CHANNELS = 192
-MIN_SIDE = 28
-WIDE_CHANNELS = 384
-WIDE_MIN_SIDE = 20
+#: where the Winograd path beats mkldnn's direct conv here (``benchmarks/winograd.py``, time ratio winograd / direct,
+#: batch 1, 2 threads): it pays when ``min(in, out channels) >= c`` and ``min(H, W) >= side`` for one ``(c, side)``
+#: of the rule for the input's memory format. NCHW: 256 ch 0.83 at 16x16, 0.62 at 40x40, 0.60 at 80x80; 192 ch 0.90
+#: at 20x20; 128 ch 0.85 at 80x80 but 0.93 at 40x40. channels_last (the tiles' channel runs are contiguous, so the
+#: gather is cheaper): 256 ch 0.90 at 10x10, 0.45 at 40x40; 128 ch 0.67 at 40x40 (0.80 at 20x20 alone, but slower
+#: inside YOLOv6-N's neck, A/B 9.66 vs 9.52 ms, so not picked); 64 ch 1.13-1.2
+PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 16), (128, 64))
+PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((256, 10), (192, 16), (128, 40))
+#: the NCHW rule's first pair (the common case: 256-channel FPN maps)
+MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
+#: below this many channels no rule holds (the modules' first, cheapest test)
+LOWEST_CHANNELS = min(c for c, _ in PAYS_NCHW + PAYS_CHANNELS_LAST)
 #: tiles (of 4x4 outputs) per band: per batched GEMM
 TILES_PER_BAND = 100
 
@@ -156,22 +163,22 @@ def winograd_filter(weight: Tensor) -> Tensor:
     return u.reshape(N_IN * N_IN, o, c).to(weight.dtype).contiguous()
 
 
-def _input_kernel(channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    # depthwise kernel whose output channel c*36+k is V[k] = sum_{r,s} B^T[k//6, r] d[r, s] B[s, k%6]
-    return _kron(_BT, dtype, device).view(N_IN * N_IN, 1, N_IN, N_IN).repeat(channels, 1, 1, 1)
+def _input_matrix(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``B^T (x) B^T`` (36, 36): row ``6a + b`` maps a 6x6 input tile (flattened) to ``V[a, b] = (B^T d B)[a, b]``."""
+    return _kron(_BT, dtype, device)
 
 
 def winograd_conv3x3(
     x: Tensor,
     u: Tensor,
     bias: Tensor | None = None,
-    input_kernel: Tensor | None = None,
+    input_matrix: Tensor | None = None,
     output_matrix: Tensor | None = None,
 ) -> Tensor:
     """A 3x3, stride-1, padding-1 conv of ``x`` (N, C, H, W) with the transformed filter ``u`` (36, O, C).
 
     Equals ``F.conv2d(x, weight, bias, padding=1)`` for ``u = winograd_filter(weight)`` up to ~1e-5 of the
-    output's magnitude. ``input_kernel`` / ``output_matrix`` are the cached transform constants (built when
+    output's magnitude. ``input_matrix`` / ``output_matrix`` are the cached transform constants (built when
     ``None``). Any H and W (the last tiles are zero-padded and cropped); the output has ``x``'s memory format.
 
     Example:
@@ -189,46 +196,65 @@ def winograd_conv3x3(
     o = u.shape[1]
     th, tw = -(-h // M_OUT), -(-w // M_OUT)
     channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    if input_kernel is None:
-        input_kernel = _input_kernel(c, x.dtype, x.device)
+    if input_matrix is None:
+        input_matrix = _input_matrix(x.dtype, x.device)
     if output_matrix is None:
         output_matrix = _kron(_AT, x.dtype, x.device)
-    xin = x.contiguous()
+    # one zero row/column before the map and enough after it for whole tiles plus the halo (F.pad keeps the layout)
+    xp = F.pad(x, (1, M_OUT * tw + 1 - w, 1, M_OUT * th + 1 - h))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     full = torch.empty((n, o, M_OUT * th, M_OUT * tw), dtype=x.dtype, device=x.device, memory_format=fmt)
-    # The map is done in bands of about TILES_PER_BAND tiles (whole tile rows): a band's transformed input
-    # (C*36 x tiles) and products (36 x O x tiles) stay in cache between the three steps, which measured ~10 %
-    # faster inside a neck than transforming the whole map at once.
+    # The map is done in bands of about TILES_PER_BAND tiles (whole tile rows): a band's tiles, their transform and
+    # the products stay in cache between the steps. Per band of t tiles:
+    #   gather  g[a, b, tile, c] = xp[c, 4i + a, 4j + b]    one strided copy (the 6x6 tiles overlap by 2)
+    #   input   V = (B^T (x) B^T) g                          one GEMM (36 x 36) @ (36 x t*C)
+    #   product M[k] = U[k] V[k]                             one batched GEMM over the 36 points
+    #   output  Y = (A^T (x) A^T) M                          one GEMM, then one copy (+ bias) into the output
+    # The tile and channel axes are ordered for the input's layout, so the gather and the final copy read and
+    # write runs of contiguous values: (tile, C) for channels_last, (C, tile) for NCHW.
     rows = max(1, TILES_PER_BAND // tw)
-    right = 1 + M_OUT * tw - w  # zero columns after the map (1 when W is a multiple of 4)
     t_max = min(rows, th) * tw
-    m_buf = x.new_empty(N_IN * N_IN * o * t_max)  # the GEMM outputs of every band go to these two buffers
-    y_buf = x.new_empty(M_OUT * M_OUT * o * t_max)
+    g_buf = x.new_empty(N_IN * N_IN * t_max * c)  # buffers reused by every band
+    v_buf = x.new_empty(N_IN * N_IN * t_max * c)
+    m_buf = x.new_empty(N_IN * N_IN * t_max * o)
+    y_buf = x.new_empty(M_OUT * M_OUT * t_max * o)
+    ut = u.transpose(1, 2)  # (36, C, O) view: the GEMM reads it transposed
+    bias5 = None if bias is None else (bias if channels_last else bias.view(o, 1, 1, 1, 1))
     for i in range(n):
-        dst_i = full[i].view(o, th, M_OUT, tw, M_OUT)
+        xi = xp[i]
+        sc, sh, sw = xi.stride()
+        if channels_last:
+            dst_i = full[i].permute(1, 2, 0).view(th, M_OUT, tw, M_OUT, o)  # (i, a, j, b, O)
+        else:
+            dst_i = full[i].view(o, th, M_OUT, tw, M_OUT)  # (O, i, a, j, b)
         for r0 in range(0, th, rows):
             r1 = min(th, r0 + rows)
-            lo, hi = M_OUT * r0 - 1, M_OUT * r1 + 1  # input rows this band reads (with the 1-pixel halo)
-            band = xin[i : i + 1, :, max(lo, 0) : min(hi, h)]
-            top, bottom = max(-lo, 0), max(hi - h, 0)
-            if right == 1 and bottom <= top:
-                # the conv pads by itself (no copy of the band): columns 1 | 1; rows 0 | 0 inside the map, 1 | 1 for
-                # the first band (its bottom pad row is never read when the band stops inside the map)
-                v = F.conv2d(band, input_kernel, stride=M_OUT, padding=(top, 1), groups=c)
+            r, t = r1 - r0, (r1 - r0) * tw
+            base = xi.storage_offset() + M_OUT * r0 * sh
+            g = g_buf[: N_IN * N_IN * t * c]
+            v = v_buf[: N_IN * N_IN * t * c].view(N_IN * N_IN, t * c)
+            m = m_buf[: N_IN * N_IN * t * o]
+            y = y_buf[: M_OUT * M_OUT * t * o]
+            if channels_last:
+                shape, strides = (N_IN, N_IN, r, tw, c), (sh, sw, M_OUT * sh, M_OUT * sw, sc)
+                g.view(shape).copy_(xi.as_strided(shape, strides, base))
+                torch.mm(input_matrix, g.view(N_IN * N_IN, t * c), out=v)
+                torch.bmm(v.view(N_IN * N_IN, t, c), ut, out=m.view(N_IN * N_IN, t, o))  # (36, t, O)
+                # Y (a, b, i, j, O) -> out[4i + a, 4j + b, O]
+                torch.mm(output_matrix, m.view(N_IN * N_IN, t * o), out=y.view(M_OUT * M_OUT, t * o))
+                src = y.view(M_OUT, M_OUT, r, tw, o).permute(2, 0, 3, 1, 4)
+                dst = dst_i[r0:r1]
             else:
-                band = F.pad(band, (1, right, top, bottom))
-                v = F.conv2d(band, input_kernel, stride=M_OUT, groups=c)
-            t = (r1 - r0) * tw
-            # v: (1, C*36, r, tw) = (C, 36, t); the GEMM reads it through a strided view
-            m = m_buf[: N_IN * N_IN * o * t].view(N_IN * N_IN, o, t)
-            torch.bmm(u, v.view(c, N_IN * N_IN, t).transpose(0, 1), out=m)  # (36, O, t)
-            y_t = y_buf[: M_OUT * M_OUT * o * t].view(M_OUT * M_OUT, o * t)
-            torch.mm(output_matrix, m.view(N_IN * N_IN, o * t), out=y_t)
-            y_t = y_t.view(M_OUT, M_OUT, o, r1 - r0, tw)
-            # y[o, 4i + a, 4j + b] = y_t[a, b, o, i, j]: one copy into the output layout, adding the bias on the way
-            src, dst = y_t.permute(2, 3, 0, 4, 1), dst_i[:, r0:r1]
-            if bias is not None:
-                torch.add(src, bias.view(o, 1, 1, 1, 1), out=dst)
+                shape, strides = (N_IN, N_IN, c, r, tw), (sh, sw, sc, M_OUT * sh, M_OUT * sw)
+                g.view(shape).copy_(xi.as_strided(shape, strides, base))
+                torch.mm(input_matrix, g.view(N_IN * N_IN, c * t), out=v)
+                torch.bmm(u, v.view(N_IN * N_IN, c, t), out=m.view(N_IN * N_IN, o, t))  # (36, O, t)
+                # Y (O, i, j, a, b) -> out[O, 4i + a, 4j + b]
+                torch.mm(m.view(N_IN * N_IN, o * t).t(), output_matrix.t(), out=y.view(o * t, M_OUT * M_OUT))
+                src = y.view(o, r, tw, M_OUT, M_OUT).permute(0, 1, 3, 2, 4)
+                dst = dst_i[:, r0:r1]
+            if bias5 is not None:
+                torch.add(src, bias5, out=dst)
             else:
                 dst.copy_(src)
     if M_OUT * th == h and M_OUT * tw == w:
@@ -253,15 +279,19 @@ def winograd_eligible(conv: nn.Conv2d) -> bool:
     )
 
 
-def winograd_pays(in_channels: int, out_channels: int, height: int, width: int) -> bool:
-    """Whether the Winograd path is expected to beat the direct conv for this shape on a CPU.
+def winograd_pays(in_channels: int, out_channels: int, height: int, width: int, channels_last: bool = False) -> bool:
+    """Whether the Winograd path is expected to beat the direct conv for this shape and memory format on a CPU
+    (see :data:`PAYS_NCHW` / :data:`PAYS_CHANNELS_LAST`).
 
     Example:
         >>> winograd_pays(256, 256, 80, 80), winograd_pays(64, 64, 80, 80), winograd_pays(256, 256, 10, 10)
         (True, False, False)
+        >>> winograd_pays(128, 128, 40, 40), winograd_pays(128, 128, 40, 40, channels_last=True)
+        (False, True)
     """
     channels, side = min(in_channels, out_channels), min(height, width)
-    return (channels >= MIN_CHANNELS and side >= MIN_SIDE) or (channels >= WIDE_CHANNELS and side >= WIDE_MIN_SIDE)
+    rule = PAYS_CHANNELS_LAST if channels_last else PAYS_NCHW
+    return any(channels >= c and side >= s for c, s in rule)
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -310,13 +340,16 @@ class WinogradConv2d(nn.Conv2d):
 
     def _use_winograd(self, x: Tensor) -> bool:
         # cheapest tests first: most convs of a light neck are too narrow, and return after one comparison
-        if not self.winograd or min(self.in_channels, self.out_channels) < MIN_CHANNELS or inference_paths_off():
+        if not self.winograd or min(self.in_channels, self.out_channels) < LOWEST_CHANNELS or inference_paths_off():
             return False
         if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
             return False
         if x.dtype not in (torch.float32, torch.float64) or self.weight.dtype != x.dtype:
             return False
-        return winograd_eligible(self) and winograd_pays(self.in_channels, self.out_channels, x.shape[2], x.shape[3])
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        return winograd_eligible(self) and winograd_pays(
+            self.in_channels, self.out_channels, x.shape[2], x.shape[3], channels_last
+        )
 
     def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w = self.weight
@@ -326,7 +359,7 @@ class WinogradConv2d(nn.Conv2d):
                 w,
                 w._version,
                 winograd_filter(w),
-                _input_kernel(self.in_channels, w.dtype, w.device),
+                _input_matrix(w.dtype, w.device),
                 _kron(_AT, w.dtype, w.device),
             )
         return cache[2], cache[3], cache[4]

@@ -1,0 +1,152 @@
+"""YOLOv6's transposed-conv upsample folded into the next 3x3 conv (inference): kernel algebra, engine path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import necklace
+from necklace import FeatureSpec
+from necklace.graph import _NodeModule
+from necklace.layers import resample
+from necklace.layers.resample import add_transposed_conv3x3_, compose_transposed_conv3x3
+from necklace.layers.winograd import direct_convs
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (7, 9)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_composed_kernel_equals_the_pair_in_float64(hw: tuple[int, int], bias: bool) -> None:
+    g = torch.Generator().manual_seed(hw[0] * 10 + hw[1])
+    up = nn.ConvTranspose2d(5, 6, 2, 2, bias=bias).double()
+    with torch.no_grad():
+        for p in up.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    w = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 5, *hw, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        ref = F.conv2d(up(a), w, padding=1)  # zero padding around the upsampled map, bias inside it only
+        y = add_transposed_conv3x3_(torch.zeros_like(ref), a, compose_transposed_conv3x3(up, w))
+    assert torch.allclose(y, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_adds_into_a_channels_last_map() -> None:
+    up, w = nn.ConvTranspose2d(8, 6, 2, 2), torch.randn(5, 6, 3, 3)
+    a = torch.randn(1, 8, 4, 6).contiguous(memory_format=torch.channels_last)
+    base = torch.randn(1, 5, 8, 12).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = base + F.conv2d(up(a), w, padding=1)
+        y = add_transposed_conv3x3_(base.clone(), a, compose_transposed_conv3x3(up, w))
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.allclose(y, ref, atol=1e-5)
+
+
+def test_bad_shapes_are_named() -> None:
+    with pytest.raises(ValueError, match="2x2 stride-2"):
+        compose_transposed_conv3x3(nn.ConvTranspose2d(4, 4, 3, 2), torch.zeros(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"\(O, 4, 3, 3\).*\(2, 5, 3, 3\)"):
+        compose_transposed_conv3x3(nn.ConvTranspose2d(4, 4, 2, 2), torch.zeros(2, 5, 3, 3))
+    k = compose_transposed_conv3x3(nn.ConvTranspose2d(4, 4, 2, 2), torch.zeros(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"y \(1, 2, 5, 6\).*expected y .*\(1, 2, 6, 6\)"):
+        add_transposed_conv3x3_(torch.zeros(1, 2, 5, 6), torch.zeros(1, 4, 3, 3), k)
+
+
+@pytest.fixture
+def folded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Records the low-resolution input of every folded transposed conv the engine runs."""
+    seen: list[tuple[int, ...]] = []
+    real = resample.add_transposed_conv3x3_
+
+    def spy(y: torch.Tensor, a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(a.shape))
+        return real(y, a, kernel)
+
+    monkeypatch.setattr("necklace.graph.add_transposed_conv3x3_", spy)
+    return seen
+
+
+def _rep_pafpn(name: str = "rep_pafpn") -> tuple[nn.Module, list[FeatureSpec]]:
+    torch.manual_seed(0)
+    specs = [FeatureSpec(32, 8), FeatureSpec(64, 16), FeatureSpec(128, 32)]
+    neck = necklace.build_neck(name, specs, preset="n").eval()
+    with torch.no_grad():
+        for m in neck.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    return neck, specs
+
+
+def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max() / y.abs().max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_deployed_rep_pafpn_folds_both_top_down_nodes(
+    folded: list[tuple[int, ...]], channels_last: bool, batch: int
+) -> None:
+    neck, specs = _rep_pafpn()
+    deployed = necklace.deploy(neck, channels_last=channels_last)
+    feats = [torch.randn(batch, s.channels, *s.size_for(128, 96)) for s in specs]
+    with torch.no_grad():
+        ref = neck(feats)
+        with direct_convs():  # the general path: upsample, concatenate, conv
+            general = deployed(feats)
+        assert folded == []
+        got = deployed(feats)
+    # T4 reads R5 (2 x 4x3 at stride 32), N3 reads R4 (stride 16)
+    assert folded == [(batch, 64, 4, 3), (batch, 32, 8, 6)]
+    assert _rel(got, general) < 1e-5 and _rel(got, ref) < 1e-5
+    assert not all(torch.equal(a, b) for a, b in zip(got, general, strict=True))  # it really ran another way
+
+
+def test_odd_sizes_fall_back_where_the_upsample_is_cropped(folded: list[tuple[int, ...]]) -> None:
+    neck, specs = _rep_pafpn()
+    deployed = necklace.deploy(neck)
+    # a 650 px image: C4 is 41 high, the 2x upsample of R5 (21) is 42 and cropped, so T4 runs the general path;
+    # N3's upsample of R4 (41 -> 82) fits C3 (82) and folds
+    feats = [torch.randn(1, s.channels, *s.size_for(650, 96)) for s in specs]
+    with torch.no_grad():
+        ref, got = neck(feats), deployed(feats)
+    assert folded == [(1, 32, 41, 6)] and _rel(got, ref) < 1e-5
+
+
+def test_rep_bifpan_folds_only_into_rep_blocks(folded: list[tuple[int, ...]]) -> None:
+    # YOLOv6 v3: the BiFusion node B4 concatenates up(R5) with two laterals into a 1x1 conv (not folded); N3 is
+    # RepPAN's top-down node (folded)
+    neck, specs = _rep_pafpn("rep_bifpan")
+    deployed = necklace.deploy(neck)
+    feats = [torch.randn(1, s.channels, *s.size_for(128, 96)) for s in specs]
+    with torch.no_grad():
+        ref, got = neck(feats), deployed(feats)
+    assert folded == [(1, 32, 8, 6)] and _rel(got, ref) < 1e-5
+
+
+def test_training_form_and_autograd_never_fold(folded: list[tuple[int, ...]]) -> None:
+    neck, specs = _rep_pafpn()
+    feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
+    with torch.no_grad():
+        neck(feats)  # RepConvs not re-parameterised: no single conv to fold into
+    deployed = necklace.deploy(neck)
+    sum(o.sum() for o in deployed(feats)).backward()  # autograd on: the plain modules
+    assert folded == []
+
+
+def test_folded_weights_follow_weight_changes() -> None:
+    neck, specs = _rep_pafpn()
+    deployed = necklace.deploy(neck)
+    feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
+    node = deployed.nodes["T4"]
+    assert isinstance(node, _NodeModule) and node._up_head is not None
+    with torch.no_grad():
+        deployed(feats)
+        assert node._up_cache is not None
+        node.edges[0].ops[0].weight.mul_(2.0)  # the transposed conv, modified in place
+        node.block.blocks[0].conv.weight.add_(0.1)  # and the conv that reads it
+        got = deployed(feats)
+        with direct_convs():
+            ref = deployed(feats)
+    assert _rel(got, ref) < 1e-5
