@@ -84,14 +84,16 @@ _AT = (
 M_OUT = 4  #: output tile size
 N_IN = 6  #: input tile size
 
-#: where the Winograd path beats mkldnn's direct conv here (``benchmarks/winograd.py``, time ratio winograd / direct,
-#: batch 1, 2 threads): it pays when ``min(in, out channels) >= c`` and ``min(H, W) >= side`` for one ``(c, side)``
-#: of the rule for the input's memory format. NCHW: 256 ch 0.83 at 16x16, 0.62 at 40x40, 0.60 at 80x80; 192 ch 0.90
-#: at 20x20; 128 ch 0.85 at 80x80 but 0.93 at 40x40. channels_last (the tiles' channel runs are contiguous, so the
-#: gather is cheaper): 256 ch 0.90 at 10x10, 0.45 at 40x40; 128 ch 0.67 at 40x40 (0.80 at 20x20 alone, but slower
-#: inside YOLOv6-N's neck, A/B 9.66 vs 9.52 ms, so not picked); 64 ch 1.13-1.2
-PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 16), (128, 64))
-PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((256, 10), (192, 16), (128, 40))
+#: where the Winograd path beats mkldnn's direct conv here (batch 1, 2 threads): it pays when
+#: ``min(in, out channels) >= c`` and ``min(H, W) >= side`` for one ``(c, side)`` of the rule for the input's memory
+#: format. Alone (``benchmarks/winograd.py``, the filter warm in cache), time winograd / direct: NCHW 256 ch 0.83 at
+#: 16x16, 0.62 at 40x40, 0.60 at 80x80, 128 ch 0.85 at 80x80 but 0.93 at 40x40; channels_last (the tiles' channel
+#: runs are contiguous, so the gather is cheaper) 256 ch 0.90 at 10x10, 0.45 at 40x40, 128 ch 0.67 at 40x40, 64 ch
+#: 1.13-1.2. Inside a neck the transformed filter (36 x O x C, 4x the weight) comes from memory on every call, which
+#: small maps do not amortise: R50-PAFPN eager 47.8 ms with the rules from 28x28 vs 49.8 from 16x16 (channels_last
+#: 42.7 vs 44.2), and YOLOv6-N's 128-channel 20x20 convs lose (9.66 vs 9.52 ms). So the rules start at 28x28.
+PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 28), (128, 64))
+PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((192, 28), (128, 40))
 #: the NCHW rule's first pair (the common case: 256-channel FPN maps)
 MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
 #: below this many channels no rule holds (the modules' first, cheapest test)
@@ -284,7 +286,7 @@ def winograd_pays(in_channels: int, out_channels: int, height: int, width: int, 
     (see :data:`PAYS_NCHW` / :data:`PAYS_CHANNELS_LAST`).
 
     Example:
-        >>> winograd_pays(256, 256, 80, 80), winograd_pays(64, 64, 80, 80), winograd_pays(256, 256, 10, 10)
+        >>> winograd_pays(256, 256, 80, 80), winograd_pays(64, 64, 80, 80), winograd_pays(256, 256, 20, 20)
         (True, False, False)
         >>> winograd_pays(128, 128, 40, 40), winograd_pays(128, 128, 40, 40, channels_last=True)
         (False, True)
