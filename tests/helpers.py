@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -60,3 +61,16 @@ def randomize_weights(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module
                     m.running_mean.copy_(0.3 * torch.randn(m.running_mean.shape, generator=g))
                     m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return module.eval()
+
+
+def spy_shapes(monkeypatch: Any, owner: Any, name: str, arg: int = 0) -> list[tuple[int, ...]]:
+    """Wrap ``owner.name`` (a function) so every call records the shape of its positional argument ``arg``."""
+    seen: list[tuple[int, ...]] = []
+    real = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(tuple(args[arg].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return seen

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import spy_shapes
 from torch import nn
 
 import necklace
-from necklace import FeatureSpec
+from necklace import FeatureSpec, graph
 from necklace.graph import _NodeModule
-from necklace.layers import resample
+from necklace.layers import winograd
 from necklace.layers.resample import add_transposed_conv3x3_, compose_transposed_conv3x3
 from necklace.layers.winograd import direct_convs
 
@@ -54,15 +55,7 @@ def test_bad_shapes_are_named() -> None:
 @pytest.fixture
 def folded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """Records the low-resolution input of every folded transposed conv the engine runs."""
-    seen: list[tuple[int, ...]] = []
-    real = resample.add_transposed_conv3x3_
-
-    def spy(y: torch.Tensor, a: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        seen.append(tuple(a.shape))
-        return real(y, a, kernel)
-
-    monkeypatch.setattr("necklace.graph.add_transposed_conv3x3_", spy)
-    return seen
+    return spy_shapes(monkeypatch, graph, "add_transposed_conv3x3_", arg=1)
 
 
 def _rep_pafpn(name: str = "rep_pafpn") -> tuple[nn.Module, list[FeatureSpec]]:
@@ -150,3 +143,21 @@ def test_folded_weights_follow_weight_changes() -> None:
         with direct_convs():
             ref = deployed(feats)
     assert _rel(got, ref) < 1e-5
+
+
+def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = spy_shapes(monkeypatch, winograd, "winograd_conv3x3")
+    torch.manual_seed(0)
+    # wide enough that the conv on C4 (the concatenation's non-upsampled part) runs Winograd
+    specs = [FeatureSpec(64, 8), FeatureSpec(256, 16), FeatureSpec(256, 32)]
+    neck = necklace.build_neck("rep_pafpn", specs, channels=(64, 256, 256), repeats=1).eval()
+    deployed = necklace.deploy(neck)
+    feats = [torch.randn(1, s.channels, *s.size_for(512, 512)) for s in specs]
+    with torch.no_grad():
+        ref = neck(feats)
+        got = deployed(feats)
+        assert (1, 256, 32, 32) in seen  # T4's conv on C4 alone
+        seen.clear()
+        necklace.set_winograd(deployed, False)
+        off = deployed(feats)
+    assert seen == [] and _rel(got, ref) < 1e-5 and _rel(off, ref) < 1e-5

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.helpers import spy_shapes
 from torch import nn
 
 import necklace
@@ -114,15 +115,7 @@ def _big_conv() -> tuple[WinogradConv2d, torch.Tensor]:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    seen: list[tuple[int, ...]] = []
-    real = wg.winograd_conv3x3
-
-    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        seen.append(tuple(x.shape))
-        return real(x, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(wg, "winograd_conv3x3", spy)
-    return seen
+    return spy_shapes(monkeypatch, wg, "winograd_conv3x3")
 
 
 def test_module_runs_winograd_only_in_inference(calls: list[tuple[int, ...]]) -> None:

@@ -583,6 +583,7 @@ class _NodeModule(nn.Module):
                 kernel = kernel.contiguous(memory_format=torch.channels_last)
             cache = self._up_cache = (start, key, rest_conv.eval(), kernel)
         rest_conv, kernel = cache[2], cache[3]
+        rest_conv.winograd = bool(getattr(conv, "winograd", True))  # follows set_winograd on the original conv
         y = rest_conv(rest[0] if len(rest) == 1 else torch.cat(rest, dim=1))
         del rest
         y = head.act(add_transposed_conv3x3_(y, a, kernel))
