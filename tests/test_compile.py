@@ -53,6 +53,21 @@ def test_inductor_backend_matches_and_reports_compile_time() -> None:
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"), [("bifpn", {"width": 16, "repeats": 1}), ("fpn", {"width": 8}), ("rep_pafpn", {"preset": "n"})]
+)
+def test_deployed_necks_compile_to_one_graph(name: str, options: dict) -> None:
+    """No graph break in the engine: each one would cut the compiled graph and cost a recompile per node (a
+    closure over the fused inputs once did: BiFPN-D0 compiled 12.1 ms instead of 6.2)."""
+    neck = necklace.deploy(_neck(name, **options))
+    feats = pyramid(SPECS, (64, 64), batch=1)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(neck)(feats)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 def test_compile_model_errors() -> None:
     neck = _neck("fpn", width=8)
     with pytest.raises(ValueError, match=r"unknown compile backend 'tvm'.*inductor"):

@@ -616,7 +616,7 @@ class _NodeModule(nn.Module):
             self._sum_into is not None
             and not inference_paths_off()
             and ys[self._sum_into].untyped_storage().data_ptr() != xs[self._sum_into].untyped_storage().data_ptr()
-            and all(y.dtype == ys[self._sum_into].dtype and y.shape == ys[self._sum_into].shape for y in ys)
+            and _alike(ys, ys[self._sum_into])
         ):
             fused = ys[self._sum_into]  # inference: add into an edge's own fresh output, no new map
             for j, y in enumerate(ys):
@@ -626,6 +626,15 @@ class _NodeModule(nn.Module):
             fused = self.fuse(ys)
         del ys  # the resampled inputs must not stay alive while the block runs (inference peak memory)
         return self.block(fused)
+
+
+def _alike(ys: list[Tensor], ref: Tensor) -> bool:
+    """Whether every tensor of ``ys`` has ``ref``'s dtype and shape. (A plain loop, not a generator over ``ys`` in
+    the caller: a closure would make the caller's ``del ys`` a ``DELETE_DEREF``, which torch.compile cannot trace.)"""
+    for y in ys:
+        if y.dtype != ref.dtype or y.shape != ref.shape:
+            return False
+    return True
 
 
 def _schedule(graph: NeckGraph) -> list[Node]:
