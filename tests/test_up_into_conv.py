@@ -96,26 +96,27 @@ def test_deployed_rep_pafpn_folds_both_top_down_nodes(
     assert not all(torch.equal(a, b) for a, b in zip(got, general, strict=True))  # it really ran another way
 
 
-def test_odd_sizes_fall_back_where_the_upsample_is_cropped(folded: list[tuple[int, ...]]) -> None:
-    neck, specs = _rep_pafpn()
+@pytest.mark.parametrize(
+    ("name", "image", "expected"),
+    [
+        # a 650 px image: C4 is 41 high, the 2x upsample of R5 (21) is 42 and cropped, so T4 runs the general path;
+        # N3's upsample of R4 (41 -> 82) fits C3 (82) and folds
+        ("rep_pafpn", (650, 96), [(1, 32, 41, 6)]),
+        # YOLOv6 v3: the BiFusion node B4 concatenates up(R5) with two laterals into a 1x1 conv (not folded); N3 is
+        # RepPAN's top-down node (folded)
+        ("rep_bifpan", (128, 96), [(1, 32, 8, 6)]),
+    ],
+    ids=["odd-size-falls-back-where-cropped", "rep-bifpan-folds-only-into-rep-blocks"],
+)
+def test_folds_exactly_where_it_applies(
+    folded: list[tuple[int, ...]], name: str, image: tuple[int, int], expected: list[tuple[int, ...]]
+) -> None:
+    neck, specs = _rep_pafpn(name)
     deployed = necklace.deploy(neck)
-    # a 650 px image: C4 is 41 high, the 2x upsample of R5 (21) is 42 and cropped, so T4 runs the general path;
-    # N3's upsample of R4 (41 -> 82) fits C3 (82) and folds
-    feats = [torch.randn(1, s.channels, *s.size_for(650, 96)) for s in specs]
+    feats = [torch.randn(1, s.channels, *s.size_for(*image)) for s in specs]
     with torch.no_grad():
         ref, got = neck(feats), deployed(feats)
-    assert folded == [(1, 32, 41, 6)] and _rel(got, ref) < 1e-5
-
-
-def test_rep_bifpan_folds_only_into_rep_blocks(folded: list[tuple[int, ...]]) -> None:
-    # YOLOv6 v3: the BiFusion node B4 concatenates up(R5) with two laterals into a 1x1 conv (not folded); N3 is
-    # RepPAN's top-down node (folded)
-    neck, specs = _rep_pafpn("rep_bifpan")
-    deployed = necklace.deploy(neck)
-    feats = [torch.randn(1, s.channels, *s.size_for(128, 96)) for s in specs]
-    with torch.no_grad():
-        ref, got = neck(feats), deployed(feats)
-    assert folded == [(1, 32, 8, 6)] and _rel(got, ref) < 1e-5
+    assert folded == expected and _rel(got, ref) < 1e-5
 
 
 def test_training_form_and_autograd_never_fold(folded: list[tuple[int, ...]]) -> None:
