@@ -3,8 +3,9 @@
 Timing method (used by every script here):
 
 - all callables of one comparison run in the same process, *interleaved*: each round calls every callable
-  once, the starting callable rotating from round to round, so slow phases of a noisy machine hit all of
-  them alike (``interleaved``);
+  once, in orders of a balanced Latin square (``round_orders``): every callable takes every position and runs
+  right after every other one equally often, so neither slow phases of a noisy machine nor the cache state a
+  neighbour leaves behind favour one of them (``interleaved``);
 - a comparison of two callables is the median of the per-round ratios ``t_a[i] / t_b[i]`` (more robust to
   drift than the ratio of medians; ``ratio_stats``);
 - the "roofline" is the GMAC/s torch reaches on one 3x3 conv 256->256 at 80x80 (batch 1, no bias); timing

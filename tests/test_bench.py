@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from itertools import pairwise
 
 import pytest
 import torch
@@ -19,8 +21,10 @@ from necklace.bench import (
     count_params,
     default_image_size,
     default_in_specs,
+    interleaved,
     measure_latency,
     random_features,
+    round_orders,
 )
 
 SMALL = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
@@ -63,6 +67,31 @@ def test_measure_latency_stats_and_restores_state() -> None:
     assert calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert conv.training, "measure_latency must restore train mode"
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 7, 8])
+def test_round_orders_balance_positions_and_predecessors(n: int) -> None:
+    orders = round_orders(n)
+    assert len(orders) == (n if n % 2 == 0 else 2 * n)
+    assert all(sorted(o) == list(range(n)) for o in orders)  # every round calls each callable once
+    positions = Counter((x, i) for o in orders for i, x in enumerate(o))
+    assert len(positions) == n * n and len(set(positions.values())) == 1
+    # every callable runs right after every other one, and equally often (a rotation keeps one predecessor)
+    follows = Counter((a, b) for o in orders for a, b in pairwise(o))
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) == 1
+
+
+def test_interleaved_varies_the_predecessor() -> None:
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = interleaved(fns, 6, warmup=0)
+    assert [len(t) for t in times.values()] == [6, 6, 6]
+    rounds = [calls[i : i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    before_a = {r[r.index("a") - 1] for r in rounds if r.index("a") > 0}
+    assert before_a == {"b", "c"}
+    with pytest.raises(ValueError, match="at least one"):
+        round_orders(0)
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def test_ratio_and_interleaving_helpers(vs_peers) -> None:
     common = vs_peers.common
     calls: list[str] = []
     times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
-    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the start rotates each round
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the balanced orders: ab, ba
     assert [len(v) for v in times.values()] == [3, 3]
     assert common.ratio_stats([2.0, 4.0, 9.0], [1.0, 1.0, 3.0])["median"] == 3.0
 
