@@ -9,7 +9,10 @@ Timing method (used by every script here):
 - a comparison of two callables is the median of the per-round ratios ``t_a[i] / t_b[i]`` (more robust to
   drift than the ratio of medians; ``ratio_stats``);
 - the "roofline" is the GMAC/s torch reaches on one 3x3 conv 256->256 at 80x80 (batch 1, no bias); timing
-  it as one more callable of the same interleaved rounds gives the ceiling under the same conditions.
+  it as one more callable of the same interleaved rounds gives the ceiling under the same conditions;
+- ``--malloc steady`` (the default of the comparison scripts) keeps glibc malloc from returning freed memory to
+  the system (``steady_allocator``), so no timed call pays page faults that another callable's allocations
+  caused; each callable's minor page faults per call are recorded (``--malloc default`` to see them).
 
 ``interleaved``, ``stats_ms`` and ``ratio_stats`` are ``necklace.bench``'s, ``max_abs_diff`` and the mmcv-lite
 shim (``install_mmcv_ext_shim``, ``import_mmdet_necks``, ``import_mmyolo_necks``) ``necklace.peers``' (the
@@ -33,12 +36,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.bench import interleaved, peak_memory_bytes, ratio_stats, stats_ms
+from necklace.bench import interleaved, minor_faults, peak_memory_bytes, ratio_stats, stats_ms
 from necklace.peers import import_mmdet_necks, import_mmyolo_necks, install_mmcv_ext_shim, max_abs_diff
 
 __all__ = [
     "ROOFLINE_CHANNELS",
     "ROOFLINE_HW",
+    "add_malloc_arg",
+    "apply_malloc",
     "atomic_write_json",
     "atomic_write_text",
     "environment",
@@ -48,10 +53,12 @@ __all__ = [
     "interleaved",
     "load_average",
     "max_abs_diff",
+    "minor_faults",
     "peak_memory_bytes",
     "ratio_stats",
     "roofline_case",
     "stats_ms",
+    "steady_allocator",
     "threads",
     "update_markdown_section",
 ]
@@ -104,6 +111,62 @@ def roofline_case(hw: int = ROOFLINE_HW, channels: int = ROOFLINE_CHANNELS) -> t
             return conv(x)
 
     return run, macs
+
+
+# ----------------------------------------------------------------------------------------------- allocator
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+#: what :func:`steady_allocator` sets: every block from the heap (no mmap'd blocks, which are unmapped on free),
+#: freed memory kept (never trimmed back to the system), 64 MiB of headroom per heap growth
+STEADY_MALLOPT = {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 2**30, "M_TOP_PAD": 64 * 2**20}
+
+
+def steady_allocator() -> dict[str, Any]:
+    """Keep glibc malloc from handing freed memory back to the system, so no timed call pays page faults.
+
+    With glibc's defaults, blocks above the (dynamic, at most 32 MiB) mmap threshold are mapped for themselves
+    and unmapped when freed, and the heap top is trimmed once it holds more than the trim threshold free; the
+    next call that allocates that memory faults on every page again (~1 us per 4 KiB page here). How often that
+    happens depends on what ran before and how much it allocated, not on the callable timed: measured here,
+    mmyolo's deployed YOLOv6-N neck took 0 or 1,368 faults per call (13.2 vs 14.6 ms) depending on the other
+    callables of the rounds, and the roofline conv 3,744. This sets ``STEADY_MALLOPT`` for the rest of the
+    process: every callable then runs on a warm heap. Returns what was set (``{"mallopt": {...}}``), or
+    ``{"mallopt": None, "note": why}`` where glibc's ``mallopt`` is missing.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError) as e:
+        return {"mallopt": None, "note": f"no glibc mallopt ({e}); allocator left as it is"}
+    params = {"M_MMAP_MAX": _M_MMAP_MAX, "M_TRIM_THRESHOLD": _M_TRIM_THRESHOLD, "M_TOP_PAD": _M_TOP_PAD}
+    done = {name: value for name, value in STEADY_MALLOPT.items() if mallopt(params[name], value) == 1}
+    return {"mallopt": done}
+
+
+MALLOC_CHOICES = ("steady", "default")
+
+
+def add_malloc_arg(ap: Any) -> None:
+    """The ``--malloc {steady,default}`` option of the comparison scripts (see :func:`steady_allocator`)."""
+    ap.add_argument(
+        "--malloc",
+        choices=MALLOC_CHOICES,
+        default="steady",
+        help="'steady' (default): glibc malloc keeps freed memory, so no timed call pays page faults another "
+        "callable caused; 'default': the allocator as it comes (faults per call are recorded either way)",
+    )
+
+
+def apply_malloc(mode: str) -> dict[str, Any]:
+    """Apply ``--malloc`` (``steady`` calls :func:`steady_allocator`); returns the description for the results."""
+    if mode not in MALLOC_CHOICES:
+        raise ValueError(f"--malloc must be one of {MALLOC_CHOICES}, got {mode!r}.")
+    if mode == "default":
+        return {"mode": "default", "mallopt": None}
+    return {"mode": "steady", **steady_allocator()}
 
 
 # ----------------------------------------------------------------------------------------------- environment

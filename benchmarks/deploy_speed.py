@@ -177,7 +177,8 @@ def markdown(results: Sequence[dict[str, Any]], env: dict[str, Any]) -> str:
         "",
         f"{env['date_utc']}, {env['cpu'].get('model', '?')}, {env['threads']} threads, torch "
         f"{env['versions'].get('torch', '?')}, load average {env['load_avg_1_5_15']}. float32, batch 1, eval, "
-        "no_grad; median of interleaved rounds. Speed-up = median over rounds of train-form / deployed.",
+        "no_grad; median of interleaved rounds. Speed-up = median over rounds of train-form / deployed. malloc "
+        f"{env.get('allocator', {}).get('mode', 'default')} (see `benchmarks/common.py`).",
         "",
         "| neck | image | params train -> deployed | GMACs | train-form ms | deployed ms | speed-up | standard neck"
         " | standard ms | deployed / standard | deploy check (rel) |",
@@ -230,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="also time necklace.compile_model(neck, backend=...) (compile time reported apart)",
     )
+    common.add_malloc_arg(parser)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -239,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unknown config(s) {unknown}; choose from {sorted(CASES)}", file=sys.stderr)
         return 2
     env = common.environment(args.threads)
+    env["allocator"] = common.apply_malloc(args.malloc)
     results = []
     for name in names:
         print(f"[deploy_speed] {name} ...", file=sys.stderr, flush=True)

@@ -454,7 +454,9 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         fns[f"peer_deployed{i}"] = _eval_call(module, functools.partial(c, module), feats)
     fns["roofline"] = roof_fn
     t0 = time.perf_counter()
-    times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+    faults: dict[str, int] = {}
+    times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup, faults=faults)
+    entry["minor_faults_per_call"] = {k: v / args.repeats for k, v in faults.items()}
     roof = common.stats_ms(times["roofline"])
     roof_gmac_s = roof_macs / 1e9 / (roof["median_ms"] / 1e3)
     entry["roofline"] = {
@@ -666,6 +668,12 @@ def _deployed_notes(p: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _malloc_what(mode: str) -> str:
+    if mode == "steady":
+        return "steady (glibc keeps freed memory: no call pays page faults another caused; `common.steady_allocator`)"
+    return "default (glibc as it comes: page faults per call depend on what ran before; see the notes)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
     s = result["settings"]
@@ -686,6 +694,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"3x3 conv 256->256 at {s['roofline_hw']}x{s['roofline_hw']} timed in the same rounds",
         "- train = train() forward + backward of sum(outputs), inputs requiring grad; peak MB = peak of new "
         "tensor memory in torch's CPU allocator during one step (torch.profiler allocation events)",
+        f"- rounds in balanced Latin-square orders (every callable follows every other equally often); malloc "
+        f"{_malloc_what(s.get('malloc', 'default'))}",
     ]
     has_dep = any("eval_deployed" in p or "deployed_note" in p for c in result["configs"] for p in c["pairs"])
     header = (
@@ -753,6 +763,11 @@ def markdown(result: dict[str, Any]) -> str:
         mine = {k: s[k] for k in ("threads", "repeats", "train_repeats", "warmup")}
         if c.get("run_utc", env["date_utc"]) != env["date_utc"] or (cs is not None and cs != mine):
             notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
+        pf = c.get("minor_faults_per_call")
+        if pf and any(v >= 1 for v in pf.values()):
+            notes.append(
+                f"{c['config']}: minor page faults per timed call: " + ", ".join(f"{k} {v:.0f}" for k, v in pf.items())
+            )
         for p in c["pairs"]:
             dc = p.get("eval", {}).get("ratio_direct_convs_over_peer")
             if dc is not None:
@@ -809,6 +824,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "deployed form (its eager form where it has none), in rounds of their own after the eval rounds; compile "
         "seconds reported apart",
     )
+    common.add_malloc_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for vs_peers.json")
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="Markdown file to update ('' = none)")
     ap.add_argument("--merge", action="store_true", help="keep other configs' entries of an existing JSON")
@@ -838,7 +854,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         env = common.environment(args.threads)
-        log(f"{env['date_utc']} | {env['cpu']['model']} | {args.threads} threads | load {env['load_avg_1_5_15']}")
+        env["allocator"] = common.apply_malloc(args.malloc)
+        log(
+            f"{env['date_utc']} | {env['cpu']['model']} | {args.threads} threads | load {env['load_avg_1_5_15']} | "
+            f"malloc {args.malloc}"
+        )
         configs: list[dict[str, Any]] = []
         failed = False
         for name in args.config_list:
@@ -868,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "roofline_hw": args.roofline_hw,
         "deployed": args.deployed,
         "compile": args.compile,
+        "malloc": args.malloc,
         "tolerance_rel": TOL,
         "command": "benchmarks/vs_peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }

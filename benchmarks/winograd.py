@@ -80,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    common.add_malloc_arg(parser)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     args = parser.parse_args(argv)
     env = common.environment(args.threads)
+    env["allocator"] = common.apply_malloc(args.malloc)
     layouts = [v.strip() for v in args.layouts.split(",") if v.strip()]
     if not layouts or any(v not in ("nchw", "channels_last") for v in layouts):
         parser.error(f"--layouts takes nchw and/or channels_last, got {args.layouts!r}")
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Winograd F(4x4, 3x3) vs direct 3x3 conv (`benchmarks/winograd.py`)",
         "",
-        f"{env.get('date_utc', '')}, {args.threads} threads, float32, batch 1, C -> C channels with bias. "
+        f"{env.get('date_utc', '')}, {args.threads} threads, float32, batch 1, C -> C channels with bias, malloc "
+        f"{env.get('allocator', {}).get('mode', 'default')}. "
         "Cell: median of per-round ratios winograd / direct (lower is better); "
         "**bold** where `winograd_pays` picks Winograd.",
     ]

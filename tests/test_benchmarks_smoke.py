@@ -82,7 +82,8 @@ def test_vs_peers_tiny_config(vs_peers, tmp_path: Path) -> None:
 def _run_tiny(vs_peers, tmp_path: Path, *argv: str) -> tuple[int, dict, str]:
     """One run with one timed round and no warm-up; returns (exit status, JSON, Markdown)."""
     md = tmp_path / "RESULTS.md"
-    fast = ["--repeats", "1", "--warmup", "0", "--threads", "1", "--roofline-hw", "16"]
+    # the allocator as it comes: the steady one would hold the test process's freed memory (its own test below)
+    fast = ["--repeats", "1", "--warmup", "0", "--threads", "1", "--roofline-hw", "16", "--malloc", "default"]
     rc = vs_peers.main([*argv, *fast, "--out", str(tmp_path), "--results-md", str(md)])
     return rc, json.loads((tmp_path / "vs_peers.json").read_text()), md.read_text()
 
@@ -189,6 +190,62 @@ def test_ratio_and_interleaving_helpers(vs_peers) -> None:
     assert common.ratio_stats([2.0, 4.0, 9.0], [1.0, 1.0, 3.0])["median"] == 3.0
 
 
+def test_interleaved_counts_page_faults_per_callable(vs_peers) -> None:
+    common = vs_peers.common
+    faults: dict[str, int] = {"stale": 7}
+    times = common.interleaved({"a": lambda: None, "b": lambda: torch.ones(2**22)}, repeats=4, warmup=1, faults=faults)
+    assert sorted(faults) == ["a", "b"] and all(v >= 0 for v in faults.values())  # refilled, one count each
+    assert [len(v) for v in times.values()] == [4, 4]
+
+
+_MALLOC_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import common
+info = common.apply_malloc(sys.argv[2])
+def step():  # two 40 MiB blocks (above glibc's largest mmap threshold, 32 MiB) held at once, then freed
+    xs = [torch.ones(10 * 2**20) for _ in range(2)]
+    del xs
+for _ in range(3):
+    step()
+counts = []
+for _ in range(8):
+    before = common.minor_faults()
+    step()
+    counts.append(common.minor_faults() - before)
+print(json.dumps({"info": info, "faults": counts}))
+"""
+
+
+def _malloc_run(mode: str) -> dict:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", _MALLOC_SCRIPT, str(BENCH), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_steady_allocator_stops_page_faults_of_repeated_large_blocks() -> None:
+    steady, default = _malloc_run("steady"), _malloc_run("default")
+    assert steady["info"]["mode"] == "steady" and default["info"] == {"mode": "default", "mallopt": None}
+    assert steady["info"]["mallopt"] == {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 2**30, "M_TOP_PAD": 64 * 2**20}
+    # each round writes 80 MiB (20,480 pages): glibc's defaults map such blocks for themselves and unmap them on
+    # free, so every round faults on all of them again; the steady heap keeps its pages once it has grown
+    assert min(default["faults"]) >= 20000 and sum(steady["faults"][-4:]) < 100, (steady, default)
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    with pytest.raises(ValueError, match="--malloc must be one of"):
+        common.apply_malloc("tuned")
+
+
 def test_missing_peer_is_skipped_with_a_note(vs_peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from necklace import peers
 
@@ -211,7 +268,7 @@ def test_deploy_speed_tiny_config(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(BENCH))
     md = tmp_path / "RESULTS.md"
-    argv = ["--configs", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1"]
+    argv = ["--configs", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1", "--malloc", "default"]
     assert deploy_speed.main([*argv, "--out", str(tmp_path), "--markdown", str(md)]) == 0
     (result,) = json.loads((tmp_path / "deploy_speed.json").read_text())["results"]
     assert result["params"]["deployed"] < result["params"]["train_form"]  # RepConv branches and BN folded away

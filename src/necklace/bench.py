@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -46,6 +46,7 @@ __all__ = [
     "default_in_specs",
     "interleaved",
     "measure_latency",
+    "minor_faults",
     "peak_memory_bytes",
     "random_features",
     "ratio_stats",
@@ -387,11 +388,31 @@ def round_orders(n: int) -> list[list[int]]:
     return orders
 
 
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (``getrusage``), ``None`` where the platform has no count.
+
+    A page fault is the kernel mapping (and zeroing) a fresh page: when the allocator has returned freed memory
+    to the system, the next large allocation faults on every page it touches, a cost that depends on what ran
+    before, not on the callable itself.
+
+    Example:
+        >>> n = minor_faults()
+        >>> n is None or n >= 0
+        True
+    """
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
 def interleaved(
     callables: Mapping[str, Callable[[], object]],
     repeats: int,
     warmup: int = 2,
     progress: Progress | None = None,
+    faults: dict[str, int] | None = None,
 ) -> dict[str, list[float]]:
     """Time every callable ``repeats`` times, interleaved; returns ``{name: [seconds per call, ...]}``.
 
@@ -401,7 +422,9 @@ def interleaved(
     ``repeats`` that is a multiple of ``len(round_orders(len(callables)))`` for a whole number of cycles).
     ``warmup`` untimed rounds come first. The garbage collector runs once before the timed rounds and is
     paused during them (like ``timeit``), so a collection never lands inside a timed call.
-    ``progress(done, repeats)`` is called before the first and after every timed round.
+    ``progress(done, repeats)`` is called before the first and after every timed round. A ``faults`` dict is
+    filled with each callable's minor page faults over its timed calls (:func:`minor_faults`, counted outside
+    the timed region; left empty where the platform has no count).
 
     Example:
         >>> calls = []
@@ -418,6 +441,11 @@ def interleaved(
             fn()
     orders = round_orders(len(fns)) if fns else [[]]
     times: dict[str, list[float]] = {n: [] for n in names}
+    count = faults is not None and minor_faults() is not None
+    if faults is not None:
+        faults.clear()
+        if count:
+            faults.update(dict.fromkeys(names, 0))
     if progress is not None:
         progress(0, repeats)
     gc_was_enabled = gc.isenabled()
@@ -426,9 +454,13 @@ def interleaved(
     try:
         for i in range(repeats):
             for j in orders[i % len(orders)]:
+                before = minor_faults() if count else 0
                 start = time.perf_counter()
                 fns[j]()
                 times[names[j]].append(time.perf_counter() - start)
+                if count:
+                    assert faults is not None
+                    faults[names[j]] += cast(int, minor_faults()) - cast(int, before)
             if progress is not None:
                 progress(i + 1, repeats)
     finally:
