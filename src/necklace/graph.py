@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.layers.blocks import BLOCKS, build_block
 from necklace.layers.conv import ConvCfg, ConvNormAct, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.layers.fuse import FUSE_MODES, Fuse
+from necklace.layers.nearest import upsample_nearest
 from necklace.layers.rep import RepBlock, RepConv
 from necklace.layers.resample import (
     DOWN_MODES,
@@ -506,7 +506,7 @@ class _NodeModule(nn.Module):
         coarse = xs[up]
         if conv.conv.bias is not None:
             coarse = coarse + conv.conv.bias.view(1, -1, 1, 1)
-        acc = F.interpolate(coarse, size=(size[0], size[1]), mode="nearest")
+        acc = upsample_nearest(coarse, size)
         x = xs[lat]
         if not add_pointwise_(acc, x, conv.conv.weight):
             return None

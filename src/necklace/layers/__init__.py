@@ -13,6 +13,7 @@ from necklace.layers.conv import (
     make_norm,
 )
 from necklace.layers.fuse import Fuse
+from necklace.layers.nearest import upsample_nearest
 from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
 from necklace.layers.resample import Resample, match_size
 from necklace.layers.rfa import ResidualFeatureAugmentation
@@ -50,4 +51,5 @@ __all__ = [
     "make_norm",
     "match_size",
     "set_winograd",
+    "upsample_nearest",
 ]

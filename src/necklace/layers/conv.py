@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from necklace.layers.nearest import upsample_nearest
 from necklace.layers.winograd import WinogradConv2d, inference_paths_off
 from necklace.spec import is_symbolic
 
@@ -403,7 +404,7 @@ def concat_pointwise(
         if ups[i]:
             z = as_map(gemm(i, None, pending_bias), part.shape[2], part.shape[3])
             pending_bias = None
-            z = nn.functional.interpolate(z, size=(h, w), mode="nearest")
+            z = upsample_nearest(z, (h, w))
             out = z if out is None else out.add_(z)
     acc_mat: Tensor | None = None
     if out is not None:

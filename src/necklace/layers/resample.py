@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, DepthwiseSeparableConv, SeparableConv, make_act, pad_same
+from necklace.layers.nearest import upsample_nearest
 from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = [
@@ -179,7 +180,7 @@ class Resample(nn.Module):
         if self._interp:
             if self.up_mode == "bilinear":
                 return F.interpolate(x, size=(size[0], size[1]), mode="bilinear", align_corners=False)
-            return F.interpolate(x, size=(size[0], size[1]), mode="nearest")
+            return upsample_nearest(x, size)
         if self.steps > 1 and self.down_mode == "maxpool2" and not is_symbolic(*x.shape[-2:]) and not _is_tracing():
             # ``steps`` 2x2 ceil max-pools in a row are one 2**steps ceil max-pool: the same windows, so the same
             # values, and under autograd it keeps one int64 index map instead of every intermediate map and its
