@@ -13,6 +13,7 @@ from necklace.layers.conv import (
     make_norm,
 )
 from necklace.layers.fuse import Fuse
+from necklace.layers.fused import conv_act_fused
 from necklace.layers.nearest import upsample_nearest
 from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
 from necklace.layers.resample import Resample, match_size
@@ -44,6 +45,7 @@ __all__ = [
     "SeparableConv",
     "WinogradConv2d",
     "build_block",
+    "conv_act_fused",
     "convert_to_aws",
     "convert_to_sac",
     "fold_bn",

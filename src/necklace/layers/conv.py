@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from necklace.layers.fused import FUSED_ACTS, conv_act_fused
 from necklace.layers.nearest import upsample_nearest
 from necklace.layers.winograd import WinogradConv2d, inference_paths_off
 from necklace.spec import is_symbolic
@@ -53,6 +54,9 @@ class SiLU(nn.SiLU):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.silu(input, inplace=self.inplace and not torch.is_grad_enabled())
+
+
+FUSED_ACTS[SiLU] = "swish"  # the same function as nn.SiLU: oneDNN's swish post-op (necklace.layers.fused)
 
 
 class Hardswish(nn.Hardswish):
@@ -229,6 +233,10 @@ class ConvNormAct(nn.Module):
         self.act = make_act(cfg.act, inplace=not act_first)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded (deploy)
+            y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
+            if y is not None:
+                return y
         if self.act_first:
             x = self.act(x)
         if self.same:
