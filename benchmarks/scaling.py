@@ -277,7 +277,8 @@ def markdown(data: dict[str, Any], image: str | None) -> str:
         "- peak MB = peak of new tensor memory in torch's CPU allocator during one eval forward (outputs included, "
         "inputs and parameters not; MB = 2^20 bytes)"
         + ("; train peak = the same for one train() forward + backward" if train else ""),
-        "- MPix = H x W x batch / 1e6; GMACs from torch's FlopCounterMode (convs and matmuls only)",
+        "- MPix = H x W x batch / 1e6; GMACs from torch's FlopCounterMode (convs and matmuls only); malloc "
+        f"{env.get('allocator', {}).get('mode', 'default')} (see `benchmarks/common.py`)",
         "",
     ]
     necks = data["necks"]
@@ -433,6 +434,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--train", action="store_true", help="also measure train forward + backward peak memory")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    common.add_malloc_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for scaling.json and scaling.png")
     ap.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="Markdown file to update ('' = none)")
     args = ap.parse_args(argv)
@@ -457,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = Path(args.out)
     json_path, png_path = out_dir / "scaling.json", out_dir / "scaling.png"
     env = common.environment(args.threads)
+    env["allocator"] = common.apply_malloc(args.malloc)
     data: dict[str, Any] = {
         "env": env,
         "settings": {

@@ -14,8 +14,8 @@ by one small GEMM plus one copy into the output layout; no compiled extension. (
 transform as a depthwise strided conv; mkldnn runs that as many tiny GEMMs plus a reorder, 3-10x slower than the
 gather + GEMM, depending on the shape.)
 
-On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN takes 0.70 of mkldnn's direct conv time at
-80x80 and 0.82 at 40x40 on NCHW maps, 0.59 and 0.60 on channels_last ones (``benchmarks/winograd.py``); on
+On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN takes 0.67 of mkldnn's direct conv time at
+80x80 and 0.69 at 40x40 on NCHW maps, 0.62 and 0.59 on channels_last ones (``benchmarks/winograd.py``); on
 narrow channels or small maps the transforms cost more than they save, so :func:`winograd_pays` keeps the direct
 conv there (channels_last pays from 128 channels, NCHW from 192).
 
@@ -86,13 +86,14 @@ N_IN = 6  #: input tile size
 
 #: where the Winograd path beats mkldnn's direct conv here (batch 1, 2 threads): it pays when
 #: ``min(in, out channels) >= c`` and ``min(H, W) >= side`` for one ``(c, side)`` of the rule for the input's memory
-#: format. ``benchmarks/winograd.py`` (direct and Winograd interleaved), time winograd / direct: NCHW 256 ch 0.70 at
-#: 80x80, 0.82 at 40x40, 0.76 at 28x28, 0.79 at 20x20, 1.00 at 16x16; 128 ch 0.91 at 80x80, 0.98 at 40x40;
-#: channels_last (the tiles' channel runs are contiguous, so the gather is cheaper) 256 ch 0.59 / 0.60 / 0.72 at
-#: 80 / 40 / 28, 0.82 at 20x20; 128 ch 0.77 at 40x40, 1.01 at 20x20; 64 ch >= 1.04 everywhere. Inside a neck the
+#: format. ``benchmarks/winograd.py`` (direct and Winograd interleaved, steady allocator), time winograd / direct:
+#: NCHW 256 ch 0.67 at 80x80, 0.69 at 40x40, 0.66 at 28x28, 0.75 at 20x20, 0.87 at 16x16; 128 ch 0.88 at 80x80,
+#: 0.91 at 40x40; channels_last (the tiles' channel runs are contiguous, so the gather is cheaper) 256 ch
+#: 0.62 / 0.59 / 0.71 at 80 / 40 / 28, 0.85 at 20x20; 128 ch 0.78 at 40x40, 1.09 at 20x20. Inside a neck the
 #: transformed filter (36 x O x C, 4x the weight) comes from memory on every call, which
 #: small maps do not amortise: R50-PAFPN eager 47.8 ms with the rules from 28x28 vs 49.8 from 16x16 (channels_last
-#: 42.7 vs 44.2), and YOLOv6-N's 128-channel 20x20 convs lose (9.66 vs 9.52 ms). So the rules start at 28x28.
+#: 42.7 vs 44.2), and YOLOv6-N's 128-channel 20x20 convs lose (9.66 vs 9.52 ms); re-checked with the steady allocator
+#: and balanced rounds, R50-PAFPN with the rules from 20x20 takes 1.00 of the time. So the rules start at 28x28.
 PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 28), (128, 64))
 PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((192, 28), (128, 40))
 #: the NCHW rule's first pair (the common case: 256-channel FPN maps)
