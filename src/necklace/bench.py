@@ -441,11 +441,11 @@ def interleaved(
             fn()
     orders = round_orders(len(fns)) if fns else [[]]
     times: dict[str, list[float]] = {n: [] for n in names}
-    count = faults is not None and minor_faults() is not None
+    counts = faults if faults is not None and minor_faults() is not None else None
     if faults is not None:
         faults.clear()
-        if count:
-            faults.update(dict.fromkeys(names, 0))
+    if counts is not None:
+        counts.update(dict.fromkeys(names, 0))
     if progress is not None:
         progress(0, repeats)
     gc_was_enabled = gc.isenabled()
@@ -454,13 +454,12 @@ def interleaved(
     try:
         for i in range(repeats):
             for j in orders[i % len(orders)]:
-                before = minor_faults() if count else 0
+                before = minor_faults() if counts is not None else None
                 start = time.perf_counter()
                 fns[j]()
                 times[names[j]].append(time.perf_counter() - start)
-                if count:
-                    assert faults is not None
-                    faults[names[j]] += cast(int, minor_faults()) - cast(int, before)
+                if counts is not None:
+                    counts[names[j]] += cast(int, minor_faults()) - cast(int, before)
             if progress is not None:
                 progress(i + 1, repeats)
     finally:

@@ -45,9 +45,8 @@ def upsample_nearest(x: Tensor, size: Sequence[int]) -> Tensor:
         if not is_symbolic(h, w, size[0], size[1]) and h > 1 and w > 1 and x.is_contiguous():
             th, tw = int(size[0]), int(size[1])
             fh, fw = th // h, tw // w
-            if fh * h == th and fw * w == tw and 1 <= fh <= MAX_COPY_FACTOR and 1 <= fw <= MAX_COPY_FACTOR:
-                if fh == fw == 1:
-                    return F.interpolate(x, size=(th, tw), mode="nearest")  # (a copy, as torch makes one)
+            exact = fh * h == th and fw * w == tw and (fh, fw) != (1, 1)  # (1, 1): torch's copy
+            if exact and 1 <= fh <= MAX_COPY_FACTOR and 1 <= fw <= MAX_COPY_FACTOR:
                 y = x.new_empty((n, c, h, fh, w, fw))
                 for b in range(fw):  # the first output row of each input row: every column phase
                     y[:, :, :, 0, :, b] = x
