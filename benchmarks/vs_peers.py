@@ -498,7 +498,12 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                 dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
                 ed.update(
                     what=f"necklace.deploy(neck, channels_last={_CL[args.deployed]}"
-                    + ("" if args.deployed != "auto" else f" -> {deployed[i].deploy_report.channels_last}")
+                    + (
+                        ""
+                        if args.deployed != "auto"
+                        else f" -> {deployed[i].deploy_report.channels_last}, fused conv+act "
+                        f"{deployed[i].deploy_report.fused_conv_act}"
+                    )
                     + "): BN folded, "
                     "fusion weights frozen",
                     necklace_deployed=dep,

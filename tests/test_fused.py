@@ -10,6 +10,7 @@ from torch import nn
 
 import necklace
 from necklace import FeatureSpec
+from necklace.deploy import SETTINGS
 from necklace.layers import conv as conv_mod
 from necklace.layers import fused
 from necklace.layers.fused import conv_act_fused, packed_weight_count
@@ -85,7 +86,8 @@ def test_deployed_channels_last_neck_runs_fused_and_matches(monkeypatch: pytest.
     neck = necklace.build_neck("rep_pafpn", specs, preset="n").eval()
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(1, s.channels, 96 // s.stride, 96 // s.stride, generator=g) for s in specs]
-    deployed = necklace.deploy(neck, (feats,), channels_last=True)
+    deployed = necklace.deploy(neck, (feats,), channels_last=True, fused=True)
+    assert necklace.DeployReport.of(deployed).fused_conv_act is True
     calls: list[str] = []
     real = torch.ops.mkldnn._convolution_pointwise
 
@@ -97,13 +99,19 @@ def test_deployed_channels_last_neck_runs_fused_and_matches(monkeypatch: pytest.
     with torch.no_grad():
         out = deployed(feats)
         assert calls and set(calls) <= {"relu", "none"}  # RepVGG blocks: conv + ReLU in one call
-        monkeypatch.setattr(fused, "_available", lambda: False)
         n = len(calls)
+        switched = necklace.set_fused_conv_act(deployed, False)
+        assert switched == len(fused.fused_act_modules(deployed)) > 0
+        unfused = deployed(feats)
+        assert len(calls) == n  # switched off: not called
+        necklace.set_fused_conv_act(deployed, True)
+        monkeypatch.setattr(fused, "_available", lambda: False)
         ref = deployed(feats)
-        assert len(calls) == n  # off: not called
+        assert len(calls) == n  # no oneDNN: not called
         eager = neck(feats)
-    for a, b, c in zip(out, ref, eager, strict=True):
+    for a, b, c, u in zip(out, ref, eager, unfused, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+        assert torch.equal(u, b)  # switched off = the modules' own calls
         assert torch.allclose(a, c, rtol=1e-4, atol=1e-4 * float(c.abs().max()))
 
 
@@ -116,3 +124,29 @@ def test_eager_nchw_neck_never_calls_it(monkeypatch: pytest.MonkeyPatch) -> None
     with torch.no_grad():
         neck(feats)
     assert calls == []
+
+
+def test_deploy_times_fused_and_unfused_and_keeps_the_faster() -> None:
+    specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
+    neck = necklace.build_neck("rep_pafpn", specs, preset="n").eval()
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(1, s.channels, 64 // s.stride, 64 // s.stride, generator=g) for s in specs]
+    auto = necklace.deploy(neck, (feats,))
+    report = necklace.DeployReport.of(auto)
+    assert report.latency_ms is not None and set(report.latency_ms) == set(SETTINGS)
+    best = min(report.latency_ms, key=report.latency_ms.__getitem__)
+    assert (report.channels_last, report.fused_conv_act) == SETTINGS[best]
+    mods = fused.fused_act_modules(auto)
+    assert mods and all(m.fused_act is report.fused_conv_act for m in mods)  # the kept setting is applied
+    cl_only = necklace.DeployReport.of(necklace.deploy(neck, (feats,), channels_last=True))
+    assert cl_only.latency_ms is not None and set(cl_only.latency_ms) == {"channels_last", "channels_last_unfused"}
+    forced = necklace.DeployReport.of(necklace.deploy(neck, (feats,), channels_last=True, fused=False))
+    assert forced.latency_ms is None and forced.fused_conv_act is False
+    plain = necklace.DeployReport.of(
+        necklace.deploy(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval(), torch.randn(1, 3, 9, 9))
+    )
+    assert (
+        plain.fused_conv_act is None
+        and plain.latency_ms is not None
+        and set(plain.latency_ms) == {"contiguous", "channels_last"}
+    )

@@ -14,6 +14,7 @@ from necklace.deploy import DeployReport, deploy, set_channels_last
 from necklace.export import ExportReport, export_onnx, export_torchscript
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
+from necklace.layers.fused import set_fused_conv_act
 from necklace.layers.winograd import set_winograd
 from necklace.registry import NeckInfo, build_neck, list_necks, neck_info, register_neck
 from necklace.spec import FeatureSpec
@@ -41,5 +42,6 @@ __all__ = [
     "neck_info",
     "register_neck",
     "set_channels_last",
+    "set_fused_conv_act",
     "set_winograd",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import statistics
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from necklace.graph import GraphNeck
 from necklace.layers.conv import ConvNormAct, PointwiseToChannelsLast, SeparableConv
 from necklace.layers.fuse import Fuse
+from necklace.layers.fused import fused_act_modules, set_fused_conv_act
 from necklace.layers.rep import fold_bn_into_conv
 from necklace.spec import FeatureSpec
 
@@ -51,8 +53,10 @@ class DeployReport:
 
     ``max_abs_diff`` is the largest absolute output difference from the original model; ``max_rel_diff`` the
     largest of ``max|deployed - original| / max|original|`` over output tensors (``None`` when not checked).
-    ``latency_ms`` holds ``(contiguous, channels_last)`` forward times when the memory format was chosen by
-    measurement.
+    ``latency_ms`` holds the median forward time of each setting that was timed (keys ``contiguous``,
+    ``channels_last``, ``channels_last_unfused``), ``None`` when nothing was chosen by measurement.
+    ``fused_conv_act`` is whether conv + activation run as one oneDNN call on channels_last maps
+    (:func:`necklace.layers.fused.set_fused_conv_act`); ``None`` when the model has no module that can.
 
     Example:
         >>> import necklace
@@ -68,7 +72,8 @@ class DeployReport:
     channels_last: bool
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
-    latency_ms: tuple[float, float] | None = None
+    latency_ms: Mapping[str, float] | None = None
+    fused_conv_act: bool | None = None
 
     @property
     def checked(self) -> bool:
@@ -296,20 +301,48 @@ def _compare(ref: Any, got: Any) -> tuple[float, float]:
     return max_abs, max_rel
 
 
-def _time_ms(model: nn.Module, inputs: tuple[Any, ...], runs: int = 3) -> float:
+#: settings :func:`deploy` may time: name -> (channels_last, fused conv + activation)
+SETTINGS: dict[str, tuple[bool, bool]] = {
+    "contiguous": (False, True),
+    "channels_last": (True, True),
+    "channels_last_unfused": (True, False),
+}
+#: rounds of :func:`_time_settings`: at least the first, at most the second, and no new round once the time
+#: budget (seconds) is spent
+TUNE_ROUNDS, TUNE_BUDGET_S = (3, 7), 2.0
+
+
+def _time_settings(model: nn.Module, inputs: tuple[Any, ...], names: list[str]) -> dict[str, float]:
+    """Median forward ms of ``model`` under each setting of ``names`` (keys of :data:`SETTINGS`), interleaved.
+
+    Each round visits the memory formats in turn (the order reversed every other round), converts the model,
+    runs one untimed call (weights just converted, packed weights rebuilt), then times one call per fused
+    setting of that format (also in alternating order): neither a slow phase of the machine nor the cache state
+    one setting leaves behind favours another. The model is left in the last setting timed."""
     cuda = any(t.is_cuda for t in _flatten(list(inputs)))
-    best = math.inf
+    layouts: dict[bool, list[str]] = {}
+    for n in names:
+        layouts.setdefault(SETTINGS[n][0], []).append(n)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
     with torch.no_grad():
-        model(*inputs)  # warm-up
-        for _ in range(runs):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(*inputs)
-            if cuda:
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+        for r in range(TUNE_ROUNDS[1]):
+            if r >= TUNE_ROUNDS[0] and time.perf_counter() - start > TUNE_BUDGET_S:
+                break
+            for cl in sorted(layouts, reverse=bool(r % 2)):
+                set_channels_last(model, cl)
+                model(*inputs)  # warm-up after the conversion
+                group = layouts[cl] if r % 2 == 0 else layouts[cl][::-1]
+                for n in group:
+                    set_fused_conv_act(model, SETTINGS[n][1])
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    model(*inputs)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) * 1e3 for n, t in times.items()}
 
 
 def deploy(
@@ -318,6 +351,7 @@ def deploy(
     channels_last: bool | None = None,
     check: bool = True,
     rtol: float = 1e-4,
+    fused: bool | None = None,
 ) -> nn.Module:
     """Return a deployment copy of ``model``: re-parameterised, Conv+BN folded, fusion weights frozen, in eval.
 
@@ -329,7 +363,12 @@ def deploy(
     (every necklace neck), a random pyramid at odd sizes derived from a 97x131 image is used.
 
     ``channels_last``: ``True``/``False`` forces the memory format; ``None`` times both on the example inputs
-    (a warm-up and 3 runs each) and keeps the faster (contiguous when there are no inputs).
+    and keeps the faster (contiguous when there are no inputs).
+
+    ``fused``: whether conv + activation run as one oneDNN call on channels_last maps
+    (:func:`necklace.layers.fused.set_fused_conv_act`; it pays on some CPUs, not on others); ``None`` times both
+    on the example inputs (together with the memory format when that is ``None`` too) and keeps the faster.
+    Timing runs interleaved rounds (at least 3, within about 2 s), so pass inputs of the size you deploy for.
 
     ``check``: compare the deployed outputs with the original's and raise ``RuntimeError`` when the relative
     difference (``max|diff| / max|original|`` per output) exceeds ``rtol``; without any inputs it warns.
@@ -358,19 +397,24 @@ def deploy(
     else:
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
-    latency: tuple[float, float] | None = None
-    use_cl = bool(channels_last)
+    has_fused = bool(fused_act_modules(deployed))
+    candidates = [
+        name
+        for name, (cl, fuse) in SETTINGS.items()
+        if (channels_last is None or cl == channels_last)
+        and (fused is None or fuse == fused or not cl)
+        and (has_fused or fuse)
+    ]
+    latency: dict[str, float] | None = None
     set_channels_last(deployed, False)  # start from contiguous, also when the model was deployed before
-    if channels_last is None and inputs is not None:
-        t_contiguous = _time_ms(deployed, inputs)
-        set_channels_last(deployed, True)
-        t_cl = _time_ms(deployed, inputs)
-        latency = (t_contiguous, t_cl)
-        use_cl = t_cl < t_contiguous
-        if not use_cl:
-            set_channels_last(deployed, False)
-    elif use_cl:
-        set_channels_last(deployed, True)
+    if len(candidates) > 1 and inputs is not None:
+        latency = _time_settings(deployed, inputs, candidates)
+        use_cl, use_fused = SETTINGS[min(latency, key=latency.__getitem__)]
+    else:
+        use_cl = bool(channels_last)
+        use_fused = True if fused is None else bool(fused)
+    set_channels_last(deployed, use_cl)
+    set_fused_conv_act(deployed, use_fused)
 
     max_abs = max_rel = None
     if check and inputs is None:
@@ -388,6 +432,6 @@ def deploy(
                 f"diff {max_rel:.3g} > rtol {rtol:g}. A block may change behaviour when fused (e.g. a custom "
                 "reparameterize()), or the precision is too low for this rtol."
             )
-    report = DeployReport(n_rep, n_bn, n_frozen, use_cl, max_abs, max_rel, latency)
+    report = DeployReport(n_rep, n_bn, n_frozen, use_cl, max_abs, max_rel, latency, use_fused if has_fused else None)
     object.__setattr__(deployed, "deploy_report", report)
     return deployed

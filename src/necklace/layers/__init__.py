@@ -13,7 +13,7 @@ from necklace.layers.conv import (
     make_norm,
 )
 from necklace.layers.fuse import Fuse
-from necklace.layers.fused import conv_act_fused
+from necklace.layers.fused import conv_act_fused, set_fused_conv_act
 from necklace.layers.nearest import upsample_nearest
 from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
 from necklace.layers.resample import Resample, match_size
@@ -52,6 +52,7 @@ __all__ = [
     "make_act",
     "make_norm",
     "match_size",
+    "set_fused_conv_act",
     "set_winograd",
     "upsample_nearest",
 ]

@@ -232,8 +232,12 @@ class ConvNormAct(nn.Module):
         self.norm = cfg.norm_layer(out_channels)
         self.act = make_act(cfg.act, inplace=not act_first)
 
+    #: run conv + activation as one oneDNN call where it applies (:func:`necklace.layers.fused.conv_act_fused`);
+    #: :func:`necklace.layers.fused.set_fused_conv_act` switches it, :func:`necklace.deploy` picks it by timing
+    fused_act: bool = True
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded (deploy)
+        if self.fused_act and not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded
             y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
             if y is not None:
                 return y

@@ -161,10 +161,16 @@ class RepConv(nn.Module):
         """Whether the block is in its fused (single conv) form."""
         return self.conv is not None
 
+    #: run the deployed conv + activation as one oneDNN call where it applies (see ConvNormAct.fused_act)
+    fused_act: bool = True
+
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is not None:
-            y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
-            return y if y is not None else self.act(self.conv(x))
+            if self.fused_act:
+                y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
+                if y is not None:
+                    return y
+            return self.act(self.conv(x))
         assert self.conv_kxk is not None and self.conv_1x1 is not None
         # YOLOv6's / mmyolo's order (identity, kxk, 1x1): backward runs the branches in reverse, which sets the
         # train-step peak memory (YOLOv6-N neck at 640x640: 28.8 -> 28.4 MB, mmyolo's) and the order x's gradient
