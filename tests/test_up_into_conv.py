@@ -162,3 +162,24 @@ def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None
         necklace.set_winograd(deployed, False)
         off = deployed(feats)
     assert seen == [] and _rel(got, ref) < 1e-5 and _rel(off, ref) < 1e-5
+
+
+def test_folded_weights_follow_a_memory_format_change() -> None:
+    # deploy(channels_last=None) times NCHW first, then converts the neck in place: the tensors (and versions)
+    # stay, only the strides change; a cache keyed without them kept NCHW weights for channels_last maps and
+    # every call re-laid them out
+    neck, specs = _rep_pafpn()
+    deployed = necklace.deploy(neck, channels_last=False)
+    feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
+    node = deployed.nodes["T4"]
+    assert isinstance(node, _NodeModule)
+    with torch.no_grad():
+        ref = deployed(feats)
+        assert node._up_cache is not None and node._up_cache[2].weight.is_contiguous()
+        deployed.to(memory_format=torch.channels_last)
+        deployed.channels_last_inputs = True
+        got = deployed(feats)
+    rest_weight, kernel = node._up_cache[2].weight, node._up_cache[3]
+    assert rest_weight.is_contiguous(memory_format=torch.channels_last) and not rest_weight.is_contiguous()
+    assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
+    assert _rel(got, ref) < 1e-5

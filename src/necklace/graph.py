@@ -564,7 +564,10 @@ class _NodeModule(nn.Module):
         ]
         start = sum(r.shape[1] for r in rest[:j])
         w, cu = conv.weight, up.out_channels
-        key = tuple((t, t._version, t.dtype, t.device) for t in (w, conv.bias, up.weight, up.bias) if t is not None)
+        # (the strides too: deploy switches memory formats in place, which keeps the tensors and their versions)
+        key = tuple(
+            (t, t._version, t.dtype, t.device, t.stride()) for t in (w, conv.bias, up.weight, up.bias) if t is not None
+        )
         cache = self._up_cache
         if (
             cache is None
