@@ -502,7 +502,8 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                         ""
                         if args.deployed != "auto"
                         else f" -> {deployed[i].deploy_report.channels_last}, fused conv+act "
-                        f"{deployed[i].deploy_report.fused_conv_act}"
+                        f"{deployed[i].deploy_report.fused_conv_act}; deploy timed "
+                        + ", ".join(f"{k} {v:.2f} ms" for k, v in (deployed[i].deploy_report.latency_ms or {}).items())
                     )
                     + "): BN folded, "
                     "fusion weights frozen",

@@ -150,3 +150,22 @@ def test_deploy_times_fused_and_unfused_and_keeps_the_faster() -> None:
         and plain.latency_ms is not None
         and set(plain.latency_ms) == {"contiguous", "channels_last"}
     )
+
+
+def test_deploy_timing_runs_between_the_round_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    deploy_mod = importlib.import_module("necklace.deploy")  # (the package's ``deploy`` is the function)
+    lo, hi = deploy_mod.TUNE_ROUNDS
+    assert lo >= 5  # fewer let one slow call on a noisy 2-core CPU decide the setting (seen in a vs_peers run)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    x = torch.randn(1, 3, 9, 9)
+    # two layouts, no fused modules: each round = 2 warm-up calls + 2 timed calls
+    deploy_mod._time_settings(model, (x,), ["contiguous", "channels_last"])
+    assert len(calls) == 4 * hi  # a fast model: every round fits the budget
+    calls.clear()
+    monkeypatch.setattr(deploy_mod, "TUNE_BUDGET_S", 0.0)
+    deploy_mod._time_settings(model, (x,), ["contiguous", "channels_last"])
+    assert len(calls) == 4 * lo  # budget spent at once: only the minimum

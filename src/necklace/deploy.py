@@ -309,7 +309,7 @@ SETTINGS: dict[str, tuple[bool, bool]] = {
 }
 #: rounds of :func:`_time_settings`: at least the first, at most the second, and no new round once the time
 #: budget (seconds) is spent
-TUNE_ROUNDS, TUNE_BUDGET_S = (3, 7), 2.0
+TUNE_ROUNDS, TUNE_BUDGET_S = (5, 15), 3.0
 
 
 def _time_settings(model: nn.Module, inputs: tuple[Any, ...], names: list[str]) -> dict[str, float]:
@@ -368,7 +368,8 @@ def deploy(
     ``fused``: whether conv + activation run as one oneDNN call on channels_last maps
     (:func:`necklace.layers.fused.set_fused_conv_act`; it pays on some CPUs, not on others); ``None`` times both
     on the example inputs (together with the memory format when that is ``None`` too) and keeps the faster.
-    Timing runs interleaved rounds (at least 3, within about 2 s), so pass inputs of the size you deploy for.
+    Timing runs interleaved rounds (at least 5, at most 15, within about 3 s), so pass inputs of the size you
+    deploy for.
 
     ``check``: compare the deployed outputs with the original's and raise ``RuntimeError`` when the relative
     difference (``max|diff| / max|original|`` per output) exceeds ``rtol``; without any inputs it warns.
