@@ -12,11 +12,11 @@ It is an inference path like Winograd (:func:`~necklace.layers.winograd.inferenc
 export, autocast and :func:`~necklace.layers.winograd.direct_convs` blocks see the modules; so do NCHW maps,
 convs with forward hooks, and builds without oneDNN (or with ``torch.backends.mkldnn.enabled = False``).
 
-Whether it pays depends on the CPU: on an AVX2-only AMD EPYC (no AVX-512) the same call measured slower than conv
-and activation as two calls (YOLOv8-N neck deployed channels_last 27.3 vs 19.3 ms). The modules that use it
-(:class:`~necklace.layers.conv.ConvNormAct`, :class:`~necklace.layers.rep.RepConv`) carry a ``fused_act`` switch,
-set for a whole model by :func:`set_fused_conv_act`; :func:`necklace.deploy` times both settings on the example
-inputs and keeps the faster.
+Whether it pays depends on the CPU: on an AVX2-only AMD EPYC (no AVX-512) it is within a few percent of conv and
+activation as two calls (after weights were packed per input shape; before, 27.3 vs 19.3 ms for YOLOv8-N). The
+modules that use it (:class:`~necklace.layers.conv.ConvNormAct`, :class:`~necklace.layers.rep.RepConv`) carry a
+``fused_act`` switch, set for a whole model by :func:`set_fused_conv_act`; :func:`necklace.deploy` times both
+settings on the example inputs and keeps the faster.
 """
 
 from __future__ import annotations
@@ -100,11 +100,13 @@ def _available() -> bool:
 def _packed(conv: nn.Conv2d, x: Tensor) -> Tensor | None:
     w = conv.weight
     entry = _PACKED.get(conv)
-    if entry is None or entry[0] is not w or entry[1] != w._version or len(entry[2]) >= MAX_PACKED_SHAPES:
-        entry = _PACKED[conv] = (w, w._version, {})
     shape = tuple(x.shape)
-    if shape in entry[2]:
+    if entry is None or entry[0] is not w or entry[1] != w._version:
+        entry = _PACKED[conv] = (w, w._version, {})
+    elif shape in entry[2]:
         return entry[2][shape]
+    elif len(entry[2]) >= MAX_PACKED_SHAPES:  # (a full cache starts over, but never for a shape it holds)
+        entry[2].clear()
     packed: Tensor | None
     try:
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]  # (stubs lack input_size)
