@@ -22,6 +22,7 @@ from necklace import ConvCfg, FeatureSpec, GraphNeck, NeckGraph, Node
 from necklace.deploy import reparameterize
 from necklace.graph import Edge
 from necklace.layers import BepC3, BottleRep, DepthwiseSeparableConv, Fuse, RepConv, Resample, SeparableConv
+from necklace.layers.winograd import direct_convs
 
 ODD = (97, 131)  # feature maps of a 97x131 image: 25x33 / 13x17 / 7x9 / 4x5 at strides 4-32
 
@@ -309,8 +310,13 @@ def test_parity_with_mmyolo(case: str) -> None:
     ours.load_state_dict(from_mmyolo_reppafpn(theirs, ours))
     feats = pyramid(specs, (160, 224), batch=1)  # mmyolo needs sizes divisible by 32 (x2 upsample + concat)
     with torch.no_grad():
-        for a, b in zip(ours(feats), theirs(feats), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        ref = theirs(feats)
+        with direct_convs():  # the peer's arithmetic: equal up to float rounding
+            for a, b in zip(ours(feats), ref, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        # necklace's inference paths (native Winograd on these widths): equal to ~1e-5 of the output's scale
+        for a, b in zip(ours(feats), ref, strict=True):
+            assert (a - b).abs().max() <= 1e-4 * b.abs().max()
     # a detector state dict: the neck under a prefix
     sd = {f"neck.{k}": v for k, v in theirs.state_dict().items()}
     assert from_mmyolo_reppafpn(sd, ours, prefix="neck.").keys() == ours.state_dict().keys()

@@ -12,7 +12,12 @@ import necklace
 from necklace import FeatureSpec, graph
 from necklace.graph import _NodeModule
 from necklace.layers import winograd
-from necklace.layers.resample import add_transposed_conv3x3_, compose_transposed_conv3x3
+from necklace.layers.resample import (
+    add_transposed_conv3x3_,
+    compose_transposed_conv3x3,
+    transposed_conv3x3_constant,
+    transposed_conv3x3_into,
+)
 from necklace.layers.winograd import direct_convs
 
 
@@ -148,6 +153,7 @@ def test_folded_weights_follow_weight_changes() -> None:
 
 def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = spy_shapes(monkeypatch, winograd, "winograd_conv3x3")
+    seen_native = spy_shapes(monkeypatch, winograd, "winograd_conv3x3_native")
     torch.manual_seed(0)
     # wide enough that the conv on C4 (the concatenation's non-upsampled part) runs Winograd
     specs = [FeatureSpec(64, 8), FeatureSpec(256, 16), FeatureSpec(256, 32)]
@@ -157,11 +163,12 @@ def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None
     with torch.no_grad():
         ref = neck(feats)
         got = deployed(feats)
-        assert (1, 256, 32, 32) in seen  # T4's conv on C4 alone
+        assert (1, 256, 32, 32) in seen + seen_native  # T4's conv on C4 alone
         seen.clear()
+        seen_native.clear()
         necklace.set_winograd(deployed, False)
         off = deployed(feats)
-    assert seen == [] and _rel(got, ref) < 1e-5 and _rel(off, ref) < 1e-5
+    assert seen == seen_native == [] and _rel(got, ref) < 1e-5 and _rel(off, ref) < 1e-5
 
 
 def test_folded_weights_follow_a_memory_format_change() -> None:
@@ -183,3 +190,49 @@ def test_folded_weights_follow_a_memory_format_change() -> None:
     assert rest_weight.is_contiguous(memory_format=torch.channels_last) and not rest_weight.is_contiguous()
     assert kernel.is_contiguous(memory_format=torch.channels_last) and not kernel.is_contiguous()
     assert _rel(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 4), (7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_written_into_the_output_phases_with_the_constant_map(hw: tuple[int, int], channels_last: bool) -> None:
+    g = torch.Generator().manual_seed(hw[0] * 7 + hw[1])
+    up = nn.ConvTranspose2d(5, 6, 2, 2)
+    with torch.no_grad():
+        for p in up.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    w = torch.randn(4, 6, 3, 3, generator=g)
+    a = torch.randn(2, 5, *hw, generator=g)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    k = compose_transposed_conv3x3(up, w)
+    constant = transposed_conv3x3_constant(k, *hw)
+    y = torch.full((2, 4, 2 * hw[0], 2 * hw[1]), float("nan")).contiguous(memory_format=fmt)  # overwritten
+    with torch.no_grad():
+        ref = F.conv2d(up(a), w, padding=1)
+        got = transposed_conv3x3_into(y, a.contiguous(memory_format=fmt), k[:, :-1].contiguous(), constant)
+    assert got is y and y.is_contiguous(memory_format=fmt)
+    assert torch.allclose(y, ref, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match=r"constant \(1, 4, 3, 2\)"):
+        transposed_conv3x3_into(y, a, k[:, :-1], torch.zeros(1, 4, 3, 2))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_native_winograd_accumulates_into_the_up_part(monkeypatch: pytest.MonkeyPatch, channels_last: bool) -> None:
+    # wide and large enough that the conv on the other parts takes the native Winograd path
+    into = spy_shapes(monkeypatch, graph, "transposed_conv3x3_into", arg=1)
+    added = spy_shapes(monkeypatch, graph, "add_transposed_conv3x3_", arg=1)
+    torch.manual_seed(1)
+    specs = [FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)]
+    neck = necklace.build_neck("rep_pafpn", specs, channels=(64, 128, 256), repeats=1).eval()
+    for m in neck.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    deployed = necklace.deploy(neck, channels_last=channels_last)
+    feats = [torch.randn(1, s.channels, *s.size_for(256, 320)) for s in specs]
+    with torch.no_grad():
+        ref = neck(feats)
+        got = deployed(feats)
+        again = deployed(feats)  # the cached constant map
+    assert into and not added
+    assert (1, 128, 8, 10) in into  # T3's up part: the reduced P4 map (width 128 here) at stride 16
+    assert _rel(got, ref) < 1e-5 and all(torch.equal(a, b) for a, b in zip(got, again, strict=True))

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers import spy_shapes
 from torch import nn
 
 import necklace
@@ -115,7 +114,17 @@ def _big_conv() -> tuple[WinogradConv2d, torch.Tensor]:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    return spy_shapes(monkeypatch, wg, "winograd_conv3x3")
+    """Input shapes of every Winograd call, either path (pure torch or native transforms)."""
+    seen: list[tuple[int, ...]] = []
+    for name in ("winograd_conv3x3", "winograd_conv3x3_native"):
+        real = getattr(wg, name)
+
+        def spy(x: torch.Tensor, *args: object, _real: object = real, **kwargs: object) -> object:
+            seen.append(tuple(x.shape))
+            return _real(x, *args, **kwargs)  # type: ignore[operator]
+
+        monkeypatch.setattr(wg, name, spy)
+    return seen
 
 
 def test_module_runs_winograd_only_in_inference(calls: list[tuple[int, ...]]) -> None:
@@ -137,6 +146,7 @@ def test_module_runs_winograd_only_in_inference(calls: list[tuple[int, ...]]) ->
 
 def test_module_skips_small_shapes_other_dtypes_and_when_switched_off(calls: list[tuple[int, ...]]) -> None:
     conv, x = _big_conv()
+    conv.native = False  # the pure-torch path's rules (the native path's: tests/test_native.py)
     with torch.no_grad():
         small = x[:, :, : wg.MIN_SIDE - 1]
         assert torch.equal(conv(small), F.conv2d(small, conv.weight, conv.bias, padding=1))
@@ -156,6 +166,7 @@ def test_module_skips_small_shapes_other_dtypes_and_when_switched_off(calls: lis
 def test_module_picks_by_the_input_layout(calls: list[tuple[int, ...]]) -> None:
     torch.manual_seed(0)
     conv = WinogradConv2d(128, 128, 3, padding=1).eval()
+    conv.native = False  # the pure-torch path's rules (the native path pays on both layouts here)
     x = torch.randn(1, 128, 40, 40)
     with torch.no_grad():
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # NCHW: 128 ch do not pay

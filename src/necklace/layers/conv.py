@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.layers.fused import FUSED_ACTS, conv_act_fused
+from necklace.layers.fused import FUSED_ACTS, conv_act
 from necklace.layers.nearest import upsample_nearest
 from necklace.layers.winograd import WinogradConv2d, inference_paths_off
 from necklace.spec import is_symbolic
@@ -237,8 +237,8 @@ class ConvNormAct(nn.Module):
     fused_act: bool = True
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused_act and not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded
-            y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
+        if not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded
+            y = conv_act(self.conv, self.act, x, self.fused_act)  # inference: native Winograd or one oneDNN call
             if y is not None:
                 return y
         if self.act_first:

@@ -28,7 +28,14 @@ from torch import Tensor, nn
 
 from necklace.layers.winograd import WinogradConv2d, inference_paths_off
 
-__all__ = ["FUSED_ACTS", "conv_act_fused", "fused_act_modules", "packed_weight_count", "set_fused_conv_act"]
+__all__ = [
+    "FUSED_ACTS",
+    "conv_act",
+    "conv_act_fused",
+    "fused_act_modules",
+    "packed_weight_count",
+    "set_fused_conv_act",
+]
 
 #: activation module type -> oneDNN post-op (exact types: a subclass may compute something else;
 #: necklace's own SiLU registers itself in :mod:`necklace.layers.conv`)
@@ -156,3 +163,28 @@ def conv_act_fused(conv: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
     return torch.ops.mkldnn._convolution_pointwise(
         x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, attr, [], ""
     )
+
+
+def conv_act(conv: nn.Module, act: nn.Module, x: Tensor, fused: bool = True) -> Tensor | None:
+    """``act(conv(x))`` by the fastest inference path that applies, or ``None`` where the modules must run.
+
+    First the native Winograd path of a :class:`~necklace.layers.winograd.WinogradConv2d`, with the activation
+    in its output transform (no second pass over the output; any memory format); then, with ``fused``, oneDNN's
+    conv with the activation as a post-op (:func:`conv_act_fused`, channels_last maps). Forward hooks on either
+    module keep the modules.
+
+    Example:
+        >>> conv, act = WinogradConv2d(64, 64, 3, padding=1), nn.ReLU()
+        >>> x = torch.randn(1, 64, 20, 20)
+        >>> with torch.no_grad():
+        ...     y = conv_act(conv, act, x)
+        >>> y is None or bool(torch.allclose(y, act(conv(x)), atol=1e-4))
+        True
+    """
+    if type(conv) is WinogradConv2d:
+        name = FUSED_ACTS.get(type(act))
+        if name is not None and not _hooks(conv, act):
+            y = conv.forward_act(x, name)
+            if y is not None:
+                return y
+    return conv_act_fused(conv, act, x) if fused else None

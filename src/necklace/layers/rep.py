@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, make_act
-from necklace.layers.fused import conv_act_fused
+from necklace.layers.fused import conv_act
 from necklace.layers.winograd import WinogradConv2d
 
 __all__ = ["BepC3", "BottleRep", "GhostConv", "RepBlock", "RepConv", "fold_bn", "fold_bn_into_conv", "require_bn"]
@@ -146,7 +146,8 @@ class RepConv(nn.Module):
         self.identity: nn.BatchNorm2d | None = None
         self.alpha: nn.Parameter | None = None
         if deploy:
-            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
+            conv_cls = WinogradConv2d if (stride, groups) == (1, 1) else nn.Conv2d
+            self.conv = conv_cls(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
             return
         branch = cfg.with_(act=None, bias=False)
         self.conv_kxk = ConvNormAct(in_channels, out_channels, 3, stride, groups, cfg=branch)
@@ -166,10 +167,9 @@ class RepConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is not None:
-            if self.fused_act:
-                y = conv_act_fused(self.conv, self.act, x)  # channels_last inference: one oneDNN call
-                if y is not None:
-                    return y
+            y = conv_act(self.conv, self.act, x, self.fused_act)  # inference: native Winograd or one oneDNN call
+            if y is not None:
+                return y
             return self.act(self.conv(x))
         assert self.conv_kxk is not None and self.conv_1x1 is not None
         # YOLOv6's / mmyolo's order (identity, kxk, 1x1): backward runs the branches in reverse, which sets the

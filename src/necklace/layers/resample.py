@@ -20,6 +20,8 @@ __all__ = [
     "add_transposed_conv3x3_",
     "compose_transposed_conv3x3",
     "match_size",
+    "transposed_conv3x3_constant",
+    "transposed_conv3x3_into",
 ]
 
 UP_MODES = ("nearest", "bilinear", "transposed")
@@ -256,9 +258,72 @@ def add_transposed_conv3x3_(y: Tensor, a: Tensor, kernel: Tensor) -> Tensor:
             f"fit; expected y (N, O, 2h, 2w) = {(n, o, 2 * h, 2 * w)} and kernel (4 * O, C_in + 1, 2, 2)."
         )
     ones = F.pad(a, (0, 0, 0, 0, 0, 1), value=1.0)  # the constant channel that carries up's bias
-    z = F.conv2d(ones, kernel, padding=1).unflatten(1, (2, 2, o))  # (N, 2, 2, O, h + 1, w + 1)
-    y6 = y.unflatten(2, (h, 2)).unflatten(4, (w, 2))  # (N, O, h, 2, w, 2): a view in either layout
-    for p in (0, 1):
-        for q in (0, 1):
-            y6[:, :, :, p, :, q].add_(z[:, p, q, :, p : p + h, q : q + w])
+    z = F.conv2d(ones, kernel, padding=1)  # (N, 4O, h + 1, w + 1)
+    _phases(y).add_(_phase_view(z, o, h, w))
+    return y
+
+
+def _phase_view(z: Tensor, o: int, h: int, w: int) -> Tensor:
+    """The phase conv's output ``z`` (N, 4O, h + 1, w + 1), channels ordered (p, q, O), as the (N, O, h, 2, w, 2)
+    view ``[n, c, i, p, j, q] = z[n, (p, q, c), i + p, j + q]``: output pixel (2i + p, 2j + q) of the pair. One
+    strided view (the offset is linear in every index), so the four phases move in one op."""
+    s_n, s_c, s_h, s_w = z.stride()
+    strides = (s_n, s_c, s_h, 2 * o * s_c + s_h, s_w, o * s_c + s_w)
+    return z.as_strided((z.shape[0], o, h, 2, w, 2), strides, z.storage_offset())
+
+
+def _phases(y: Tensor) -> Tensor:
+    """``y`` (N, O, 2h, 2w) as the (N, O, h, 2, w, 2) view of its output phases, in either memory format."""
+    return y.unflatten(2, (y.shape[2] // 2, 2)).unflatten(4, (y.shape[3] // 2, 2))
+
+
+def transposed_conv3x3_constant(kernel: Tensor, h: int, w: int) -> Tensor:
+    """The part of ``conv3x3(up(a))`` that does not depend on ``a``: ``up``'s bias through the 3x3 conv, zero
+    padding included (smaller along the borders), as a (1, O, 2h, 2w) map for ``a`` of size ``h x w``.
+    ``kernel = compose_transposed_conv3x3(up, weight)``; its last input channel is the constant one.
+
+    Example:
+        >>> up, w = nn.ConvTranspose2d(4, 3, 2, 2), torch.randn(5, 3, 3, 3)
+        >>> c = transposed_conv3x3_constant(compose_transposed_conv3x3(up, w), 3, 4)
+        >>> torch.allclose(c, F.conv2d(up(torch.zeros(1, 4, 3, 4)), w, padding=1), atol=1e-5)
+        True
+    """
+    o = kernel.shape[0] // 4
+    z = F.conv2d(kernel.new_ones(1, 1, h, w), kernel[:, -1:].contiguous(), padding=1)
+    return _phase_view(z, o, h, w).reshape(1, o, 2 * h, 2 * w)
+
+
+def transposed_conv3x3_into(y: Tensor, a: Tensor, kernel_a: Tensor, constant: Tensor) -> Tensor:
+    """Write ``y = conv3x3(up(a))`` (overwrites ``y``, any memory format): one 2x2 conv of ``a`` with
+    ``kernel_a = compose_transposed_conv3x3(up, weight)[:, :-1]`` (no constant channel, so no padded copy of
+    ``a``) plus ``constant = transposed_conv3x3_constant(kernel, h, w)``, moved into the output phases by one op.
+    Returns ``y``.
+
+    Example:
+        >>> up, w, a = nn.ConvTranspose2d(8, 6, 2, 2), torch.randn(5, 6, 3, 3), torch.randn(2, 8, 3, 4)
+        >>> k = compose_transposed_conv3x3(up, w)
+        >>> y = transposed_conv3x3_into(torch.empty(2, 5, 6, 8), a, k[:, :-1], transposed_conv3x3_constant(k, 3, 4))
+        >>> torch.allclose(y, F.conv2d(up(a), w, padding=1), atol=1e-5)
+        True
+    """
+    n, _, h, w = a.shape
+    o = kernel_a.shape[0] // 4
+    if (
+        tuple(y.shape) != (n, o, 2 * h, 2 * w)
+        or kernel_a.shape[1] != a.shape[1]
+        or tuple(constant.shape)
+        != (
+            1,
+            o,
+            2 * h,
+            2 * w,
+        )
+    ):
+        raise ValueError(
+            f"transposed_conv3x3_into: y {tuple(y.shape)}, a {tuple(a.shape)}, kernel_a {tuple(kernel_a.shape)} and "
+            f"constant {tuple(constant.shape)} do not fit; expected y (N, O, 2h, 2w) = {(n, o, 2 * h, 2 * w)}, "
+            f"kernel_a (4 * O, C_in, 2, 2) and constant (1, O, 2h, 2w)."
+        )
+    z = F.conv2d(a, kernel_a, padding=1)  # (N, 4O, h + 1, w + 1)
+    torch.add(_phase_view(z, o, h, w), _phases(constant), out=_phases(y))
     return y

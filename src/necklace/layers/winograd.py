@@ -16,8 +16,15 @@ gather + GEMM, depending on the shape.)
 
 On this project's 2-core AVX-512 CPU the 256->256 3x3 conv of an FPN takes 0.67 of mkldnn's direct conv time at
 80x80 and 0.69 at 40x40 on NCHW maps, 0.62 and 0.59 on channels_last ones (``benchmarks/winograd.py``); on
-narrow channels or small maps the transforms cost more than they save, so :func:`winograd_pays` keeps the direct
-conv there (channels_last pays from 128 channels, NCHW from 192).
+narrow channels or small maps these transforms (several passes of torch ops) cost more than they save, so
+:func:`winograd_pays` keeps the direct conv there (channels_last pays from 128 channels, NCHW from 192).
+
+Where a C compiler is at hand, the transforms run as native loops instead (:func:`winograd_conv3x3_native`,
+:mod:`necklace.layers.native`): the gather, zero padding and input transform in one pass, the output transform,
+bias, activation (ReLU / SiLU) and the write into the output layout in another, with the same batched GEMM in
+between. That pays from much narrower convs (:data:`PAYS_NATIVE_CHANNELS_LAST` / :data:`PAYS_NATIVE_NCHW`; on an
+AVX2 AMD EPYC, 64 -> 64 channels at 40x40 0.55 of oneDNN's time, 128 at 20x20 0.55, 256 at 80x80 0.37 on
+channels_last maps): the 3x3 convs of light necks (YOLO, RepPAN) run through it.
 
 Numerics: the transforms' coefficients (up to 8 and 1/24) cost about 5 bits, so the result differs from the
 direct fp32 conv by about 1e-5 of the output's magnitude (the direct conv's own rounding is ~3e-7), two
@@ -45,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from necklace.layers import native
 from necklace.spec import _is_tracing, is_symbolic
 
 __all__ = [
@@ -53,6 +61,7 @@ __all__ = [
     "inference_paths_off",
     "set_winograd",
     "winograd_conv3x3",
+    "winograd_conv3x3_native",
     "winograd_eligible",
     "winograd_filter",
     "winograd_pays",
@@ -98,10 +107,16 @@ PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 28), (128, 64))
 PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((192, 28), (128, 40))
 #: the NCHW rule's first pair (the common case: 256-channel FPN maps)
 MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
-#: below this many channels no rule holds (the modules' first, cheapest test)
-LOWEST_CHANNELS = min(c for c, _ in PAYS_NCHW + PAYS_CHANNELS_LAST)
 #: tiles (of 4x4 outputs) per band: per batched GEMM
 TILES_PER_BAND = 100
+#: the same rules for the native path (:func:`winograd_conv3x3_native`: the transforms in C, one pass each), where
+#: the C library is loaded (:mod:`necklace.layers.native`); see the grid in ``benchmarks/winograd.py``
+PAYS_NATIVE_NCHW: tuple[tuple[int, int], ...] = ((64, 8), (48, 10))
+PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((64, 14), (48, 20), (32, 40))
+#: below this many channels no rule holds (the modules' first, cheapest test)
+LOWEST_CHANNELS = min(c for c, _ in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
+#: activation -> code of the native output transform (the oneDNN post-op names of :mod:`necklace.layers.fused`)
+NATIVE_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 2}
 
 
 _DIRECT_DEPTH = 0
@@ -266,6 +281,112 @@ def winograd_conv3x3(
     return full[:, :, :h, :w].contiguous(memory_format=fmt)
 
 
+def native_winograd_ok(x: Tensor) -> bool:
+    """Whether :func:`winograd_conv3x3_native` can run on ``x``: the native library is loaded and ``x`` is a
+    float32 4-D CPU tensor with non-negative strides (any memory format)."""
+    return (
+        x.dtype == torch.float32
+        and x.dim() == 4
+        and x.device.type == "cpu"
+        and all(s >= 0 for s in x.stride())
+        and native.library() is not None
+    )
+
+
+def winograd_conv3x3_native(
+    x: Tensor,
+    ut: Tensor,
+    bias: Tensor | None = None,
+    act: str = "none",
+    out: Tensor | None = None,
+) -> Tensor:
+    """:func:`winograd_conv3x3` with the transforms in C (:mod:`necklace.layers.native`), the activation fused.
+
+    ``ut`` is the transformed filter laid out ``(36, C, O)`` (``winograd_filter(weight).transpose(1, 2)``, made
+    contiguous once); ``act`` one of :data:`NATIVE_ACTS` (``"relu"``, ``"swish"`` = SiLU, ``"none"``). Per band of
+    about :data:`TILES_PER_BAND` tiles: one pass gathers and transforms the input tiles (zero padding included),
+    ``torch.bmm`` mixes the channels, one pass transforms back, adds the bias (and ``out``'s values, when ``out``
+    is given: ``out += conv(x)``, in place) and applies the activation. The output has ``x``'s memory format;
+    float32 only. ``RuntimeError`` where the library is not loaded (check :func:`native_winograd_ok`).
+
+    Example:
+        >>> w, x = torch.randn(16, 8, 3, 3), torch.randn(2, 8, 9, 7)
+        >>> ut = winograd_filter(w).transpose(1, 2).contiguous()
+        >>> if native_winograd_ok(x):
+        ...     y = winograd_conv3x3_native(x, ut, act="relu")
+        ... else:
+        ...     y = F.conv2d(x, w, padding=1).relu()
+        >>> y.shape, torch.allclose(y, F.conv2d(x, w, padding=1).relu(), atol=1e-4)
+        (torch.Size([2, 16, 9, 7]), True)
+    """
+    lib = native.library()
+    if lib is None:
+        raise RuntimeError(f"winograd_conv3x3_native: the native library is not loaded ({native.status()['error']}).")
+    n, c, h, w = x.shape
+    if ut.dim() != 3 or ut.shape[0] != N_IN * N_IN or ut.shape[1] != c or not ut.is_contiguous():
+        raise ValueError(
+            f"winograd_conv3x3_native needs a contiguous ut (36, C, O) with C = {c} for x {tuple(x.shape)}, got "
+            f"{tuple(ut.shape)}; build it with winograd_filter(weight).transpose(1, 2).contiguous()."
+        )
+    if x.dtype != torch.float32 or ut.dtype != torch.float32:
+        raise TypeError(f"winograd_conv3x3_native is float32 only, got x {x.dtype} and ut {ut.dtype}.")
+    o = ut.shape[2]
+    code = NATIVE_ACTS[act]
+    accumulate = out is not None
+    if out is None:
+        channels_last = x.stride(1) == 1 and c > 1
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((n, o, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    elif (
+        tuple(out.shape) != (n, o, h, w)
+        or out.dtype != x.dtype
+        or not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last))
+    ):
+        raise ValueError(
+            f"winograd_conv3x3_native: out must be a dense (NCHW or channels_last) float32 tensor of shape "
+            f"{(n, o, h, w)}, got {tuple(out.shape)} {out.dtype} with strides {out.stride()}."
+        )
+    bias_ptr = None
+    if bias is not None:
+        bias = bias.detach().contiguous()
+        bias_ptr = bias.data_ptr()
+    th, tw = -(-h // M_OUT), -(-w // M_OUT)
+    rows = max(1, TILES_PER_BAND // tw)
+    t_max = min(rows, th) * tw
+    v_buf = x.new_empty(N_IN * N_IN * t_max * c)
+    m_buf = x.new_empty(N_IN * N_IN * t_max * o)
+    threads = torch.get_num_threads()
+    xs, os_ = x.stride(), out.stride()
+    esize = x.element_size()
+    for i in range(n):
+        x_ptr = x.data_ptr() + i * xs[0] * esize
+        o_ptr = out.data_ptr() + i * os_[0] * esize
+        for r0 in range(0, th, rows):
+            r = min(rows, th - r0)
+            t = r * tw
+            lib.nk_wino_in(x_ptr, h, w, c, xs[1], xs[2], xs[3], r0, r, tw, v_buf.data_ptr(), threads)
+            m = m_buf[: N_IN * N_IN * t * o].view(N_IN * N_IN, t, o)
+            torch.bmm(v_buf[: N_IN * N_IN * t * c].view(N_IN * N_IN, t, c), ut, out=m)
+            lib.nk_wino_out(
+                m_buf.data_ptr(),
+                bias_ptr,
+                o,
+                r0,
+                r,
+                tw,
+                o_ptr,
+                h,
+                w,
+                os_[1],
+                os_[2],
+                os_[3],
+                code,
+                int(accumulate),
+                threads,
+            )
+    return out
+
+
 def winograd_eligible(conv: nn.Conv2d) -> bool:
     """Whether ``conv`` is a dense 3x3, stride-1, dilation-1, zero-padding-1 conv (what F(4x4, 3x3) computes).
 
@@ -283,9 +404,12 @@ def winograd_eligible(conv: nn.Conv2d) -> bool:
     )
 
 
-def winograd_pays(in_channels: int, out_channels: int, height: int, width: int, channels_last: bool = False) -> bool:
+def winograd_pays(
+    in_channels: int, out_channels: int, height: int, width: int, channels_last: bool = False, native: bool = False
+) -> bool:
     """Whether the Winograd path is expected to beat the direct conv for this shape and memory format on a CPU
-    (see :data:`PAYS_NCHW` / :data:`PAYS_CHANNELS_LAST`).
+    (see :data:`PAYS_NCHW` / :data:`PAYS_CHANNELS_LAST`; with ``native``, the rules of the native path,
+    :data:`PAYS_NATIVE_NCHW` / :data:`PAYS_NATIVE_CHANNELS_LAST`).
 
     Example:
         >>> winograd_pays(256, 256, 80, 80), winograd_pays(64, 64, 80, 80), winograd_pays(256, 256, 20, 20)
@@ -294,7 +418,10 @@ def winograd_pays(in_channels: int, out_channels: int, height: int, width: int, 
         (False, True)
     """
     channels, side = min(in_channels, out_channels), min(height, width)
-    rule = PAYS_CHANNELS_LAST if channels_last else PAYS_NCHW
+    if native:
+        rule = PAYS_NATIVE_CHANNELS_LAST if channels_last else PAYS_NATIVE_NCHW
+    else:
+        rule = PAYS_CHANNELS_LAST if channels_last else PAYS_NCHW
     return any(channels >= c and side >= s for c, s in rule)
 
 
@@ -317,10 +444,12 @@ class WinogradConv2d(nn.Conv2d):
     """
 
     winograd: bool = True
+    #: whether the native path (:func:`winograd_conv3x3_native`) may run where its library is loaded
+    native: bool = True
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._wg_cache: tuple[Tensor, int, Tensor, Tensor, Tensor] | None = None
+        self._wg_cache: tuple[Tensor, int, Tensor, Tensor, Tensor, Tensor] | None = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> WinogradConv2d:
@@ -342,37 +471,65 @@ class WinogradConv2d(nn.Conv2d):
         new.bias = conv.bias
         return new.train(conv.training)
 
-    def _use_winograd(self, x: Tensor) -> bool:
+    def _winograd_path(self, x: Tensor) -> str | None:
+        """``"native"`` (:func:`winograd_conv3x3_native`), ``"torch"`` (:func:`winograd_conv3x3`) or ``None``
+        (the direct conv) for the input ``x``."""
         # cheapest tests first: most convs of a light neck are too narrow, and return after one comparison
         if not self.winograd or min(self.in_channels, self.out_channels) < LOWEST_CHANNELS or inference_paths_off():
-            return False
+            return None
         if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
-            return False
-        if x.dtype not in (torch.float32, torch.float64) or self.weight.dtype != x.dtype:
-            return False
+            return None
+        if x.dtype not in (torch.float32, torch.float64) or self.weight.dtype != x.dtype or not winograd_eligible(self):
+            return None
+        h, w = x.shape[2], x.shape[3]
+        # the native path reads any strides: a map whose channels are adjacent in memory (channels_last, or a
+        # channel slice of one, e.g. C2f's chunks) takes the channels_last rule
+        if (
+            self.native
+            and native_winograd_ok(x)
+            and winograd_pays(self.in_channels, self.out_channels, h, w, x.stride(1) == 1, True)
+        ):
+            return "native"
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        return winograd_eligible(self) and winograd_pays(
-            self.in_channels, self.out_channels, x.shape[2], x.shape[3], channels_last
-        )
+        if winograd_pays(self.in_channels, self.out_channels, h, w, channels_last):
+            return "torch"
+        return None
 
-    def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _use_winograd(self, x: Tensor) -> bool:
+        return self._winograd_path(x) is not None
+
+    def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         w = self.weight
         cache = self._wg_cache
         if cache is None or cache[0] is not w or cache[1] != w._version or cache[2].dtype != w.dtype:
+            u = winograd_filter(w)
             self._wg_cache = cache = (
                 w,
                 w._version,
-                winograd_filter(w),
+                u,
                 _input_matrix(w.dtype, w.device),
                 _kron(_AT, w.dtype, w.device),
+                u.transpose(1, 2).contiguous(),  # (36, C, O): the native path's GEMM operand
             )
-        return cache[2], cache[3], cache[4]
+        return cache[2], cache[3], cache[4], cache[5]
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._use_winograd(x):
+        path = self._winograd_path(x)
+        if path is None:
             return super().forward(x)
-        u, kin, at = self._constants(x)
+        u, kin, at, ut = self._constants(x)
+        if path == "native":
+            return winograd_conv3x3_native(x, ut, self.bias)
         return winograd_conv3x3(x, u, self.bias, kin, at)
+
+    def forward_act(self, x: Tensor, act: str, out: Tensor | None = None) -> Tensor | None:
+        """``act(conv(x))`` (or ``act(out + conv(x))`` into ``out``) with the activation in the native Winograd
+        output transform, where the native path runs for ``x``; ``None`` otherwise (the caller runs the modules).
+        ``act`` is a key of :data:`NATIVE_ACTS`."""
+        if act not in NATIVE_ACTS or self._winograd_path(x) != "native":
+            return None
+        ut = self._constants(x)[3]
+        return winograd_conv3x3_native(x, ut, self.bias, act, out)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
         self._wg_cache = None  # .to() / .double() / .cuda(): rebuild the constants on the next call
@@ -384,20 +541,26 @@ class WinogradConv2d(nn.Conv2d):
         return state
 
 
-def set_winograd(model: nn.Module, enabled: bool) -> int:
+def set_winograd(model: nn.Module, enabled: bool, native: bool | None = None) -> int:
     """Switch the Winograd inference path of every :class:`WinogradConv2d` in ``model`` on or off.
 
     Returns how many convs were set. Off, each conv runs ``nn.Conv2d.forward`` (bit-identical to the direct
-    conv); on (the default), eligible convs use F(4x4, 3x3) in inference where it is faster.
+    conv); on (the default), eligible convs use F(4x4, 3x3) in inference where it is faster. ``native`` (when
+    given) switches the native transforms (:func:`winograd_conv3x3_native`) alone: ``False`` keeps Winograd on
+    its pure-torch path and rules.
 
     Example:
         >>> m = nn.Sequential(WinogradConv2d(8, 8, 3, padding=1), nn.ReLU())
         >>> set_winograd(m, False), m[0].winograd
         (1, False)
+        >>> set_winograd(m, True, native=False), m[0].winograd, m[0].native
+        (1, True, False)
     """
     count = 0
     for mod in model.modules():
         if isinstance(mod, WinogradConv2d):
             mod.winograd = bool(enabled)
+            if native is not None:
+                mod.native = bool(native)
             count += 1
     return count
