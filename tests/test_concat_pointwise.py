@@ -220,3 +220,40 @@ def test_custom_graph_sum_of_an_input_and_a_conv_under_autocast() -> None:
             mixed = neck(feats)
     assert mixed[0].dtype == torch.float32  # bfloat16 conv output + float32 input, promoted as written
     assert torch.allclose(mixed[0], plain[0], atol=0.1)
+
+
+def test_channels_last_output_from_nchw_parts() -> None:
+    g = torch.Generator().manual_seed(11)
+    cl = torch.channels_last
+    a = torch.randn(1, 3, 6, 8, generator=g, dtype=torch.float64)  # backbone maps left NCHW
+    small = torch.randn(1, 5, 3, 4, generator=g, dtype=torch.float64)
+    w, bias = torch.randn(2, 8, 1, 1, generator=g, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    parts, up = [small, a], [True, False]
+    plain = concat_pointwise(parts, w, bias, upsample=up, size=(6, 8))
+    forced = concat_pointwise(parts, w, bias, upsample=up, size=(6, 8), channels_last=True)
+    assert plain is not None and plain.is_contiguous() and not plain.is_contiguous(memory_format=cl)
+    assert forced is not None and forced.is_contiguous(memory_format=cl)
+    ref = _ref(parts, w, bias, up, (6, 8))
+    assert torch.allclose(forced, ref, rtol=0, atol=1e-12) and torch.allclose(plain, ref, rtol=0, atol=1e-12)
+
+
+def test_channels_last_yolo_neck_keeps_its_c2f_nodes_channels_last() -> None:
+    # the first top-down C2f reads two NCHW backbone maps (C5 upsampled, C4) through its GEMMs: in a channels_last
+    # neck its output (and so its 3x3 convs) must be channels_last too, not follow the NCHW inputs
+    specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
+    neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
+    dep = necklace.deploy(neck, channels_last=True)
+    feats = [torch.randn(1, s.channels, 160 // s.stride, 192 // s.stride) for s in specs]
+    layouts: list[bool] = []
+    handles = [
+        m.register_forward_hook(lambda mod, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+        for m in dep.nodes.values()
+    ]
+    with torch.no_grad():
+        out = dep(feats)
+        for h in handles:
+            h.remove()
+        ref = neck(feats)
+    assert layouts and all(layouts)
+    for a, b in zip(out, ref, strict=True):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()

@@ -184,6 +184,8 @@ def set_channels_last(model: nn.Module, enabled: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, GraphNeck):
             m.channels_last_inputs = enabled
+            for node in m.nodes.values():
+                node.channels_last_out = enabled  # type: ignore[assignment]  # (Module.__setattr__ typing)
             direct, single = _direct_laterals(m, enabled)
             m.channels_last_direct = frozenset(direct)
             m.channels_last_direct_single = frozenset(single)

@@ -496,6 +496,10 @@ class _NodeModule(nn.Module):
         ]
         self._up_head = ups[0] if node.fuse == "concat" and len(ups) == 1 and isinstance(self.block, RepBlock) else None
         self._up_cache: tuple[Any, ...] | None = None
+        #: write channels_last outputs where the inference paths choose the layout (a concatenation's GEMMs over
+        #: NCHW backbone maps): set with the neck's ``channels_last_inputs`` by :func:`necklace.deploy.
+        #: set_channels_last`, so the blocks after it (C2f's 3x3 convs) run on channels_last maps
+        self.channels_last_out = False
 
     def _lateral_into_upsampled(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
         """FPN's ``lateral_1x1(C) + up(P)`` in inference: the lateral GEMM accumulates into the upsampled map
@@ -525,7 +529,14 @@ class _NodeModule(nn.Module):
             x if skip or low else edge(x, size)
             for edge, x, skip, low in zip(self.edges, xs, self._passthrough, self._resize_only, strict=True)
         ]
-        z = concat_pointwise(parts, head.conv.weight, head.conv.bias, upsample=self._resize_only, size=size)
+        z = concat_pointwise(
+            parts,
+            head.conv.weight,
+            head.conv.bias,
+            upsample=self._resize_only,
+            size=size,
+            channels_last=self.channels_last_out,
+        )
         if z is None:  # layouts the GEMMs cannot read in place (mixed batches): concatenate after all
             fused = torch.cat(
                 [

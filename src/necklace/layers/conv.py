@@ -352,6 +352,7 @@ def concat_pointwise(
     bias: Tensor | None,
     upsample: Sequence[bool] | None = None,
     size: tuple[int, int] | None = None,
+    channels_last: bool = False,
 ) -> Tensor | None:
     """``conv1x1(cat(maps, dim=1), weight, bias)`` without building the concatenation: one GEMM per part,
     accumulated into one output (an inference helper; ``None`` when the layouts do not allow it).
@@ -361,8 +362,8 @@ def concat_pointwise(
     commutes with nearest resizing, so that part's GEMM runs at the low resolution and only its O-channel result
     is resized (YOLOv8's top-down ``C2f(cat(up(p), x))``: 4x fewer multiply-adds for that part, and neither
     the upsampled map nor the concatenation is ever written). Parts are single NCHW maps or channels_last maps
-    (the output is channels_last if any part is); their spatial size is ``size`` (default: the first part's)
-    unless flagged.
+    (the output is channels_last if any part is, or with ``channels_last``: a channels_last neck whose inputs
+    are NCHW backbone maps); their spatial size is ``size`` (default: the first part's) unless flagged.
 
     Example:
         >>> a, b = torch.randn(1, 3, 4, 6), torch.randn(1, 5, 2, 3)
@@ -385,7 +386,7 @@ def concat_pointwise(
         return None
     # the output is channels_last when any part is (a channels_last neck); a part in the other layout is read
     # as a transposed operand (e.g. a backbone map left NCHW, as PointwiseToChannelsLast reads it)
-    major = all(m[1] for m in mats)  # type: ignore[index]
+    major = not channels_last and all(m[1] for m in mats)  # type: ignore[index]
     chans = [p.shape[1] for p in parts]
     if sum(chans) != w2.shape[1]:
         return None

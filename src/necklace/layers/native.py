@@ -40,7 +40,7 @@ from typing import Any
 __all__ = ["VERSION", "cache_dir", "library", "reset", "status"]
 
 #: what ``nk_native_version()`` of a library built from ``native.c`` returns (a stale file is rebuilt)
-VERSION = 4
+VERSION = 6
 _SOURCE = Path(__file__).with_name("native.c")
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
     ("-O3", "-march=native", "-fopenmp"),
@@ -48,8 +48,8 @@ _FLAG_SETS: tuple[tuple[str, ...], ...] = (
     ("-O3", "-fopenmp"),
     ("-O3",),  # no OpenMP: single-threaded transforms
 )
-#: with every flag set: no errno / FP-exception semantics (never used), so the clamps and the ReLU / SiLU loops
-#: vectorise (``floorf`` and the selects); IEEE arithmetic and NaN propagation are kept (no -ffast-math)
+#: with every flag set: no errno / FP-exception semantics (never used), so the ReLU selects vectorise; IEEE
+#: arithmetic and NaN propagation are kept (no -ffast-math)
 _MATH = ("-fno-math-errno", "-fno-trapping-math")
 _COMMON = ("-shared", "-fPIC", "-std=gnu99")
 
