@@ -235,3 +235,23 @@ def test_no_compiler_warns_once_and_falls_back(fresh_native: Path, monkeypatch: 
     x = torch.randn(1, 64, 16, 16)
     with torch.no_grad():
         _close(conv(x), F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1))
+
+
+def test_native_pay_rules_corners_and_the_nchw_size_cap() -> None:
+    from necklace.layers import winograd as wg
+
+    for channels_last, rules in ((False, wg.PAYS_NATIVE_NCHW), (True, wg.PAYS_NATIVE_CHANNELS_LAST)):
+        for rule in rules:
+            c, s = rule[0], rule[1]
+            assert winograd_pays(c, c, s, s, channels_last, native=True)
+            for cc, ss in ((c - 1, s), (c, s - 1)):
+                others = any(cc >= r[0] and r[1] <= ss <= (r[2] if len(r) > 2 else ss) for r in rules if r != rule)
+                assert winograd_pays(cc, cc, ss, ss, channels_last, native=True) == others, (channels_last, cc, ss)
+            if len(rule) > 2:  # capped: one pixel beyond the largest side it covers is left to the direct conv
+                big = rule[2] + 1
+                others = any(c >= r[0] and r[1] <= big <= (r[2] if len(r) > 2 else big) for r in rules if r != rule)
+                assert winograd_pays(c, c, big, big, channels_last, native=True) == others
+    # NCHW: narrow convs on large maps (the channel planes far apart) keep the direct conv; wide ones do not
+    assert not winograd_pays(64, 64, 160, 160, False, native=True)
+    assert winograd_pays(128, 128, 160, 160, False, native=True)
+    assert winograd_pays(64, 64, 160, 160, True, native=True)

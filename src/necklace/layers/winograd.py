@@ -110,11 +110,16 @@ MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
 #: tiles (of 4x4 outputs) per band: per batched GEMM
 TILES_PER_BAND = 100
 #: the same rules for the native path (:func:`winograd_conv3x3_native`: the transforms in C, one pass each), where
-#: the C library is loaded (:mod:`necklace.layers.native`); see the grid in ``benchmarks/winograd.py``
-PAYS_NATIVE_NCHW: tuple[tuple[int, int], ...] = ((64, 8), (48, 10))
-PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((64, 14), (48, 20), (32, 40))
+#: the C library is loaded (:mod:`necklace.layers.native`); a third number is the largest side the rule covers.
+#: ``benchmarks/winograd.py --path native`` on an AVX2 AMD EPYC (``benchmarks/results/epyc_avx2/RESULTS.md``), time
+#: winograd / direct: channels_last 64 ch 0.96 / 0.72 / 0.54 / 0.51 at 14 / 20 / 40 / 80, 48 ch 0.81 at 20,
+#: 32 ch 0.86-0.91 from 40, 128-256 ch 0.37-0.84 from 14 (1.0-1.3 at 8-10); NCHW 96-256 ch 0.43-0.80 at every
+#: side from 8, 48-64 ch 0.54-0.84 from 8-10 up to 80 but 1.00-1.11 at 160 (the channel planes are far apart in
+#: memory: the gather and scatter miss cache), 16-32 ch lose at most sizes.
+PAYS_NATIVE_NCHW: tuple[tuple[int, ...], ...] = ((96, 8), (48, 10, 112))
+PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, ...], ...] = ((64, 14), (48, 20), (32, 40))
 #: below this many channels no rule holds (the modules' first, cheapest test)
-LOWEST_CHANNELS = min(c for c, _ in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
+LOWEST_CHANNELS = min(r[0] for r in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
 #: activation -> code of the native output transform (the oneDNN post-op names of :mod:`necklace.layers.fused`);
 #: SiLU ("swish") runs right after it as torch's in-place op, which measured faster than an exp polynomial in the
 #: transform (64 ch at 40x40: 0.44 vs 0.51 ms for conv + SiLU)
@@ -422,13 +427,16 @@ def winograd_pays(
         (True, False, False)
         >>> winograd_pays(128, 128, 40, 40), winograd_pays(128, 128, 40, 40, channels_last=True)
         (False, True)
+        >>> winograd_pays(64, 64, 80, 80, native=True), winograd_pays(64, 64, 160, 160, native=True)
+        (True, False)
     """
     channels, side = min(in_channels, out_channels), min(height, width)
+    rule: tuple[tuple[int, ...], ...]
     if native:
         rule = PAYS_NATIVE_CHANNELS_LAST if channels_last else PAYS_NATIVE_NCHW
     else:
         rule = PAYS_CHANNELS_LAST if channels_last else PAYS_NCHW
-    return any(channels >= c and side >= s for c, s in rule)
+    return any(channels >= r[0] and side >= r[1] and (len(r) < 3 or side <= r[2]) for r in rule)
 
 
 class WinogradConv2d(nn.Conv2d):
