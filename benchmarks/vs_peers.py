@@ -85,6 +85,7 @@ from necklace.bench import (
     RESNET50_C3_C5,
     count_call_flops,
     count_params,
+    default_in_specs,
     random_features,
     train_step,
 )
@@ -158,6 +159,23 @@ def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
     return build
 
 
+def _yolo11(scale: str) -> Callable[[tuple[int, int]], Case]:
+    specs = default_in_specs("yolo11_pafpn", {"preset": scale})
+
+    def build(size: tuple[int, int]) -> Case:
+        case = Case(
+            f"yolo11{scale}",
+            f"YOLO11{scale} neck (P3-P5 {'/'.join(str(s.channels) for s in specs)} in)",
+            size,
+            specs,
+            [peers.ultralytics_yolo11_pair(scale, specs)],
+        )
+        case.notes.append(f"necklace: yolo11_pafpn preset {scale}; ultralytics built from yolo11{scale}.yaml")
+        return case
+
+    return build
+
+
 def _yolov6(preset: str) -> Callable[[tuple[int, int]], Case]:
     widen = MMYOLO_FACTORS[preset][1]
     specs = peers.mmyolo_in_specs(preset)
@@ -211,6 +229,7 @@ CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str
     "bifpn_d0": (_bifpn_d0, (512, 512), "BiFPN-D0 vs efficientdet-pytorch BiFpn (tf_efficientdet_d0)"),
     "yolov8n": (_yolo("n"), (640, 640), "yolo_pafpn n vs ultralytics YOLOv8n layers 10-21"),
     "yolov8s": (_yolo("s"), (640, 640), "yolo_pafpn s vs ultralytics YOLOv8s layers 10-21"),
+    "yolo11n": (_yolo11("n"), (640, 640), "yolo11_pafpn n vs ultralytics YOLO11n layers 11-22"),
     "yolov6n": (_yolov6("n"), (640, 640), "rep_pafpn n vs mmyolo YOLOv6RepPAFPN (yolov6_n config; size % 32)"),
     "nasfpn": (_nasfpn, (640, 640), "nasfpn vs mmdet NASFPN (RetinaNet NAS-FPN, 7 stacks; heavy; size % 128)"),
     "tiny_fpn": (_tiny_fpn, (64, 64), "16/32/64 -> 32 FPN vs torchvision (smoke tests)"),

@@ -132,6 +132,8 @@ def test_default_specs_and_sizes() -> None:
     assert [s.channels for s in default_in_specs("bifpn")] == [40, 112, 320]
     assert [s.channels for s in default_in_specs("yolo_pafpn")] == [64, 128, 256]
     assert [s.channels for s in default_in_specs("yolo_pafpn", {"preset": "m"})] == [192, 384, 576]
+    assert [s.channels for s in default_in_specs("yolo11_pafpn")] == [128, 128, 256]  # YOLO11n's P3-P5
+    assert [s.channels for s in default_in_specs("yolo11_pafpn", {"preset": "x"})] == [768, 768, 768]
     assert default_image_size("fpn") == (640, 640)
     assert default_image_size("bifpn") == (512, 512)
     assert default_image_size("bifpn", {"preset": "d7"}) == (1536, 1536)

@@ -144,8 +144,8 @@ def test_graph_duplicate_and_bad_names() -> None:
 def test_graph_unknown_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown fuse 'mean'"):
         Node("P3", 3, ("C3",), channels=16, fuse="mean")
-    with pytest.raises(ValueError, match=r"unknown block 'c3k2'"):
-        Node("P3", 3, ("C3",), channels=16, block="c3k2")
+    with pytest.raises(ValueError, match=r"unknown block 'c3k3'"):
+        Node("P3", 3, ("C3",), channels=16, block="c3k3")
     with pytest.raises(ValueError, match=r"down='pool' is not one of"):
         Edge("C3", down="pool")
     with pytest.raises(ValueError, match=r"unknown activation 'swishh'.*Did you mean 'swish'"):

@@ -333,3 +333,28 @@ def test_mmyolo_converter_refuses_the_wrong_neck() -> None:
     wide = necklace.build_neck("rep_bifpan", _yolov6_specs(0.25, True), preset="s")
     with pytest.raises(ValueError, match="shape mismatches"):
         from_mmyolo_reppafpn(theirs, wide)
+
+
+def test_yolo11_c3k2_blocks_and_c3k_rule() -> None:
+    from necklace.layers.blocks import C3k2, CSPBlock
+
+    specs = [FeatureSpec(128, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)]
+    neck = necklace.build_neck("yolo11_pafpn", specs, preset="n")
+    blocks = [node.block for node in neck.nodes.values()]
+    assert all(isinstance(b, C3k2) for b in blocks)
+    assert [isinstance(b.m[0], CSPBlock) for b in blocks] == [False, False, False, True]
+    t4 = blocks[0]
+    # C3k2 (out 128, e 0.5): c = 64; its bottleneck halves the width inside (64 -> 32 -> 64) and adds the input
+    assert t4.c == 64 and t4.m[0].cv1.conv.out_channels == 32 and t4.m[0].add
+    c3k = blocks[3].m[0]  # C3k at c = 128: two 3x3 + 3x3 residual bottlenecks at 64
+    assert len(c3k.m) == 2 and c3k.m[0].cv1.conv.kernel_size == (3, 3) and c3k.m[0].add
+    every = necklace.build_neck("yolo11_pafpn", specs, preset="n", c3k=True)
+    assert all(isinstance(n.block.m[0], CSPBlock) for n in every.nodes.values())
+    none = necklace.build_neck("yolo11_pafpn", specs, preset="l", c3k=False)
+    assert not any(isinstance(m, CSPBlock) for n in none.nodes.values() for m in n.block.m)
+    assert all(len(n.block.m) == 2 for n in none.nodes.values())  # l: depth 1.0 x 2 repeats
+    feats = pyramid(specs, (96, 160), batch=2)
+    outs = neck(feats)
+    assert [tuple(o.shape[1:]) for o in outs] == [(64, 12, 20), (128, 6, 10), (256, 3, 5)]
+    with pytest.raises(ValueError, match="unknown YOLO preset 'q'"):
+        necklace.build_neck("yolo11_pafpn", specs, preset="q")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import necklace
 from necklace import FeatureSpec, peers
 from necklace.cli import main
 from necklace.peers import PeerComparison, compare
@@ -92,6 +93,29 @@ def test_yolo_pafpn_vs_ultralytics_deployed() -> None:
     assert sorted(r.times) == ["deployed", "necklace", "peer", "peer_deployed"]
 
 
+@pytest.mark.parametrize("preset", ["n", "m"])
+def test_yolo11_pafpn_vs_ultralytics(preset: str) -> None:
+    _require("ultralytics")
+    # n: C3k blocks only in the last bottom-up node; m: in every node (ultralytics' rule for m / l / x)
+    r = compare("yolo11_pafpn", "ultralytics", image_size=64, options={"preset": preset}, deployed=True, **FAST)
+    _checked(r, "yolo11_pafpn", "ultralytics")
+    assert "YOLO11" in r.peer_module and r.peer_deploy_equal is True and r.deployed_equal is True
+    assert [s.channels for s in r.in_specs] == ([128, 128, 256] if preset == "n" else [512, 512, 512])
+    neck = necklace.build_neck("yolo11_pafpn", r.in_specs, preset=preset)
+    c3k = [type(n.block.m[0]).__name__ == "CSPBlock" for n in neck.nodes.values()]
+    assert c3k == ([False, False, False, True] if preset == "n" else [True] * 4)
+
+
+def test_ultralytics_neck_reads_its_layers_off_the_model() -> None:
+    _require("ultralytics")
+    v8, v11 = peers.UltralyticsNeck("yolov8n.yaml"), peers.UltralyticsNeck("yolo11n.yaml")
+    assert (v8.first, v8.in_layers, v8.out_layers) == (10, (4, 6, 9), (15, 18, 21))
+    assert (v11.first, v11.in_layers, v11.out_layers) == (11, (4, 6, 10), (16, 19, 22))
+    wrong = necklace.build_neck("yolo_pafpn", [FeatureSpec(128, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)])
+    with pytest.raises(ValueError, match="no matching"):
+        peers.ultralytics_to_necklace(v11, wrong)  # a YOLOv8 neck cannot take YOLO11 weights
+
+
 @pytest.mark.parametrize("name", ["fpn", "pafpn"])
 def test_fpn_pafpn_vs_mmdet(name: str) -> None:
     _require("mmcv", "mmdet")
@@ -155,6 +179,7 @@ def test_supported_pairs() -> None:
         ("nasfpn", "mmdet"),
         ("bifpn", "effdet"),
         ("yolo_pafpn", "ultralytics"),
+        ("yolo11_pafpn", "ultralytics"),
         ("rep_pafpn", "mmyolo"),
     ]
     assert set(peers.PEERS) == {peer for _, peer in peers.supported_pairs()}

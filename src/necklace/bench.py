@@ -531,27 +531,33 @@ def default_in_specs(name: str, options: Mapping[str, Any] | None = None) -> tup
 
     ``fpn``/``pafpn``: ResNet-50 C3-C5 (plus C2 = 256@4 when ``levels`` starts at 2); ``bifpn``: the
     EfficientNet-B0..B6 of EfficientDet D0..D7; ``yolo_pafpn``: the YOLOv8 backbone of the same preset (n:
-    64/128/256). Other registered necks get ResNet-50 C3-C5.
+    64/128/256); ``yolo11_pafpn``: the YOLO11 backbone (n: 128/128/256). Other registered necks get ResNet-50
+    C3-C5.
 
     Example:
         >>> [s.channels for s in default_in_specs("bifpn", {"preset": "d3"})]
         [48, 136, 384]
         >>> [s.channels for s in default_in_specs("yolo_pafpn", {"preset": "s"})]
         [128, 256, 512]
+        >>> [s.channels for s in default_in_specs("yolo11_pafpn", {"preset": "m"})]
+        [512, 512, 512]
     """
     neck_info(name)  # unknown names fail here with the list of known necks
     options = dict(options or {})
     if name == "bifpn":
         b_chans = _EFFICIENTNET_CHANNELS.get(_preset(options, "d0") or "d0", _EFFICIENTNET_CHANNELS["d0"])
         return tuple(FeatureSpec(c, s) for c, s in zip(b_chans, (8, 16, 32), strict=True))
-    if name == "yolo_pafpn":
-        from necklace.necks.yolo import YOLO_PRESETS, YoloPreset
+    if name in ("yolo_pafpn", "yolo11_pafpn"):
+        from necklace.necks.yolo import YOLO11_PRESETS, YOLO_PRESETS, YoloPreset
 
+        presets = YOLO_PRESETS if name == "yolo_pafpn" else YOLO11_PRESETS
         y_preset = _preset(options, "n")
-        base = YOLO_PRESETS.get(y_preset, YOLO_PRESETS["n"]) if y_preset is not None else YoloPreset(1.0, 1.0, 1024)
+        base = presets.get(y_preset, presets["n"]) if y_preset is not None else YoloPreset(1.0, 1.0, 1024)
         width = float(options.get("width") or base.width)
         cap = int(options.get("max_channels") or base.max_channels)
-        chans = [math.ceil(min(c, cap) * width / 8) * 8 for c in (256, 512, 1024)]
+        # the backbone's P3-P5 outputs: YOLOv8 256/512/1024, YOLO11 512/512/1024 (its C3k2 stages) at width 1
+        base_chans = (256, 512, 1024) if name == "yolo_pafpn" else (512, 512, 1024)
+        chans = [math.ceil(min(c, cap) * width / 8) * 8 for c in base_chans]
         return tuple(FeatureSpec(c, s) for c, s in zip(chans, (8, 16, 32), strict=True))
     levels = options.get("levels")
     if isinstance(levels, Sequence) and not isinstance(levels, str) and levels and int(levels[0]) <= 2:

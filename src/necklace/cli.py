@@ -627,11 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="measure params, FLOPs and latency of necks on random backbone maps",
         description="Measure params, FLOPs and forward latency (eval, no_grad). Without NAME: every neck. "
-        "Default inputs: ResNet-50 C3-C5 for fpn/pafpn, EfficientNet-B0 for bifpn, YOLOv8n for yolo_pafpn; "
+        "Default inputs: ResNet-50 C3-C5 for fpn/pafpn, EfficientNet-B0 for bifpn, YOLOv8n for yolo_pafpn, "
+        "YOLO11n for yolo11_pafpn; "
         "image 640 (bifpn: its preset's size, 512 for d0). With --vs PEER: build the peer library's neck and "
         "necklace's with the same configuration and weights, check the outputs equal and time both interleaved "
         "(ratio = median of per-round ratios): fpn vs torchvision; fpn, pafpn, nasfpn vs mmdet; bifpn vs effdet; "
-        "yolo_pafpn vs ultralytics; rep_pafpn vs mmyolo (without NAME: every neck the peer has).",
+        "yolo_pafpn, yolo11_pafpn vs ultralytics; rep_pafpn vs mmyolo (without NAME: every neck the peer has).",
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="registered necks (default: all)")
     _spec_flags(p)

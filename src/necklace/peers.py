@@ -17,6 +17,8 @@ Supported pairs (``necklace bench NAME --vs PEER`` on the command line), with th
   its image size (d0: B0, 512x512), option ``preset`` (d0);
 - ``yolo_pafpn`` vs ultralytics YOLOv8 layers 10-21 (:class:`UltralyticsNeck`): the preset's P3-P5 (n: 64/128/256),
   640x640 (sizes divisible by 32), option ``preset`` (n);
+- ``yolo11_pafpn`` vs ultralytics YOLO11 layers 11-22: the preset's P3-P5 (n: 128/128/256), 640x640 (sizes
+  divisible by 32), option ``preset`` (n);
 - ``rep_pafpn`` vs mmyolo ``YOLOv6RepPAFPN`` (its ``yolov6_<preset>`` config): the preset's P3-P5 (n:
   64/128/256), 640x640 (sizes divisible by 32), option ``preset`` (n or s).
 
@@ -495,35 +497,44 @@ def _ultralytics_tasks() -> Any:
 
 
 class UltralyticsNeck(nn.Module):
-    """Layers 10-21 of an ultralytics YOLOv8 detection model (the neck between SPPF and Detect), run the way
-    ``BaseModel._predict_once`` runs them: ``[P3, P4, P5]`` (outputs of layers 4, 6, 9) -> ``[15, 18, 21]``.
+    """The neck layers of an ultralytics detection model (between the backbone and Detect), run the way
+    ``BaseModel._predict_once`` runs them: ``[P3, P4, P5]`` -> the maps Detect reads. YOLOv8: layers 10-21,
+    inputs the outputs of layers 4, 6, 9, outputs of 15, 18, 21; YOLO11: layers 11-22, inputs 4, 6, 10, outputs
+    16, 19, 22 (read off the model: the head's layers, the backbone layers they read, Detect's inputs).
 
-    Built from the model YAML shipped with ultralytics (``yolov8n.yaml``: no download); needs ultralytics.
+    Built from the model YAML shipped with ultralytics (``yolov8n.yaml``, ``yolo11n.yaml``: no download); needs
+    ultralytics.
 
     Example:
         >>> import importlib.util
         >>> feats = [torch.randn(1, c, s, s) for c, s in ((64, 8), (128, 4), (256, 2))]
         >>> if importlib.util.find_spec("ultralytics") is not None:
-        ...     outs = UltralyticsNeck("yolov8n.yaml").eval()(feats)
-        ...     shapes = [tuple(o.shape) for o in outs]
+        ...     ul = UltralyticsNeck("yolov8n.yaml").eval()
+        ...     shapes, first = [tuple(o.shape) for o in ul(feats)], ul.first
         ... else:  # the shapes it gives
-        ...     shapes = [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
-        >>> shapes
-        [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
+        ...     shapes, first = [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)], 10
+        >>> shapes, first
+        ([(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)], 10)
     """
-
-    IN_LAYERS = (4, 6, 9)
-    OUT_LAYERS = (15, 18, 21)
 
     def __init__(self, yaml: str) -> None:
         super().__init__()
         detection_model = _ultralytics_tasks().DetectionModel
         model: Any = detection_model(yaml, verbose=False)  # built from the YAML shipped with ultralytics
-        self.layers = nn.ModuleList(model.model[10:22])
+        first = len(model.yaml["backbone"])
+        detect = model.model[-1]
+        self.first = first  #: index of the first neck layer in the model
+        self.layers = nn.ModuleList(model.model[first:-1])
         self.save = set(model.save)
+        layer: Any
+        refs = set()
+        for layer in self.layers:
+            refs |= {j for j in ([layer.f] if isinstance(layer.f, int) else layer.f) if 0 <= j < first}
+        self.in_layers = tuple(sorted(refs | {first - 1}))
+        self.out_layers = tuple(detect.f)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        y: dict[int, Tensor] = dict(zip(self.IN_LAYERS, feats, strict=True))
+        y: dict[int, Tensor] = dict(zip(self.in_layers, feats, strict=True))
         x: Any = feats[-1]
         m: Any
         for m in self.layers:
@@ -532,7 +543,7 @@ class UltralyticsNeck(nn.Module):
             x = m(x)
             if m.i in self.save:
                 y[m.i] = x
-        return [y[i] for i in self.OUT_LAYERS]
+        return [y[i] for i in self.out_layers]
 
 
 def ultralytics_fuse(ul: nn.Module) -> nn.Module:
@@ -551,20 +562,21 @@ def ultralytics_fuse(ul: nn.Module) -> nn.Module:
     return ul
 
 
-#: necklace yolo_pafpn (P3-P5) module prefix -> ultralytics layer index (position in ``layers`` = index - 10)
+#: necklace yolo_pafpn / yolo11_pafpn (P3-P5) module prefix -> ultralytics layer index counted from the first neck
+#: layer (YOLOv8: + 10, YOLO11: + 11)
 YOLO_LAYER_MAP = {
-    "nodes.T4.block.": 12,
-    "nodes.N3.block.": 15,
-    "nodes.N4.edges.0.ops.0.": 16,
-    "nodes.N4.block.": 18,
-    "nodes.N5.edges.0.ops.0.": 19,
-    "nodes.N5.block.": 21,
+    "nodes.T4.block.": 2,
+    "nodes.N3.block.": 5,
+    "nodes.N4.edges.0.ops.0.": 6,
+    "nodes.N4.block.": 8,
+    "nodes.N5.edges.0.ops.0.": 9,
+    "nodes.N5.block.": 11,
 }
 
 
 def ultralytics_to_necklace(ul: nn.Module, neck: nn.Module) -> dict[str, Tensor]:
-    """Map an :class:`UltralyticsNeck`'s state dict onto necklace ``yolo_pafpn`` keys (``conv``/``bn`` ->
-    ``conv``/``norm``).
+    """Map an :class:`UltralyticsNeck`'s state dict onto necklace ``yolo_pafpn`` (YOLOv8) or ``yolo11_pafpn``
+    (YOLO11) keys (``conv``/``bn`` -> ``conv``/``norm``; the blocks' submodule names are ultralytics' own).
 
     Every necklace key must be filled and every ultralytics key used, with equal shapes (else ``ValueError``).
     """
@@ -575,7 +587,7 @@ def ultralytics_to_necklace(ul: nn.Module, neck: nn.Module) -> dict[str, Tensor]
         prefix = next((p for p in YOLO_LAYER_MAP if key.startswith(p)), None)
         if prefix is None:
             raise ValueError(f"necklace key {key} has no ultralytics counterpart")
-        src_key = f"layers.{YOLO_LAYER_MAP[prefix] - 10}." + key[len(prefix) :].replace("norm.", "bn.")
+        src_key = f"layers.{YOLO_LAYER_MAP[prefix]}." + key[len(prefix) :].replace("norm.", "bn.")
         if src_key not in src or src[src_key].shape != value.shape:
             raise ValueError(f"{key} {tuple(value.shape)}: no matching {src_key} in the ultralytics neck")
         out[key] = src[src_key]
@@ -587,13 +599,22 @@ def ultralytics_to_necklace(ul: nn.Module, neck: nn.Module) -> dict[str, Tensor]
 
 def ultralytics_yolov8_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
     """ultralytics YOLOv8 ``scale`` neck (:class:`UltralyticsNeck`) vs necklace ``yolo_pafpn`` preset ``scale``."""
-    name = f"ultralytics YOLOv8{scale} neck (layers 10-21)"
+    return _ultralytics_pair(f"yolov8{scale}.yaml", "yolo_pafpn", f"YOLOv8{scale} neck (layers 10-21)", scale, specs)
+
+
+def ultralytics_yolo11_pair(scale: str, specs: Sequence[FeatureSpec]) -> Pair:
+    """ultralytics YOLO11 ``scale`` neck (:class:`UltralyticsNeck`) vs necklace ``yolo11_pafpn`` preset ``scale``."""
+    return _ultralytics_pair(f"yolo11{scale}.yaml", "yolo11_pafpn", f"YOLO11{scale} neck (layers 11-22)", scale, specs)
+
+
+def _ultralytics_pair(yaml: str, neck_name: str, what: str, scale: str, specs: Sequence[FeatureSpec]) -> Pair:
+    name = f"ultralytics {what}"
     try:
         _ultralytics_tasks()
     except ImportError as e:
         return _skip(name, "ultralytics", e)
-    ul = randomize(UltralyticsNeck(f"yolov8{scale}.yaml"))
-    neck = build_neck("yolo_pafpn", specs, preset=scale)
+    ul = randomize(UltralyticsNeck(yaml))
+    neck = build_neck(neck_name, specs, preset=scale)
     neck.load_state_dict(ultralytics_to_necklace(ul, neck))
     return Pair(
         name,
@@ -745,6 +766,14 @@ _SETUPS: dict[tuple[str, str], _Setup] = {
         lambda specs, size, o: ultralytics_yolov8_pair(o["preset"], specs),
         {"preset": "n"},
         lambda o: default_in_specs("yolo_pafpn", {"preset": o["preset"]}),
+        presets=("n", "s", "m", "l", "x"),
+        fixed_specs=True,
+        divisible=ULTRALYTICS_DIVISIBLE,
+    ),
+    ("yolo11_pafpn", "ultralytics"): _Setup(
+        lambda specs, size, o: ultralytics_yolo11_pair(o["preset"], specs),
+        {"preset": "n"},
+        lambda o: default_in_specs("yolo11_pafpn", {"preset": o["preset"]}),
         presets=("n", "s", "m", "l", "x"),
         fixed_specs=True,
         divisible=ULTRALYTICS_DIVISIBLE,

@@ -20,7 +20,7 @@ from necklace.layers.conv import (
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
 
-__all__ = ["BLOCKS", "Bottleneck", "C2f", "CSPBlock", "ELANBlock", "build_block"]
+__all__ = ["BLOCKS", "Bottleneck", "C2f", "C3k2", "CSPBlock", "ELANBlock", "build_block"]
 
 
 class Bottleneck(nn.Module):
@@ -103,11 +103,44 @@ class C2f(nn.Module):
         return self.cv2(torch.cat(parts, dim=1))
 
 
+class C3k2(C2f):
+    """YOLO11's C3k2: a :class:`C2f` whose ``n`` inner blocks are bottlenecks of half width (3x3 ``c -> c/2``,
+    3x3 ``c/2 -> c``, residual with ``shortcut``) or, with ``c3k``, C3k blocks (a :class:`CSPBlock` of two 3x3 + 3x3
+    residual bottlenecks at ``c/2``). Same split / concat / 1x1 structure as C2f, so the same inference path (the
+    final concatenation runs as accumulated GEMMs).
+
+    Example:
+        >>> C3k2(96, 64, n=1)(torch.zeros(1, 96, 9, 13)).shape
+        torch.Size([1, 64, 9, 13])
+        >>> type(C3k2(96, 64, n=1, c3k=True).m[0]).__name__
+        'CSPBlock'
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        n: int = 1,
+        c3k: bool = False,
+        shortcut: bool = True,
+        expansion: float = 0.5,
+        cfg: ConvCfg | None = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, n, shortcut, expansion, cfg)
+        c = self.c
+        self.m = nn.ModuleList(
+            CSPBlock(c, c, 2, shortcut, 0.5, cfg, kernel=3, first_kernel=3)
+            if c3k
+            else Bottleneck(c, c, shortcut, (3, 3), 0.5, cfg)
+            for _ in range(n)
+        )
+
+
 class CSPBlock(nn.Module):
     """CSP (YOLOv5 C3 / YOLOX CSPLayer): two 1x1 branches, ``n`` bottlenecks on one, concat, 1x1.
 
-    Each bottleneck is a 1x1 then a ``kernel`` x ``kernel`` conv, depthwise-separable with ``depthwise=True``
-    (PP-PicoDet's CSP-PAN: ``kernel=5, depthwise=True``).
+    Each bottleneck is a 1x1 (``first_kernel``) then a ``kernel`` x ``kernel`` conv, depthwise-separable with
+    ``depthwise=True`` (PP-PicoDet's CSP-PAN: ``kernel=5, depthwise=True``; YOLO11's C3k: ``first_kernel=3``).
 
     Example:
         >>> CSPBlock(96, 64, n=1)(torch.zeros(1, 96, 9, 13)).shape
@@ -124,6 +157,7 @@ class CSPBlock(nn.Module):
         cfg: ConvCfg | None = None,
         kernel: int = 3,
         depthwise: bool = False,
+        first_kernel: int = 1,
     ) -> None:
         super().__init__()
         hidden = int(out_channels * expansion)
@@ -131,7 +165,7 @@ class CSPBlock(nn.Module):
         self.cv2 = ConvNormAct(in_channels, hidden, 1, cfg=cfg)
         self.cv3 = ConvNormAct(2 * hidden, out_channels, 1, cfg=cfg)
         self.m = nn.Sequential(
-            *(Bottleneck(hidden, hidden, shortcut, (1, kernel), 1.0, cfg, depthwise) for _ in range(n))
+            *(Bottleneck(hidden, hidden, shortcut, (first_kernel, kernel), 1.0, cfg, depthwise) for _ in range(n))
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -216,6 +250,18 @@ def _c2f(
     return C2f(in_channels, out_channels, n, shortcut, expansion, cfg)
 
 
+def _c3k2(
+    in_channels: int,
+    out_channels: int,
+    cfg: ConvCfg,
+    n: int = 1,
+    c3k: bool = False,
+    shortcut: bool = True,
+    expansion: float = 0.5,
+) -> nn.Module:
+    return C3k2(in_channels, out_channels, n, c3k, shortcut, expansion, cfg)
+
+
 def _csp(
     in_channels: int,
     out_channels: int,
@@ -292,6 +338,7 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
     "conv": _conv,
     "separable": _separable,
     "c2f": _c2f,
+    "c3k2": _c3k2,
     "csp": _csp,
     "repconv": _repconv,
     "rep_block": _rep_block,

@@ -127,6 +127,7 @@ def _build(compiler: str, flags: tuple[str, ...], target: Path) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-600:]}")
+        os.chmod(tmp, 0o755)  # (mkstemp made it 0600)
         os.replace(tmp, target)  # atomic: another process sees no file or the whole file
     finally:
         if os.path.exists(tmp):

@@ -13,12 +13,22 @@ from necklace.necks.pafpn import PAFPN_KNOBS, pafpn, pafpn_graph
 from necklace.necks.rep_bifpan import REP_BIFPAN_KNOBS, rep_bifpan, rep_bifpan_graph
 from necklace.necks.rep_pafpn import REP_PAFPN_KNOBS, YOLOV6_PRESETS, rep_pafpn, rep_pafpn_graph
 from necklace.necks.rfp import FeedbackBackbone, RecursiveFPN, register_feedback_block, sac_backbone
-from necklace.necks.yolo import YOLO_KNOBS, YOLO_PRESETS, yolo_pafpn, yolo_pafpn_graph
+from necklace.necks.yolo import (
+    YOLO11_KNOBS,
+    YOLO11_PRESETS,
+    YOLO_KNOBS,
+    YOLO_PRESETS,
+    yolo11_pafpn,
+    yolo11_pafpn_graph,
+    yolo_pafpn,
+    yolo_pafpn_graph,
+)
 from necklace.registry import register_neck
 
 __all__ = [
     "BIFPN_PRESETS",
     "CSP_PAN_PRESETS",
+    "YOLO11_PRESETS",
     "YOLOV6_PRESETS",
     "YOLO_PRESETS",
     "AugFPN",
@@ -42,6 +52,8 @@ __all__ = [
     "rep_pafpn",
     "rep_pafpn_graph",
     "sac_backbone",
+    "yolo11_pafpn",
+    "yolo11_pafpn_graph",
     "yolo_pafpn",
     "yolo_pafpn_graph",
 ]
@@ -80,6 +92,13 @@ register_neck(
     summary="YOLOv8-style PAFPN: upsample + concat + C2f top-down, stride-2 conv + concat + C2f bottom-up",
     paper="Jocher et al., Ultralytics YOLOv8, 2023 (PAN neck of Liu et al., 2018)",
     knobs=YOLO_KNOBS,
+)
+register_neck(
+    "yolo11_pafpn",
+    yolo11_pafpn,
+    summary="YOLO11 PAFPN: YOLOv8's topology with C3k2 blocks (residual half-width bottlenecks / C3k in the last)",
+    paper="Jocher & Qiu, Ultralytics YOLO11, 2024 (PAN neck of Liu et al., 2018)",
+    knobs=YOLO11_KNOBS,
 )
 register_neck(
     "rep_pafpn",

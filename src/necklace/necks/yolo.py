@@ -1,18 +1,30 @@
-"""The YOLO-family PAFPN (YOLOv8 style): concat fusion, C2f/CSP refine blocks, stride-2 conv downsampling."""
+"""The YOLO-family PAFPN (YOLOv8 and YOLO11): concat fusion, C2f / CSP / C3k2 refine blocks, stride-2 conv
+downsampling."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
 from necklace.spec import FeatureSpec, validate_in_specs
 
-__all__ = ["YOLO_KNOBS", "YOLO_PRESETS", "YoloPreset", "yolo_pafpn", "yolo_pafpn_graph"]
+__all__ = [
+    "YOLO11_KNOBS",
+    "YOLO11_PRESETS",
+    "YOLO_KNOBS",
+    "YOLO_PRESETS",
+    "YoloPreset",
+    "yolo11_pafpn",
+    "yolo11_pafpn_graph",
+    "yolo_pafpn",
+    "yolo_pafpn_graph",
+]
 
 YOLO_KNOBS = ("preset (n|s|m|l|x)", "depth", "width", "max_channels", "block (c2f|csp)", "upsample", "act")
+YOLO11_KNOBS = ("preset (n|s|m|l|x)", "depth", "width", "max_channels", "repeats", "c3k", "upsample", "act")
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,15 @@ YOLO_PRESETS: dict[str, YoloPreset] = {
     "m": YoloPreset(0.67, 0.75, 768),
     "l": YoloPreset(1.00, 1.00, 512),
     "x": YoloPreset(1.00, 1.25, 512),
+}
+
+#: ultralytics yolo11.yaml ``scales``.
+YOLO11_PRESETS: dict[str, YoloPreset] = {
+    "n": YoloPreset(0.50, 0.25, 1024),
+    "s": YoloPreset(0.50, 0.50, 1024),
+    "m": YoloPreset(0.50, 1.00, 512),
+    "l": YoloPreset(1.00, 1.00, 512),
+    "x": YoloPreset(1.00, 1.50, 512),
 }
 
 #: base (width 1.0) channels of a level's output in YOLOv8 (P3 256, P4 512, P5 1024); P2 128, P6+ 1024.
@@ -71,21 +92,44 @@ def yolo_pafpn_graph(
         >>> [(s.channels, s.stride) for s in g.out_specs]
         [(64, 8), (128, 16), (256, 32)]
     """
-    if preset is not None and preset not in YOLO_PRESETS:
-        raise ValueError(f"unknown YOLO preset {preset!r}; choose one of {sorted(YOLO_PRESETS)} or None.")
     if block not in ("c2f", "csp"):
         raise ValueError(f"yolo_pafpn block must be 'c2f' or 'csp', got {block!r}.")
-    base = YOLO_PRESETS[preset] if preset is not None else YoloPreset(1.0, 1.0, 1024)
-    p = YoloPreset(
+    p = _preset(YOLO_PRESETS, preset, depth, width, max_channels)
+    n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
+    args: dict[str, object] = {"n": n, "shortcut": False}
+    return _yolo_graph(
+        "yolo_pafpn", in_specs, p, block, lambda name, last: args, upsample, act, norm_eps, norm_momentum
+    )
+
+
+def _preset(
+    presets: dict[str, YoloPreset], preset: str | None, depth: float | None, width: float | None, mc: int | None
+) -> YoloPreset:
+    if preset is not None and preset not in presets:
+        raise ValueError(f"unknown YOLO preset {preset!r}; choose one of {sorted(presets)} or None.")
+    base = presets[preset] if preset is not None else YoloPreset(1.0, 1.0, 1024)
+    return YoloPreset(
         base.depth if depth is None else depth,
         base.width if width is None else width,
-        base.max_channels if max_channels is None else max_channels,
+        base.max_channels if mc is None else mc,
     )
+
+
+def _yolo_graph(
+    owner: str,
+    in_specs: Sequence[FeatureSpec],
+    p: YoloPreset,
+    block: str,
+    block_args: Callable[[str, bool], dict[str, object]],
+    upsample: str,
+    act: str,
+    norm_eps: float,
+    norm_momentum: float,
+) -> NeckGraph:
+    """The YOLOv8 / YOLO11 PAN topology; ``block_args(node name, is the last node)`` gives each block's args."""
     in_specs = validate_in_specs(in_specs)
     if len(in_specs) < 2:
-        raise ValueError(f"yolo_pafpn needs at least two backbone levels, got strides {[s.stride for s in in_specs]}.")
-    n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
-    args = {"n": n, "shortcut": False}
+        raise ValueError(f"{owner} needs at least two backbone levels, got strides {[s.stride for s in in_specs]}.")
     levels = [s.level for s in in_specs]
     lo, top = min(levels), max(levels)
     nodes: list[Node] = []
@@ -93,12 +137,14 @@ def yolo_pafpn_graph(
     for level in range(top - 1, lo - 1, -1):
         name = f"T{level}" if level > lo else f"N{level}"
         inputs = (Edge(td[level + 1], up=upsample), input_name(level))
-        nodes.append(Node(name, level, inputs, _scale_ch(_BASE[level], p), "concat", block, args))
+        ch = _scale_ch(_BASE[level], p)
+        nodes.append(Node(name, level, inputs, ch, "concat", block, block_args(name, False)))
         td[level] = name
     prev = td[lo]
     outs = [prev]
     for level in range(lo + 1, top + 1):
         name = f"N{level}"
+        args = block_args(name, level == top)
         nodes.append(
             Node(name, level, (Edge(prev, down="conv"), td[level]), _scale_ch(_BASE[level], p), "concat", block, args)
         )
@@ -115,6 +161,51 @@ def yolo_pafpn_graph(
         up=upsample,
         down="conv",
     )
+
+
+def yolo11_pafpn_graph(
+    in_specs: Sequence[FeatureSpec],
+    preset: str | None = "n",
+    depth: float | None = None,
+    width: float | None = None,
+    max_channels: int | None = None,
+    repeats: int = 2,
+    c3k: bool | None = None,
+    upsample: str = "nearest",
+    act: str = "silu",
+    norm_eps: float = 1e-3,
+    norm_momentum: float = 0.03,
+) -> NeckGraph:
+    """YOLO11's neck: YOLOv8's topology (:func:`yolo_pafpn_graph`) with C3k2 blocks (:class:`necklace.layers.
+    blocks.C3k2`: residual half-width bottlenecks, or C3k blocks) repeated ``max(round(repeats * depth), 1)``
+    times, on YOLO11's scales (:data:`YOLO11_PRESETS`). ``c3k=None`` follows ultralytics: C3k blocks in every node
+    for m / l / x, in the last bottom-up node only otherwise; ``True`` / ``False`` sets every node.
+
+    Example:
+        >>> g = yolo11_pafpn_graph([FeatureSpec(128, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)], preset="n")
+        >>> [(s.channels, s.stride) for s in g.out_specs], [dict(n.block_args)["c3k"] for n in g.nodes]
+        ([(64, 8), (128, 16), (256, 32)], [False, False, False, True])
+    """
+    p = _preset(YOLO11_PRESETS, preset, depth, width, max_channels)
+    n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
+    every = c3k if c3k is not None else preset in ("m", "l", "x")
+
+    def args(name: str, last: bool) -> dict[str, object]:
+        return {"n": n, "c3k": bool(every or (c3k is None and last)), "shortcut": True}
+
+    return _yolo_graph("yolo11_pafpn", in_specs, p, "c3k2", args, upsample, act, norm_eps, norm_momentum)
+
+
+def yolo11_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
+    """Build a YOLO11 PAFPN neck (see :func:`yolo11_pafpn_graph`).
+
+    Example:
+        >>> neck = yolo11_pafpn([FeatureSpec(128, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)], preset="n")
+        >>> feats = [torch.randn(1, 128, 81, 81), torch.randn(1, 128, 41, 41), torch.randn(1, 256, 21, 21)]
+        >>> [tuple(o.shape[1:]) for o in neck(feats)]
+        [(64, 81, 81), (128, 41, 41), (256, 21, 21)]
+    """
+    return GraphNeck(yolo11_pafpn_graph(in_specs, **options))  # type: ignore[arg-type]
 
 
 def yolo_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
