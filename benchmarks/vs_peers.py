@@ -141,36 +141,20 @@ def _bifpn_d0(size: tuple[int, int]) -> Case:
     return case
 
 
-def _yolo(scale: str) -> Callable[[tuple[int, int]], Case]:
-    base = {"n": (64, 128, 256), "s": (128, 256, 512)}[scale]
-    specs = tuple(FeatureSpec(c, s) for c, s in zip(base, (8, 16, 32), strict=True))
+def _yolo(scale: str, version: str = "v8") -> Callable[[tuple[int, int]], Case]:
+    """YOLOv8 (``yolo_pafpn``) or YOLO11 (``yolo11_pafpn``) neck of ``scale`` vs ultralytics' own, on the
+    preset's backbone P3-P5."""
+    neck = "yolo_pafpn" if version == "v8" else "yolo11_pafpn"
+    model = f"yolov8{scale}" if version == "v8" else f"yolo11{scale}"
+    make_pair = peers.ultralytics_yolov8_pair if version == "v8" else peers.ultralytics_yolo11_pair
+    specs = default_in_specs(neck, {"preset": scale})
 
     def build(size: tuple[int, int]) -> Case:
+        chans = "/".join(str(s.channels) for s in specs)
         case = Case(
-            f"yolov8{scale}",
-            f"YOLOv8{scale} neck (P3-P5 {'/'.join(map(str, base))} in)",
-            size,
-            specs,
-            [peers.ultralytics_yolov8_pair(scale, specs)],
+            model, f"{model.upper()[:-1]}{scale} neck (P3-P5 {chans} in)", size, specs, [make_pair(scale, specs)]
         )
-        case.notes.append(f"necklace: yolo_pafpn preset {scale}; ultralytics built from yolov8{scale}.yaml")
-        return case
-
-    return build
-
-
-def _yolo11(scale: str) -> Callable[[tuple[int, int]], Case]:
-    specs = default_in_specs("yolo11_pafpn", {"preset": scale})
-
-    def build(size: tuple[int, int]) -> Case:
-        case = Case(
-            f"yolo11{scale}",
-            f"YOLO11{scale} neck (P3-P5 {'/'.join(str(s.channels) for s in specs)} in)",
-            size,
-            specs,
-            [peers.ultralytics_yolo11_pair(scale, specs)],
-        )
-        case.notes.append(f"necklace: yolo11_pafpn preset {scale}; ultralytics built from yolo11{scale}.yaml")
+        case.notes.append(f"necklace: {neck} preset {scale}; ultralytics built from {model}.yaml")
         return case
 
     return build
@@ -229,7 +213,7 @@ CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str
     "bifpn_d0": (_bifpn_d0, (512, 512), "BiFPN-D0 vs efficientdet-pytorch BiFpn (tf_efficientdet_d0)"),
     "yolov8n": (_yolo("n"), (640, 640), "yolo_pafpn n vs ultralytics YOLOv8n layers 10-21"),
     "yolov8s": (_yolo("s"), (640, 640), "yolo_pafpn s vs ultralytics YOLOv8s layers 10-21"),
-    "yolo11n": (_yolo11("n"), (640, 640), "yolo11_pafpn n vs ultralytics YOLO11n layers 11-22"),
+    "yolo11n": (_yolo("n", "11"), (640, 640), "yolo11_pafpn n vs ultralytics YOLO11n layers 11-22"),
     "yolov6n": (_yolov6("n"), (640, 640), "rep_pafpn n vs mmyolo YOLOv6RepPAFPN (yolov6_n config; size % 32)"),
     "nasfpn": (_nasfpn, (640, 640), "nasfpn vs mmdet NASFPN (RetinaNet NAS-FPN, 7 stacks; heavy; size % 128)"),
     "tiny_fpn": (_tiny_fpn, (64, 64), "16/32/64 -> 32 FPN vs torchvision (smoke tests)"),

@@ -741,6 +741,19 @@ def _nasfpn_build(specs: tuple[FeatureSpec, ...], size: tuple[int, int], o: dict
     return mmdet_nasfpn_pair(specs, int(o["width"]), int(o["stack_times"]), start)
 
 
+def _ultralytics_setup(neck: str) -> _Setup:
+    """``yolo_pafpn`` (YOLOv8) / ``yolo11_pafpn`` (YOLO11) vs ultralytics' neck of the same preset."""
+    make_pair = ultralytics_yolov8_pair if neck == "yolo_pafpn" else ultralytics_yolo11_pair
+    return _Setup(
+        lambda specs, size, o: make_pair(o["preset"], specs),
+        {"preset": "n"},
+        lambda o: default_in_specs(neck, {"preset": o["preset"]}),
+        presets=("n", "s", "m", "l", "x"),
+        fixed_specs=True,
+        divisible=ULTRALYTICS_DIVISIBLE,
+    )
+
+
 _SETUPS: dict[tuple[str, str], _Setup] = {
     ("fpn", "torchvision"): _Setup(
         lambda specs, size, o: torchvision_fpn_pair(specs, int(o["width"])),
@@ -762,22 +775,8 @@ _SETUPS: dict[tuple[str, str], _Setup] = {
         lambda o: default_in_specs("bifpn", o),
         presets=("d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7"),
     ),
-    ("yolo_pafpn", "ultralytics"): _Setup(
-        lambda specs, size, o: ultralytics_yolov8_pair(o["preset"], specs),
-        {"preset": "n"},
-        lambda o: default_in_specs("yolo_pafpn", {"preset": o["preset"]}),
-        presets=("n", "s", "m", "l", "x"),
-        fixed_specs=True,
-        divisible=ULTRALYTICS_DIVISIBLE,
-    ),
-    ("yolo11_pafpn", "ultralytics"): _Setup(
-        lambda specs, size, o: ultralytics_yolo11_pair(o["preset"], specs),
-        {"preset": "n"},
-        lambda o: default_in_specs("yolo11_pafpn", {"preset": o["preset"]}),
-        presets=("n", "s", "m", "l", "x"),
-        fixed_specs=True,
-        divisible=ULTRALYTICS_DIVISIBLE,
-    ),
+    ("yolo_pafpn", "ultralytics"): _ultralytics_setup("yolo_pafpn"),
+    ("yolo11_pafpn", "ultralytics"): _ultralytics_setup("yolo11_pafpn"),
     ("rep_pafpn", "mmyolo"): _Setup(
         lambda specs, size, o: mmyolo_reppafpn_pair(o["preset"], specs),
         {"preset": "n"},
