@@ -29,7 +29,6 @@ from necklace.layers.resample import (
     LEARNED_DOWN_MODES,
     UP_MODES,
     Resample,
-    add_transposed_conv3x3_,
     compose_transposed_conv3x3,
     transposed_conv3x3_constant,
     transposed_conv3x3_into,
@@ -555,9 +554,9 @@ class _NodeModule(nn.Module):
         """``RepBlock(cat(..., up(a), ...))`` in inference with the block's first RepConv deployed: the 3x3 conv
         runs on the other parts only (its weight's other input channels), and the transposed conv ``up`` composed
         with the weight's ``up`` channels runs as one 2x2 conv on the low-resolution ``a`` (a 4x smaller map),
-        added phase by phase (:func:`~necklace.layers.resample.add_transposed_conv3x3_`). Where the 3x3 conv takes
-        the native Winograd path, the up part is written first (:func:`~necklace.layers.resample.
-        transposed_conv3x3_into`) and the conv accumulates into it with its bias and activation. Exact up to rounding;
+        written into the output phases (:func:`~necklace.layers.resample.transposed_conv3x3_into`); the conv of the
+        other parts then adds into it (the native Winograd conv with its bias and activation in one pass). Exact
+        up to rounding;
         ``None`` (the general path) where it does not apply (training, an odd target size, a head not deployed)."""
         j = cast(int, self._up_head)
         blocks = list(cast(RepBlock, self.block).blocks)
@@ -596,39 +595,36 @@ class _NodeModule(nn.Module):
             rest_conv.weight = nn.Parameter(w_rest, requires_grad=False)
             rest_conv.bias = nn.Parameter(conv.bias.detach(), requires_grad=False)
             kernel = compose_transposed_conv3x3(up, w[:, start : start + cu])
-            kernel_a = kernel[:, :-1].contiguous()
+            kernel_a = kernel[:, :-1].contiguous()  # (the last input channel is up's bias: the constant map)
             if not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last):
                 # a channels_last neck (deploy): weights in its layout, or every conv call would convert them
                 rest_conv.to(memory_format=torch.channels_last)
-                kernel = kernel.contiguous(memory_format=torch.channels_last)
                 kernel_a = kernel_a.contiguous(memory_format=torch.channels_last)
-            cache = self._up_cache = (start, key, rest_conv.eval(), kernel, kernel_a, {})
-        rest_conv, kernel = cache[2], cache[3]
+            cache = self._up_cache = (start, key, rest_conv.eval(), kernel_a, kernel, {})
+        rest_conv, kernel_a, kernel = cache[2], cache[3], cache[4]
         rest_conv.winograd = bool(getattr(conv, "winograd", True))  # follows set_winograd on the original conv
         rest_conv.native = bool(getattr(conv, "native", True))
         x = rest[0] if len(rest) == 1 else torch.cat(rest, dim=1)
         del rest
+        # y = the up part: the phase conv of a moved into the output phases, plus the map of up's bias (cached per
+        # size); then the conv of the other parts is added: by the native Winograd conv accumulating into y with
+        # its bias and the activation (no separate pass), else as a sum
+        constants: dict[tuple[Any, ...], Tensor] = cache[5]
+        fmt = torch.channels_last if x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
+        ckey = (a.shape[-2], a.shape[-1], a.dtype, fmt)
+        constant = constants.get(ckey)
+        if constant is None:
+            if len(constants) >= 8:  # a neck run on many image sizes: start over
+                constants.clear()
+            constant = transposed_conv3x3_constant(kernel, a.shape[-2], a.shape[-1]).contiguous(memory_format=fmt)
+            constants[ckey] = constant
+        y = torch.empty((x.shape[0], w.shape[0], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
+        transposed_conv3x3_into(y, a, kernel_a, constant)
         act = FUSED_ACTS.get(type(head.act))
         if act is not None and rest_conv._winograd_path(x) == "native":
-            # y = up-part (phase conv of a, moved into the output phases, + the constant map), then the native
-            # Winograd conv of the other parts accumulates into y with its bias and the activation: no separate
-            # add or activation pass over the output
-            constants: dict[tuple[Any, ...], Tensor] = cache[5]
-            fmt = torch.channels_last if x.stride(1) == 1 else torch.contiguous_format
-            ckey = (a.shape[-2], a.shape[-1], a.dtype, fmt)
-            constant = constants.get(ckey)
-            if constant is None:
-                if len(constants) >= 8:  # a neck run on many image sizes: start over
-                    constants.clear()
-                constant = transposed_conv3x3_constant(kernel, a.shape[-2], a.shape[-1]).contiguous(memory_format=fmt)
-                constants[ckey] = constant
-            y = torch.empty((x.shape[0], w.shape[0], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
-            transposed_conv3x3_into(y, a, cache[4], constant)
-            out = rest_conv.forward_act(x, act, out=y)
-            assert out is not None  # (the path was checked just above)
-            y = out
+            y = rest_conv._native_act(x, act, out=y)
         else:
-            y = head.act(add_transposed_conv3x3_(rest_conv(x), a, kernel))
+            y = head.act(y.add_(rest_conv(x)))
         for m in blocks[1:]:
             y = m(y)
         return y

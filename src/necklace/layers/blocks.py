@@ -80,7 +80,11 @@ class C2f(nn.Module):
         self.c = int(out_channels * expansion)
         self.cv1 = ConvNormAct(in_channels, 2 * self.c, 1, cfg=cfg)
         self.cv2 = ConvNormAct((2 + n) * self.c, out_channels, 1, cfg=cfg)
-        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, (3, 3), 1.0, cfg) for _ in range(n))
+        self.m = nn.ModuleList(self._inner(self.c, shortcut, cfg) for _ in range(n))
+
+    def _inner(self, c: int, shortcut: bool, cfg: ConvCfg | None) -> nn.Module:
+        """One of the ``n`` blocks on the second half (``c -> c`` channels)."""
+        return Bottleneck(c, c, shortcut, (3, 3), 1.0, cfg)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.tail(self.cv1(x))
@@ -126,14 +130,13 @@ class C3k2(C2f):
         expansion: float = 0.5,
         cfg: ConvCfg | None = None,
     ) -> None:
+        self.c3k = c3k  # (a plain attribute: set before nn.Module.__init__, read by _inner during it)
         super().__init__(in_channels, out_channels, n, shortcut, expansion, cfg)
-        c = self.c
-        self.m = nn.ModuleList(
-            CSPBlock(c, c, 2, shortcut, 0.5, cfg, kernel=3, first_kernel=3)
-            if c3k
-            else Bottleneck(c, c, shortcut, (3, 3), 0.5, cfg)
-            for _ in range(n)
-        )
+
+    def _inner(self, c: int, shortcut: bool, cfg: ConvCfg | None) -> nn.Module:
+        if self.c3k:
+            return CSPBlock(c, c, 2, shortcut, 0.5, cfg, kernel=3, first_kernel=3)
+        return Bottleneck(c, c, shortcut, (3, 3), 0.5, cfg)
 
 
 class CSPBlock(nn.Module):

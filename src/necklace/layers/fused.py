@@ -140,6 +140,12 @@ def conv_act_fused(conv: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
         >>> y is None or (tuple(y.shape), torch.allclose(y, act(conv(x)), atol=1e-5))
         ((1, 16, 12, 12), True)
     """
+    return _packed_conv_act(conv, act, x, check_winograd=True)
+
+
+def _packed_conv_act(conv: nn.Module, act: nn.Module, x: Tensor, check_winograd: bool) -> Tensor | None:
+    """:func:`conv_act_fused`; ``check_winograd=False`` where the caller knows a WinogradConv2d takes no Winograd
+    path for ``x`` (:func:`conv_act` decided that once)."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None  # (first: layout tests on symbolic sizes would add guards to an exported graph)
     if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
@@ -155,7 +161,7 @@ def conv_act_fused(conv: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
         return None
     if inference_paths_off() or _hooks(conv, act) or not _available():
         return None
-    if kind is WinogradConv2d and conv._use_winograd(x):  # type: ignore[operator]
+    if check_winograd and kind is WinogradConv2d and conv._use_winograd(x):  # type: ignore[operator]
         return None
     packed = _packed(conv, x)
     if packed is None:
@@ -182,9 +188,10 @@ def conv_act(conv: nn.Module, act: nn.Module, x: Tensor, fused: bool = True) -> 
         True
     """
     if type(conv) is WinogradConv2d:
-        name = FUSED_ACTS.get(type(act))
-        if name is not None and not _hooks(conv, act):
-            y = conv.forward_act(x, name)
-            if y is not None:
-                return y
-    return conv_act_fused(conv, act, x) if fused else None
+        path = conv._winograd_path(x)  # decided once here (the conv's own forward decides the same)
+        if path == "native":
+            name = FUSED_ACTS.get(type(act))
+            return None if name is None or _hooks(conv, act) else conv._native_act(x, name)
+        if path is not None:
+            return None  # the pure-torch Winograd: conv, then act
+    return _packed_conv_act(conv, act, x, check_winograd=False) if fused else None

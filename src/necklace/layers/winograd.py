@@ -290,14 +290,8 @@ def winograd_conv3x3(
 
 def native_winograd_ok(x: Tensor) -> bool:
     """Whether :func:`winograd_conv3x3_native` can run on ``x``: the native library is loaded and ``x`` is a
-    float32 4-D CPU tensor with non-negative strides (any memory format)."""
-    return (
-        x.dtype == torch.float32
-        and x.dim() == 4
-        and x.device.type == "cpu"
-        and all(s >= 0 for s in x.stride())
-        and native.library() is not None
-    )
+    float32 4-D CPU tensor (any strides: torch has no negative ones)."""
+    return x.dtype == torch.float32 and x.dim() == 4 and x.device.type == "cpu" and native.library() is not None
 
 
 def winograd_conv3x3_native(
@@ -542,8 +536,11 @@ class WinogradConv2d(nn.Conv2d):
         ``act`` is a key of :data:`NATIVE_ACTS`."""
         if act not in NATIVE_ACTS or self._winograd_path(x) != "native":
             return None
-        ut = self._constants(x)[3]
-        return winograd_conv3x3_native(x, ut, self.bias, act, out)
+        return self._native_act(x, act, out)
+
+    def _native_act(self, x: Tensor, act: str, out: Tensor | None = None) -> Tensor:
+        """:meth:`forward_act` for a caller that has checked ``_winograd_path(x) == "native"`` itself."""
+        return winograd_conv3x3_native(x, self._constants(x)[3], self.bias, act, out)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
         self._wg_cache = None  # .to() / .double() / .cuda(): rebuild the constants on the next call

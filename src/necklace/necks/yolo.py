@@ -95,11 +95,16 @@ def yolo_pafpn_graph(
     if block not in ("c2f", "csp"):
         raise ValueError(f"yolo_pafpn block must be 'c2f' or 'csp', got {block!r}.")
     p = _preset(YOLO_PRESETS, preset, depth, width, max_channels)
-    n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
+    n = _repeats(repeats, p)
     args: dict[str, object] = {"n": n, "shortcut": False}
     return _yolo_graph(
         "yolo_pafpn", in_specs, p, block, lambda name, last: args, upsample, act, norm_eps, norm_momentum
     )
+
+
+def _repeats(repeats: int, p: YoloPreset) -> int:
+    """ultralytics' depth gain: ``max(round(repeats * depth), 1)`` for ``repeats > 1``."""
+    return max(round(repeats * p.depth), 1) if repeats > 1 else repeats
 
 
 def _preset(
@@ -187,7 +192,7 @@ def yolo11_pafpn_graph(
         ([(64, 8), (128, 16), (256, 32)], [False, False, False, True])
     """
     p = _preset(YOLO11_PRESETS, preset, depth, width, max_channels)
-    n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
+    n = _repeats(repeats, p)
     every = c3k if c3k is not None else preset in ("m", "l", "x")
 
     def args(name: str, last: bool) -> dict[str, object]:
