@@ -138,7 +138,7 @@ def test_add_pointwise_any_layout_pair(acc_cl: bool, x_cl: bool) -> None:
 
 @pytest.mark.parametrize("channels_last", [None, True])
 def test_fpn_lateral_goes_into_the_upsampled_map(monkeypatch: pytest.MonkeyPatch, channels_last: bool | None) -> None:
-    import necklace.graph as graph
+    import necklace.graph.engine as graph
 
     calls: list[tuple[int, ...]] = []
     real = graph.add_pointwise_

@@ -6,7 +6,7 @@ grad, read from ``torch.profiler`` allocation events. It counts bytes, not time,
 sizes suffice. Causes guarded here (each assertion fails with the engine's earlier behaviour):
 
 - node order: running FPN's 3x3 output convs after *all* lateral sums made backward compute their gradients
-  before the largest lateral's backward, and hold them at its peak (:func:`necklace.graph._schedule`);
+  before the largest lateral's backward, and hold them at its peak (:func:`necklace.graph.engine._schedule`);
 - NAS-FPN: a chain of ``steps`` 2x2 max-pools kept every intermediate map and its int64 indices for backward
   (one ``2**steps`` pool, as mmcv does, keeps one index map);
 - YOLOv6 ``RepConv``: the branch order decides backward's order (mmyolo's: identity, 3x3, 1x1).
@@ -27,7 +27,7 @@ import necklace
 import necklace.bench
 from necklace import FeatureSpec
 from necklace.bench import peak_memory_bytes
-from necklace.graph import _schedule
+from necklace.graph.engine import _schedule
 from necklace.layers import Resample
 
 _HAS_MMDET = importlib.util.find_spec("mmdet") is not None and importlib.util.find_spec("mmcv") is not None

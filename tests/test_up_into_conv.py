@@ -9,8 +9,9 @@ from tests.helpers import spy_shapes
 from torch import nn
 
 import necklace
-from necklace import FeatureSpec, graph
-from necklace.graph import _NodeModule
+from necklace import FeatureSpec
+from necklace.graph import engine as graph
+from necklace.graph.engine import _NodeModule
 from necklace.layers import winograd
 from necklace.layers.resample import (
     add_transposed_conv3x3_,
