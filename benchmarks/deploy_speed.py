@@ -101,13 +101,13 @@ def run_case(case: LightCase, repeats: int, warmup: int, threads: int, compile_b
     light = _randomize_bn(necklace.build_neck(case.neck, case.in_specs, **case.options))
     standard = _randomize_bn(necklace.build_neck(case.standard, case.in_specs, **case.standard_options))
     with common.threads(threads):
-        deployed = necklace.deploy(light, feats)
+        deployed = necklace.deploy(light, feats, runtime="native")
     report = necklace.DeployReport.of(deployed)
     with torch.no_grad():
         ref, out = light(feats), deployed(feats)
     abs_diff, scale = common.max_abs_diff(out, ref)
     rel_diff = abs_diff / max(scale, 1e-12)
-    if rel_diff > 1e-4:
+    if rel_diff > 1e-3:  # (the native runtime: Winograd rounding, as deploy checks it)
         raise RuntimeError(f"{case.label}: deployed outputs differ from the training form (rel {rel_diff:.2e})")
 
     def call(m: torch.nn.Module):

@@ -21,7 +21,8 @@ configs and adds the roofline, train-mode timing and memory:
 A peer that cannot be imported is skipped with a note; a pair whose outputs differ is reported and not timed
 (exit status 1).
 
-``--deployed [nchw|channels_last|auto]`` also times, in the same interleaved eval rounds, ``necklace.deploy(neck)``
+``--deployed [native|torch|auto|onnxruntime|openvino]`` also times, in the same interleaved eval rounds,
+``necklace.deploy(neck, runtime=...)``
 and the peer's own deployment form where the peer has one, each checked equal first (the necklace one against
 the peer's outputs, the peer's against its eager outputs, same tolerance):
 
@@ -50,8 +51,8 @@ Configs beyond the defaults (run them explicitly with ``--configs``):
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/vs_peers.py --configs r50_fpn,r50_pafpn,bifpn_d0,yolov8n,yolov6n --repeats 20 \
-        --deployed auto --compile inductor
-    .venv/bin/python benchmarks/vs_peers.py --configs nasfpn --repeats 10 --train-repeats 5 --deployed auto --merge
+        --deployed native --compile inductor
+    .venv/bin/python benchmarks/vs_peers.py --configs nasfpn --repeats 10 --train-repeats 5 --deployed native --merge
     .venv/bin/python benchmarks/vs_peers.py --list
 
 Writes ``<out>/vs_peers.json`` and the ``vs_peers`` section of ``benchmarks/RESULTS.md``.
@@ -89,7 +90,6 @@ from necklace.bench import (
     random_features,
     train_step,
 )
-from necklace.layers.winograd import direct_convs
 from necklace.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
 
 HERE = Path(__file__).resolve().parent
@@ -228,19 +228,8 @@ def count_macs(fn: Callable[[], object]) -> int:
 _eval_call = peers.eval_call  # (module, call, feats) -> no-argument callable; also used by profile_ops.py
 
 
-#: --deployed value -> deploy's ``channels_last`` (``auto``: deploy times both formats on the benchmark inputs)
-_CL: dict[str, bool | None] = {"nchw": False, "channels_last": True, "auto": None}
-
-
-def _direct_call(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with necklace's inference paths off (Winograd, GEMM 1x1 convs, concat/lateral GEMMs): the same
-    neck on torch's direct convs, timed beside the default form to show what those paths are worth."""
-
-    def run() -> object:
-        with direct_convs():
-            return fn()
-
-    return run
+#: --deployed values: a runtime of ``necklace.deploy`` (``auto``: the fastest verified runtime on the benchmark inputs)
+RUNTIMES = ("native", "torch", "auto", "onnxruntime", "openvino")
 
 
 _bind = peers.bind
@@ -260,13 +249,13 @@ def _deployed(
     active: list[tuple[int, Pair, dict[str, Any]]],
     feats: list[Tensor],
     log: Callable[[str], None],
-    channels_last: bool | None,
+    runtime: str,
 ) -> dict[int, nn.Module]:
     """``necklace.deploy`` copies of the necklace necks whose outputs still equal the peer's (others noted)."""
     out: dict[int, nn.Module] = {}
     for i, pair, row in active:
         try:
-            module, eq = peers.deploy_necklace(pair, feats, channels_last=channels_last)
+            module, eq = peers.deploy_necklace(pair, feats, runtime=runtime)
         except Exception as e:  # deploy is optional here: report, keep timing the rest
             row["deployed_note"] = f"necklace.deploy failed: {type(e).__name__}: {e}"
             log(f"  [deploy] {pair.peer}: {row['deployed_note']}")
@@ -418,8 +407,7 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         row["equality"] = eq
         log(
             f"  equality vs {pair.peer}: max abs diff {eq['max_abs_diff']:.3g} "
-            f"(output max {eq['max_abs_output']:.3g}, tolerance {eq['tolerance']:.3g}); on direct convs "
-            f"{eq['direct_convs']['max_abs_diff']:.3g} (tolerance {eq['direct_convs']['tolerance']:.3g}) -> "
+            f"(output max {eq['max_abs_output']:.3g}, tolerance {eq['tolerance']:.3g}) -> "
             f"{'EQUAL' if eq['equal'] else 'DIFFERENT'}"
         )
         if not eq["equal"]:
@@ -445,9 +433,7 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
         assert pair.necklace is not None and pair.peer_module is not None
         fns[f"necklace{i}"] = _eval_call(pair.necklace, None, feats)
         fns[f"peer{i}"] = _eval_call(pair.peer_module, _bind(pair), feats)
-        if not args.no_direct:
-            fns[f"direct{i}"] = _direct_call(_eval_call(pair.necklace, None, feats))
-    deployed = _deployed(active, feats, log, _CL[args.deployed]) if args.deployed else {}
+    deployed = _deployed(active, feats, log, args.deployed) if args.deployed else {}
     for i, module in deployed.items():
         fns[f"deployed{i}"] = _eval_call(module, None, feats)
     peer_deployed = _peer_deployed(active, feats, log) if args.deployed else {}
@@ -485,9 +471,6 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
             "gmac_per_s": gmac_s,
             "roofline_share": {k: v / roof_gmac_s for k, v in gmac_s.items()},
         }
-        if f"direct{i}" in times:
-            row["eval"]["necklace_direct_convs"] = common.stats_ms(times[f"direct{i}"])
-            row["eval"]["ratio_direct_convs_over_peer"] = common.ratio_stats(times[f"direct{i}"], times[f"peer{i}"])
         log(
             f"  eval  vs {pair.peer}: necklace {nk['median_ms']:.2f} ms, peer {pe['median_ms']:.2f} ms, "
             f"ratio {ratio['median']:.3f} [{ratio['p25']:.3f}-{ratio['p75']:.3f}]"
@@ -499,17 +482,18 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
             if i in deployed:
                 dep = common.stats_ms(times[f"deployed{i}"])
                 dratio = common.ratio_stats(times[f"deployed{i}"], times[f"peer{i}"])
+                report = deployed[i].deploy_report
                 ed.update(
-                    what=f"necklace.deploy(neck, channels_last={_CL[args.deployed]}"
+                    what=f"necklace.deploy(neck, runtime={args.deployed!r}"
                     + (
                         ""
                         if args.deployed != "auto"
-                        else f" -> {deployed[i].deploy_report.channels_last}, fused conv+act "
-                        f"{deployed[i].deploy_report.fused_conv_act}; deploy timed "
-                        + ", ".join(f"{k} {v:.2f} ms" for k, v in (deployed[i].deploy_report.latency_ms or {}).items())
+                        else f" -> {report.runtime}; deploy timed "
+                        + ", ".join(f"{k} {v:.2f} ms" for k, v in (report.latency_ms or {}).items())
                     )
                     + "): BN folded, "
                     "fusion weights frozen",
+                    runtime=report.runtime,
                     necklace_deployed=dep,
                     ratio_deployed_over_peer=dratio,
                     equality_vs_peer=row.pop("_deployed_equality"),
@@ -778,13 +762,6 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{c['config']}: minor page faults per timed call: " + ", ".join(f"{k} {v:.0f}" for k, v in pf.items())
             )
         for p in c["pairs"]:
-            dc = p.get("eval", {}).get("ratio_direct_convs_over_peer")
-            if dc is not None:
-                notes.append(
-                    f"{c['config']} vs {p['peer']}: necklace on direct convs (Winograd / GEMM inference paths off, "
-                    f"`necklace.layers.winograd.direct_convs()`) {_f(p['eval']['necklace_direct_convs']['median_ms'])}"
-                    f" ms, ratio {_f(dc['median'], 3)} [{_f(dc['p25'], 2)}-{_f(dc['p75'], 2)}]"
-                )
             notes += [f"{c['config']} vs {p['peer']}: {n}" for n in _deployed_notes(p)]
             if "compiled" in p:
                 notes.append(f"{c['config']} vs {p['peer']}: {_compiled_note(p['compiled'])}")
@@ -811,19 +788,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--roofline-hw", type=int, default=common.ROOFLINE_HW, help="roofline conv map size (80)")
     ap.add_argument("--no-train", action="store_true", help="skip train-mode timing and memory")
     ap.add_argument(
-        "--no-direct",
-        action="store_true",
-        help="do not also time necklace with its inference paths off (direct convs: no Winograd / GEMM paths)",
-    )
-    ap.add_argument(
         "--deployed",
         nargs="?",
-        const="nchw",
+        const="native",
         default=None,
-        choices=tuple(_CL),
-        help="also time necklace.deploy(neck) (BN folded, fusions frozen); 'channels_last' deploys with "
-        "channels_last=True (inputs stay NCHW, as the peer gets them); 'auto' lets deploy time both formats on "
-        "the benchmark's inputs and keep the faster",
+        choices=RUNTIMES,
+        help="also time necklace.deploy(neck, runtime=...) (default 'native': necklace's CPU kernels; 'auto': the "
+        "fastest verified runtime on the benchmark's inputs); inputs stay NCHW, as the peer gets them",
     )
     ap.add_argument(
         "--compile",

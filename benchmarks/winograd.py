@@ -2,13 +2,13 @@
 
 For every (channels, side) cell: a ``channels -> channels`` 3x3 stride-1 conv with bias on
 ``1 x channels x side x side``, timed interleaved as torch's direct conv (``F.conv2d``, mkldnn) and as
-:func:`necklace.layers.winograd.winograd_conv3x3` (``--path torch``) or
-:func:`necklace.layers.winograd.winograd_conv3x3_native` (``--path native``: the transforms in C) (float32, batch
+:func:`necklace.deploy.native.winograd.winograd_conv3x3` (``--path torch``) or
+:func:`necklace.deploy.native.winograd.winograd_conv3x3_native` (``--path native``: the transforms in C) (float32, batch
 1, ``--threads``, ``no_grad``). On channels_last maps the direct conv is also timed the way a deployed necklace
 neck runs it otherwise: oneDNN's conv with a weight packed once (``torch.ops.mkldnn._convolution_pointwise``).
 Reports the median of the per-round ratios ``winograd / direct`` (lower is better; for channels_last against the
 faster of the two direct forms), the error of both against a float64 conv (max |err| / max |ref|), and whether
-:func:`winograd_pays` picks Winograd for the cell, so the thresholds in ``necklace/layers/winograd.py`` can be
+:func:`winograd_pays` picks Winograd for the cell, so the thresholds in ``necklace/deploy/native/winograd.py`` can be
 checked against the measurement.
 
 Run (from the repository root)::
@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 from necklace.bench import interleaved, ratio_stats, stats_ms
-from necklace.layers import native
-from necklace.layers.winograd import (
+from necklace.deploy.native import loader as native
+from necklace.deploy.native.winograd import (
     _AT,
     _input_matrix,
     _kron,
@@ -48,7 +48,7 @@ from necklace.layers.winograd import (
 
 
 def _packed_direct(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> Any:
-    """oneDNN's conv with the weight packed once for ``x``'s shape (what ``necklace.layers.fused`` runs), or
+    """oneDNN's conv with the weight packed once for ``x``'s shape (the fastest direct form oneDNN has), or
     ``None`` where this torch build has no such op."""
     if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         return None
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     parser.add_argument("--markdown-section", default="", help="RESULTS.md section (default: winograd[_native])")
     args = parser.parse_args(argv)
-    if args.path == "native" and native.library() is None:
-        parser.error(f"--path native: the native library is not available ({native.status()['error']})")
+    if args.path == "native" and not native.build().loaded:
+        parser.error(f"--path native: the native library is not available ({native.status().error})")
     env = common.environment(args.threads)
     env["allocator"] = common.apply_malloc(args.malloc)
     layouts = [v.strip() for v in args.layouts.split(",") if v.strip()]
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     stem = "winograd" if args.path == "torch" else "winograd_native"
     section = args.markdown_section or stem
-    env["native"] = native.status() if args.path == "native" else None
+    env["native"] = native.status().to_dict() if args.path == "native" else None
     common.atomic_write_json(Path(args.out) / f"{stem}.json", {"environment": env, "results": results})
     sides = _ints(args.sides)
     cpu = env["cpu"].get("model", "") if isinstance(env.get("cpu"), dict) else str(env.get("cpu", ""))

@@ -44,7 +44,7 @@ def test_inductor_backend_matches_and_reports_compile_time() -> None:
     pytest.importorskip("torch._inductor")
     neck = _neck("fpn", width=8)
     feats = pyramid(SPECS, (64, 64), batch=1)
-    compiled = compile_model(neck, (feats,), backend="inductor", channels_last=False)
+    compiled = compile_model(neck, (feats,), backend="inductor")
     report = CompileReport.of(compiled)
     assert report.backend == "inductor" and report.compile_s > 0 and not report.dynamic
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-4

@@ -10,7 +10,6 @@ from tests.helpers import IMAGE_SIZES, SPEC_SETS, pyramid
 
 import necklace
 from necklace import FeatureSpec, GraphNeck
-from necklace.layers.winograd import direct_convs
 
 NECKS = necklace.list_necks()
 CASES = [(n, s, i) for n in NECKS for s in SPEC_SETS for i in IMAGE_SIZES]
@@ -83,8 +82,7 @@ def test_jit_trace_matches_eager(name: str) -> None:
     feats = pyramid(SPEC_SETS["c3c5"], (97, 131))
     with torch.no_grad():
         traced = torch.jit.trace(neck, (feats,), check_trace=False)
-        with direct_convs():  # the trace holds plain convs: compare with those
-            expected = neck(feats)
+        expected = neck(feats)
         for a, b in zip(traced(feats), expected, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -94,7 +92,7 @@ def test_torch_export_matches_eager(name: str) -> None:
     neck = _build(name, "c2c5").eval()
     feats = pyramid(SPEC_SETS["c2c5"], (97, 131))
     program = torch.export.export(neck, (feats,))
-    with torch.no_grad(), direct_convs():  # the exported graph holds plain convs: compare with those
+    with torch.no_grad():
         for a, b in zip(program.module()(feats), neck(feats), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 

@@ -165,18 +165,32 @@ def test_deploy_raises_when_outputs_differ() -> None:
         deploy(Broken().eval(), torch.randn(1, 3, 5, 5), channels_last=False)
 
 
-def test_channels_last_auto_and_forced() -> None:
+def test_named_runtimes_give_the_same_structure_every_time() -> None:
     neck = _randomize(necklace.build_neck("yolo_pafpn", SPECS))
-    auto = DeployReport.of(deploy(neck))
-    assert auto.latency_ms is not None and {"contiguous", "channels_last"} <= set(auto.latency_ms)
-    best = min(auto.latency_ms, key=auto.latency_ms.__getitem__)
-    assert auto.channels_last == (best != "contiguous")
-    forced = deploy(neck, channels_last=True, fused=True)
+    for runtime in ("torch", "native"):
+        a, b = deploy(neck, runtime=runtime), deploy(neck, runtime=runtime)
+        assert [type(m).__name__ for m in a.modules()] == [type(m).__name__ for m in b.modules()]
+        report = DeployReport.of(a)
+        assert report.runtime == runtime and report.latency_ms is None and report.errors is None
+    plain = deploy(neck)
+    assert type(plain) is GraphNeck and not DeployReport.of(plain).channels_last
+    assert {type(m) for m in plain.modules() if isinstance(m, nn.Conv2d)} == {nn.Conv2d}  # plain torch convs
+    forced = deploy(neck, channels_last=True)
     report = DeployReport.of(forced)
-    assert report.channels_last and report.latency_ms is None and report.fused_conv_act is True
-    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-4
+    assert report.channels_last and report.max_rel_diff is not None and report.max_rel_diff <= 1e-4
     conv = next(m.conv for m in forced.modules() if isinstance(m, ConvNormAct) and m.kernel == 3)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unknown_or_unavailable_runtimes_say_what_to_do() -> None:
+    neck = necklace.build_neck("fpn", SPECS, width=8).eval()
+    with pytest.raises(ValueError, match=r"unknown runtime 'onnx'; choose one of \['torch', 'native'"):
+        deploy(neck, runtime="onnx")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"tensorrt.*CUDA"):
+            deploy(neck, runtime="tensorrt")
+    available = necklace.available_runtimes()
+    assert set(available) == {"torch", "native", "onnxruntime", "openvino", "inductor", "tensorrt"}
 
 
 def test_fuse_conv_bn_copy_and_module_fuse_methods() -> None:
@@ -235,107 +249,3 @@ def test_elan_block_in_a_graph_deploys_and_matches(basic: str) -> None:
     with torch.no_grad():
         assert _max_rel(deployed(feats), ref) <= 1e-4
     assert NeckGraph.from_dict(graph.to_dict()) == graph
-
-
-def test_channels_last_deploy_converts_inputs_once_and_keeps_values() -> None:
-    neck = _randomize(necklace.build_neck("yolo_pafpn", SPECS))  # inputs feed concats: converted on entry
-    feats = pyramid(SPECS, (97, 131), batch=2)
-    before = [f.clone() for f in feats]
-    deployed = deploy(neck, channels_last=True)
-    graph_necks = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
-    assert graph_necks and all(m.channels_last_inputs for m in graph_necks)
-    assert not any(m.channels_last_inputs for m in neck.modules() if isinstance(m, GraphNeck))  # original untouched
-    copies = _check_channels_last_run(neck, deployed, feats)
-    assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(feats, before, strict=True))  # inputs intact
-    # the input maps are converted first, on entry, in order (later same-shape copies are C2f's channel splits)
-    assert copies[: len(feats)] == [list(f.shape) for f in feats]
-    necklace.set_channels_last(deployed, False)
-    assert not any(m.channels_last_inputs for m in deployed.modules() if isinstance(m, GraphNeck))
-    with torch.no_grad():
-        assert all(o.is_contiguous() for o in deployed(feats))
-
-
-def test_channels_last_yolo_reads_single_nchw_inputs_in_place() -> None:
-    """A single image's backbone maps feed only C2f concat nodes: their GEMMs read them NCHW (no conversion
-    copy on entry); a batch is still converted once on entry (an NCHW batch is not one matrix)."""
-    neck = _randomize(necklace.build_neck("yolo_pafpn", SPECS))
-    deployed = deploy(neck, channels_last=True)
-    (graph,) = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
-    assert graph.channels_last_direct_single == {"C3", "C4", "C5"} and graph.channels_last_direct == frozenset()
-    for batch in (1, 2):
-        feats = pyramid(SPECS, (97, 131), batch=batch)
-        copies = _check_channels_last_run(neck, deployed, feats)
-        converted = [s for s in copies if s in [list(f.shape) for f in feats]]
-        assert converted == ([] if batch == 1 else [list(f.shape) for f in feats])
-
-
-def _check_channels_last_run(neck: nn.Module, deployed: nn.Module, feats: list[Tensor]) -> list[list[int]]:
-    """Run both necks; assert the deployed outputs are channels_last and equal the original's; return the
-    same-shape 4-d copies one more deployed call makes (layout conversions, C2f splits)."""
-    with torch.no_grad():
-        ref, out = neck(feats), deployed(feats)
-        with torch.profiler.profile(record_shapes=True) as prof:
-            deployed(feats)
-    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
-    assert _max_rel(out, ref) <= 1e-5
-    return _map_copies(prof)
-
-
-def _map_copies(prof: torch.profiler.profile) -> list[list[int]]:
-    return [
-        e.input_shapes[0]
-        for e in prof.events()
-        if e.name == "aten::copy_" and len(e.input_shapes[0]) == 4 and e.input_shapes[0] == e.input_shapes[1]
-    ]
-
-
-@pytest.mark.parametrize("name", ["fpn", "pafpn"])
-def test_channels_last_laterals_read_nchw_maps_without_converting_them(name: str) -> None:
-    """Lateral 1x1 convs become PointwiseToChannelsLast: one GEMM from the NCHW map to a channels_last output, so
-    inputs read only by laterals are never converted; set_channels_last(False) restores plain Conv2d."""
-    from necklace.layers import PointwiseToChannelsLast
-
-    neck = _randomize(necklace.build_neck(name, SPECS, width=16))
-    feats = pyramid(SPECS, (97, 131), batch=2)
-    deployed = deploy(neck, channels_last=True)
-    (graph,) = [m for m in deployed.modules() if isinstance(m, GraphNeck)]
-    assert graph.channels_last_direct == {"C3", "C4", "C5"}
-    assert sum(isinstance(m, PointwiseToChannelsLast) for m in deployed.modules()) == len(SPECS)
-    with torch.no_grad():
-        ref = neck(feats)
-        with torch.profiler.profile(record_shapes=True) as prof:
-            out = deployed(feats)
-    assert _map_copies(prof) == []
-    assert all(o.is_contiguous(memory_format=torch.channels_last) for o in out)
-    assert _max_rel(out, ref) <= 1e-5
-    again = deploy(deployed, channels_last=False)  # re-deploying a channels_last model undoes the layout
-    assert not any(isinstance(m, PointwiseToChannelsLast) for m in again.modules())
-    assert not any(m.channels_last_inputs for m in again.modules() if isinstance(m, GraphNeck))
-    necklace.set_channels_last(deployed, False)
-    assert not any(isinstance(m, PointwiseToChannelsLast) for m in deployed.modules())
-    assert graph.channels_last_direct == frozenset()
-    with torch.no_grad():
-        assert _max_rel(deployed(feats), ref) <= 1e-5
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("bias", [True, False])
-def test_pointwise_to_channels_last_equals_the_conv(batch: int, bias: bool) -> None:
-    from necklace.layers import PointwiseToChannelsLast
-
-    conv = nn.Conv2d(12, 6, 1, bias=bias)
-    fast = PointwiseToChannelsLast.from_conv(conv)
-    assert fast.weight is conv.weight and set(fast.state_dict()) == set(conv.state_dict())
-    x = torch.randn(batch, 12, 7, 9)
-    with torch.no_grad():
-        ref, got = conv(x), fast(x)
-        got_cl = fast(x.contiguous(memory_format=torch.channels_last))  # already channels_last: the conv path
-    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_cl, ref, rtol=1e-5, atol=1e-5)
-    y = fast(x.requires_grad_())  # autograd: the plain conv, gradients as usual
-    y.sum().backward()
-    assert x.grad is not None and y.is_contiguous()
-    assert torch.equal(fast.to_conv().weight, conv.weight)
-    with pytest.raises(ValueError, match=r"1x1 stride-1 .* kernel \(3, 3\)"):
-        PointwiseToChannelsLast.from_conv(nn.Conv2d(4, 4, 3))

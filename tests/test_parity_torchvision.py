@@ -14,7 +14,6 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from necklace import FeatureSpec, build_neck
 from necklace.convert.torchvision import fpn_from_torchvision, from_torchvision_fpn, torchvision_fpn_options
-from necklace.layers.winograd import direct_convs
 
 ATOL = 1e-5
 WIDTH = 32
@@ -124,7 +123,7 @@ def test_detector_state_dict_with_prefix() -> None:
     neck = build_neck("fpn", specs, **torchvision_fpn_options(fpn, specs))
     neck.load_state_dict(from_torchvision_fpn(model.state_dict(), neck, prefix="backbone.fpn."))
     feats = features((512, 1024, 2048), ((25, 33), (13, 17), (7, 9)))
-    with torch.no_grad(), direct_convs():  # torchvision's arithmetic (no Winograd / GEMM paths)
+    with torch.no_grad():
         assert max_diff(neck(feats), run_tv(fpn, feats)) <= ATOL  # type: ignore[arg-type]
 
 

@@ -9,13 +9,11 @@ Example:
     [(1, 256, 13, 17), (1, 256, 7, 9), (1, 256, 4, 5), (1, 256, 2, 3)]
 """
 
-from necklace.compile import CompileReport, compile_model
-from necklace.deploy import DeployReport, deploy, set_channels_last
+from necklace.deploy import DeployReport, available_runtimes, deploy
+from necklace.deploy.compiled import CompileReport, compile_model
 from necklace.export import ExportReport, export_onnx, export_torchscript
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
-from necklace.layers.fused import set_fused_conv_act
-from necklace.layers.winograd import set_winograd
 from necklace.registry import NeckInfo, build_neck, list_necks, neck_info, register_neck
 from necklace.spec import FeatureSpec
 
@@ -33,6 +31,7 @@ __all__ = [
     "NeckInfo",
     "Node",
     "__version__",
+    "available_runtimes",
     "build_neck",
     "compile_model",
     "deploy",
@@ -41,7 +40,4 @@ __all__ = [
     "list_necks",
     "neck_info",
     "register_neck",
-    "set_channels_last",
-    "set_fused_conv_act",
-    "set_winograd",
 ]

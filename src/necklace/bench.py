@@ -29,7 +29,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from necklace.layers.winograd import direct_convs
 from necklace.registry import build_neck, neck_info
 from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
@@ -55,8 +54,9 @@ __all__ = [
     "train_step",
 ]
 
-#: What :func:`bench_neck` can time: the neck as built, deployed, or compiled (see :mod:`necklace.compile`).
-BENCH_MODES = ("eager", "deployed", "inductor", "torchscript")
+#: What :func:`bench_neck` can time: the neck as built (``eager``), deployed to a runtime of :func:`necklace.deploy`
+#: (``deployed`` is the torch runtime; ``auto`` the fastest verified runtime), or traced (``torchscript``).
+BENCH_MODES = ("eager", "deployed", "torchscript", "torch", "native", "onnxruntime", "openvino", "inductor", "auto")
 
 #: ``progress(done, total)``: called with the number of timed repeats done so far.
 Progress = Callable[[int, int], None]
@@ -240,8 +240,8 @@ def count_flops(module: nn.Module, inputs: Any) -> int:
 
     ``inputs`` is passed as the single positional argument (a tensor, or a list of maps for a neck).
     Element-wise ops, pooling and interpolation are not counted. Runs under ``no_grad`` in the module's
-    current train/eval mode. Convs count their nominal (direct) MACs: the count runs with the Winograd path
-    off (:func:`necklace.layers.winograd.direct_convs`), so GMAC/s compares algorithms on the same work.
+    current train/eval mode. Convs count their nominal (direct) MACs, so GMAC/s compares algorithms on the same
+    work (count a plain or torch-deployed model: a native-deployed one counts what its kernels run).
 
     Example:
         >>> conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
@@ -262,7 +262,7 @@ def count_call_flops(fn: Callable[[], object]) -> int:
         True
     """
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), direct_convs(), counter:
+    with torch.no_grad(), counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -683,14 +683,14 @@ def _prepare(module: nn.Module, feats: list[torch.Tensor], mode: str) -> tuple[A
     if mode == "eager":
         return module, 0.0
     start = time.perf_counter()
-    if mode == "deployed":
-        from necklace.deploy import deploy
+    if mode == "torchscript":
+        from necklace.deploy.compiled import CompileReport, compile_model
 
-        return deploy(module, feats), time.perf_counter() - start
-    from necklace.compile import CompileReport, compile_model
+        compiled = compile_model(module, feats, backend=mode)
+        return compiled, CompileReport.of(compiled).compile_s
+    from necklace.deploy import deploy
 
-    compiled = compile_model(module, feats, backend=mode)
-    return compiled, CompileReport.of(compiled).compile_s
+    return deploy(module, feats, runtime="torch" if mode == "deployed" else mode), time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------------------------- memory

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy import EXAMPLE_IMAGE_SIZE, _first_tensor, _flatten, _require_eval, deploy, example_pyramid
-from necklace.layers.winograd import direct_convs
+from necklace.deploy import deploy
+from necklace.deploy.passes import EXAMPLE_IMAGE_SIZE, _first_tensor, _flatten, _require_eval, example_pyramid
 from necklace.spec import FeatureSpec, as_feature_specs
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "ExportReport", "export_model", "export_onnx", "export_torchscript"]
@@ -243,7 +243,7 @@ def _prepare(
             suffix = name[1:] if specs is not None else f"_{name}"
             dyn[name] = {0: "batch", 2: f"h{suffix}", 3: f"w{suffix}"}
 
-    with torch.no_grad(), direct_convs():  # the reference is what gets exported: torch's direct convs
+    with torch.no_grad():
         reference = [t.detach() for t in _flatten(model(inputs))]
     out_specs = _model_specs(model, "out_specs")
     if out_specs is not None and len(out_specs) == len(reference):
@@ -251,7 +251,7 @@ def _prepare(
     else:
         out_names = [f"out{i}" for i in range(len(reference))]
 
-    exported = deploy(model, (inputs,), channels_last=False, check=True) if deploy_first else model
+    exported = deploy(model, (inputs,), check=True) if deploy_first else model
     return _Job(
         model=model,
         export_model=exported,
@@ -307,7 +307,7 @@ def _compare(job: _Job, got: Sequence[Any], ref: Sequence[Tensor], where: str, t
 
 def _second_reference(job: _Job) -> list[Tensor]:
     assert job.second is not None
-    with torch.no_grad(), direct_convs():
+    with torch.no_grad():
         return [t.detach() for t in _flatten(job.model(job.second))]
 
 

@@ -73,7 +73,6 @@ from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
 __all__ = [
     "DEPLOY_TOL",
-    "INFERENCE_TOL",
     "MMYOLO_FACTORS",
     "NO_PEER_DEPLOY",
     "PEERS",
@@ -115,9 +114,6 @@ TOL = 1e-4
 #: the same for a *deployed* necklace neck against the eager peer: Conv+BN folding changes the rounding, and
 #: deep stacks with random weights amplify it (NAS-FPN, 7 cells: outputs ~2e6, relative difference ~2e-4)
 DEPLOY_TOL = 1e-3
-#: the same for necklace's default inference paths (Winograd convs: ~1e-5 of the output per conv, amplified the
-#: same way by deep stacks); the exact arithmetic is checked apart, on direct convs, at TOL
-INFERENCE_TOL = DEPLOY_TOL
 #: what is said for a peer without a deployment form
 NO_PEER_DEPLOY = "peer has no deploy form: compared with its eager form"
 #: ResNet-50 C2-C5 (NAS-FPN's RetinaNet config gives C2 too, unused with ``start_level`` 1)
@@ -673,37 +669,23 @@ def eval_call(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Call
 
 
 def parity(pair: Pair, feats: list[Tensor]) -> dict[str, Any]:
-    """:func:`equality` of the necklace outputs with the peer's, plus ``out_shapes``: on necklace's default
-    inference paths (tolerance :data:`INFERENCE_TOL`) and, under ``direct_convs`` (the peer's arithmetic), in
-    ``direct_convs`` (tolerance :data:`TOL`); ``equal`` needs both."""
-    from necklace.layers.winograd import direct_convs
-
+    """:func:`equality` of the necklace outputs with the peer's (tolerance :data:`TOL`; the plain necklace neck runs
+    torch's own ops, so on direct convs this is usually exact), plus ``out_shapes``."""
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
     with torch.no_grad():
         ref = pair.call(pair.peer_module, list(feats))
-        with direct_convs():
-            direct = equality(pair.necklace(list(feats)), ref)
         got = pair.necklace(list(feats))
-    eq = equality(got, ref, INFERENCE_TOL)
-    return {
-        **eq,
-        "equal": eq["equal"] and direct["equal"],
-        "direct_convs": direct,
-        "out_shapes": [list(t.shape) for t in got],
-    }
+    return {**equality(got, ref), "out_shapes": [list(t.shape) for t in got]}
 
 
-def deploy_necklace(
-    pair: Pair, feats: list[Tensor], channels_last: bool | None = False
-) -> tuple[nn.Module, dict[str, Any]]:
-    """``necklace.deploy`` of the pair's necklace neck (a copy) and the :func:`equality` of its outputs with the
-    eager peer's, tolerance :data:`DEPLOY_TOL` (folding changes the rounding). ``channels_last=None``: deploy
-    times both memory formats on ``feats`` and keeps the faster."""
+def deploy_necklace(pair: Pair, feats: list[Tensor], runtime: str = "native") -> tuple[nn.Module, dict[str, Any]]:
+    """``necklace.deploy(runtime=...)`` of the pair's necklace neck (a copy, checked on ``feats``) and the
+    :func:`equality` of its outputs with the eager peer's, tolerance :data:`DEPLOY_TOL` (folding and the runtimes'
+    kernels change the rounding)."""
     from necklace.deploy import deploy
 
     assert pair.necklace is not None and pair.peer_module is not None and pair.call is not None
-    example = list(feats) if channels_last is None else None
-    module = deploy(pair.necklace, example, channels_last=channels_last, rtol=DEPLOY_TOL).eval()
+    module = deploy(pair.necklace, list(feats), runtime=runtime, rtol=DEPLOY_TOL)
     with torch.no_grad():
         eq = equality(module(list(feats)), pair.call(pair.peer_module, list(feats)), DEPLOY_TOL)
     return module, eq

@@ -1,4 +1,9 @@
-"""Building blocks: convolutions, resampling, fusion and refine blocks."""
+"""Building blocks: convolutions, resampling, fusion and refine blocks, all plain PyTorch.
+
+Every layer here computes what torch's own modules compute, in any mode (training, ``eval()``, ``no_grad``,
+tracing, export); nothing is compiled, loaded or written. Faster inference forms are an explicit transformation:
+:func:`necklace.deploy` with a named runtime.
+"""
 
 from necklace.layers.aspp import ASPP
 from necklace.layers.blocks import BLOCKS, Bottleneck, C2f, CSPBlock, build_block
@@ -6,20 +11,16 @@ from necklace.layers.conv import (
     ConvCfg,
     ConvNormAct,
     DepthwiseSeparableConv,
-    PointwiseConv2d,
-    PointwiseToChannelsLast,
     SeparableConv,
     make_act,
     make_norm,
 )
+from necklace.layers.fold import fold_bn, fold_bn_into_conv
 from necklace.layers.fuse import Fuse
-from necklace.layers.fused import conv_act_fused, set_fused_conv_act
-from necklace.layers.nearest import upsample_nearest
-from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv, fold_bn
+from necklace.layers.rep import BepC3, BottleRep, GhostConv, RepBlock, RepConv
 from necklace.layers.resample import Resample, match_size
 from necklace.layers.rfa import ResidualFeatureAugmentation
 from necklace.layers.sac import ConvAWS2d, SAConv2d, convert_to_aws, convert_to_sac
-from necklace.layers.winograd import WinogradConv2d, set_winograd
 
 __all__ = [
     "ASPP",
@@ -35,24 +36,18 @@ __all__ = [
     "DepthwiseSeparableConv",
     "Fuse",
     "GhostConv",
-    "PointwiseConv2d",
-    "PointwiseToChannelsLast",
     "RepBlock",
     "RepConv",
     "Resample",
     "ResidualFeatureAugmentation",
     "SAConv2d",
     "SeparableConv",
-    "WinogradConv2d",
     "build_block",
-    "conv_act_fused",
     "convert_to_aws",
     "convert_to_sac",
     "fold_bn",
+    "fold_bn_into_conv",
     "make_act",
     "make_norm",
     "match_size",
-    "set_fused_conv_act",
-    "set_winograd",
-    "upsample_nearest",
 ]

@@ -14,8 +14,6 @@ from necklace.layers.conv import (
     DepthwiseSeparableConv,
     SeparableConv,
     _choices_error,
-    concat_pointwise,
-    pointwise_head_ok,
 )
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
@@ -89,21 +87,25 @@ class C2f(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.tail(self.cv1(x))
 
-    def tail(self, y: Tensor) -> Tensor:
-        """Everything after ``cv1``: ``y`` is its output (``2c`` channels, split into two halves).
+    @property
+    def head(self) -> ConvNormAct:
+        """The 1x1 conv that reads the whole input (``cv1``): ``forward(x) == tail(head(x))``.
 
-        In inference the final ``cv2(cat([y, m_1, ..., m_n]))`` runs as GEMMs accumulated into one output
-        (:func:`necklace.layers.conv.concat_pointwise`): the concatenation is never written.
-        """
+        Declared for node rewrites (the native CPU runtime runs the head per part of a concatenated input, so the
+        concatenation is never built: :mod:`necklace.deploy.native.nodes`)."""
+        return self.cv1
+
+    def tail(self, y: Tensor) -> Tensor:
+        """Everything after ``cv1``: ``y`` is its output (``2c`` channels, split into two halves)."""
         parts = [y]
         h = y[:, self.c :]
         for m in self.m:
             h = m(h)
             parts.append(h)
-        if pointwise_head_ok(self.cv2, y):
-            z = concat_pointwise(parts, self.cv2.conv.weight, self.cv2.conv.bias)
-            if z is not None:
-                return self.cv2.act(self.cv2.norm(z))
+        return self.merge(parts)
+
+    def merge(self, parts: list[Tensor]) -> Tensor:
+        """``cv2`` over the concatenation of ``cv1``'s output and every inner block's: (N, out_channels, H, W)."""
         return self.cv2(torch.cat(parts, dim=1))
 
 

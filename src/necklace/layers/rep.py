@@ -16,60 +16,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.layers.conv import ConvCfg, ConvNormAct, make_act
-from necklace.layers.fused import conv_act
-from necklace.layers.winograd import WinogradConv2d
+from necklace.layers.fold import fold_bn, fold_bn_into_conv
 
 __all__ = ["BepC3", "BottleRep", "GhostConv", "RepBlock", "RepConv", "fold_bn", "fold_bn_into_conv", "require_bn"]
-
-
-def fold_bn(conv_weight: Tensor, conv_bias: Tensor | None, bn: _BatchNorm) -> tuple[Tensor, Tensor]:
-    """Return ``(weight, bias)`` of one conv equal to ``bn(conv(x))`` with ``bn`` in eval mode.
-
-    ``W' = W * g / sqrt(var + eps)`` per output channel and ``b' = (b - mean) * g / sqrt(var + eps) + beta``,
-    using the BN's own ``eps`` and running statistics (computed in float64, returned in the weight's dtype).
-
-    Example:
-        >>> conv, bn = nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8).eval()
-        >>> bn.running_var.fill_(4.0)  # doctest: +ELLIPSIS
-        tensor(...)
-        >>> w, b = fold_bn(conv.weight, None, bn)
-        >>> x = torch.randn(1, 4, 5, 7)
-        >>> torch.allclose(F.conv2d(x, w, b, padding=1), bn(conv(x)), atol=1e-6)
-        True
-    """
-    if not isinstance(bn, _BatchNorm):
-        raise TypeError(f"fold_bn expects a BatchNorm module, got {type(bn).__name__}.")
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
-            f"{type(bn).__name__}(track_running_stats=False) normalises with batch statistics even in eval(); "
-            "it has no running statistics to fold into a conv."
-        )
-    if conv_weight.shape[0] != bn.num_features:
-        raise ValueError(f"conv has {conv_weight.shape[0]} output channels but the BN has {bn.num_features}.")
-    with torch.no_grad():
-        dt = torch.float64
-        mean, var = bn.running_mean.to(dt), bn.running_var.to(dt)
-        gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(mean)
-        beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(mean)
-        scale = gamma / torch.sqrt(var + bn.eps)
-        bias = conv_bias.to(dt) if conv_bias is not None else torch.zeros_like(mean)
-        weight = conv_weight.to(dt) * scale.reshape(-1, *([1] * (conv_weight.dim() - 1)))
-        bias = (bias - mean) * scale + beta
-    return weight.to(conv_weight.dtype), bias.to(conv_weight.dtype)
-
-
-def fold_bn_into_conv(conv: nn.Conv2d, bn: _BatchNorm) -> None:
-    """Fold ``bn`` into ``conv`` in place: the weight is rescaled and the conv gains (or updates) a bias.
-
-    The caller replaces ``bn`` by ``nn.Identity`` afterwards. ``conv.weight`` keeps its identity as a parameter.
-    """
-    weight, bias = fold_bn(conv.weight, conv.bias, bn)
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if conv.bias is None:
-            conv.bias = nn.Parameter(bias)
-        else:
-            conv.bias.copy_(bias)
 
 
 def require_bn(cfg: ConvCfg, what: str) -> None:
@@ -146,8 +95,7 @@ class RepConv(nn.Module):
         self.identity: nn.BatchNorm2d | None = None
         self.alpha: nn.Parameter | None = None
         if deploy:
-            conv_cls = WinogradConv2d if (stride, groups) == (1, 1) else nn.Conv2d
-            self.conv = conv_cls(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=True)
             return
         branch = cfg.with_(act=None, bias=False)
         self.conv_kxk = ConvNormAct(in_channels, out_channels, 3, stride, groups, cfg=branch)
@@ -162,14 +110,8 @@ class RepConv(nn.Module):
         """Whether the block is in its fused (single conv) form."""
         return self.conv is not None
 
-    #: run the deployed conv + activation as one oneDNN call where it applies (see ConvNormAct.fused_act)
-    fused_act: bool = True
-
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is not None:
-            y = conv_act(self.conv, self.act, x, self.fused_act)  # inference: native Winograd or one oneDNN call
-            if y is not None:
-                return y
             return self.act(self.conv(x))
         assert self.conv_kxk is not None and self.conv_1x1 is not None
         # YOLOv6's / mmyolo's order (identity, kxk, 1x1): backward runs the branches in reverse, which sets the
@@ -221,8 +163,7 @@ class RepConv(nn.Module):
         if self.conv is not None:
             return
         weight, bias = self.fused_kernel_bias()
-        conv_cls = WinogradConv2d if (self.stride, self.groups) == (1, 1) else nn.Conv2d
-        conv = conv_cls(self.in_channels, self.out_channels, 3, self.stride, 1, groups=self.groups, bias=True)
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, self.stride, 1, groups=self.groups, bias=True)
         conv = conv.to(device=weight.device, dtype=weight.dtype).train(self.training)
         conv.weight.copy_(weight)
         assert conv.bias is not None

@@ -1,5 +1,6 @@
-"""The native Winograd transforms (necklace.layers.native + winograd_conv3x3_native): build, cache, fallback, and
-equality with the direct conv over shapes, layouts, strides, activations and accumulation."""
+"""The native runtime's C library (necklace.deploy.native.loader) and winograd_conv3x3_native: an explicit build,
+a verified cache that a damaged file cannot crash, the fallbacks, and equality with the direct conv over shapes,
+layouts, strides, activations and accumulation."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from necklace.layers import native
-from necklace.layers.conv import ConvCfg, ConvNormAct
-from necklace.layers.fused import conv_act
-from necklace.layers.rep import RepConv
-from necklace.layers.winograd import (
+import necklace
+from necklace.deploy.native import loader as native
+from necklace.deploy.native import winograd as wg
+from necklace.deploy.native.modules import conv_act, native_module
+from necklace.deploy.native.winograd import (
     WinogradConv2d,
     native_winograd_ok,
-    set_winograd,
     winograd_conv3x3_native,
     winograd_filter,
     winograd_pays,
 )
+from necklace.layers.conv import ConvCfg, ConvNormAct
+from necklace.layers.rep import RepConv
 
 CL = torch.channels_last
 
@@ -37,6 +39,7 @@ def fresh_native(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pa
     yield tmp_path / "cache"
     monkeypatch.undo()
     native.reset()
+    assert native.build().loaded  # (the other tests run on the library from the usual cache)
 
 
 def _ut(w: torch.Tensor) -> torch.Tensor:
@@ -57,9 +60,10 @@ def _close(got: torch.Tensor, ref: torch.Tensor, rel: float = 2e-5) -> None:
 def test_the_library_builds_and_loads_here() -> None:
     # CI machines have a C compiler: the native path must be what the other tests exercise, not the fallback
     info = native.status()
-    assert info["loaded"], info
-    assert Path(info["path"]).is_file()
-    assert "-O3" in info["flags"]
+    assert info.loaded, info
+    assert info.source in ("cache", "built") and info.path is not None and Path(info.path).is_file()
+    assert info.flags is not None and "-O3" in info.flags
+    assert native.build() is info  # already loaded: the same report, no second look at the disk
 
 
 @pytest.mark.parametrize(
@@ -129,17 +133,17 @@ def test_bad_arguments_name_what_was_expected() -> None:
         winograd_conv3x3_native(x, _ut(torch.randn(4, 8, 3, 3)), out=torch.empty(1, 4, 6, 5))
 
 
-def test_modules_take_the_native_path_and_set_winograd_switches_it() -> None:
+def test_modules_take_the_native_path_and_the_switch_turns_it_off() -> None:
     conv = WinogradConv2d(64, 64, 3, padding=1)
     x = torch.randn(1, 64, 40, 40).contiguous(memory_format=CL)
     with torch.no_grad():
         assert conv._winograd_path(x) == "native"
         ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
         _close(conv(x), ref.double())
-        assert set_winograd(conv, True, native=False) == 1
+        conv.native = False
         assert conv._winograd_path(x) == ("torch" if winograd_pays(64, 64, 40, 40, True) else None)
         assert conv.forward_act(x, "relu") is None
-        set_winograd(conv, True, native=True)
+        conv.native = True
         _close(conv.forward_act(x, "relu"), ref.relu().double())
     # autograd on: never the native path (training sees the plain conv)
     assert conv._winograd_path(x) is None
@@ -165,6 +169,7 @@ def test_deployed_blocks_fuse_the_activation(act: str) -> None:
     cfg = ConvCfg(norm="bn", act=act)
     cna = ConvNormAct(48, 64, 3, cfg=cfg).eval()
     cna.fuse()
+    cna = native_module(cna)
     rep = RepConv(64, 64, cfg=cfg).eval()
     for m in rep.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -176,42 +181,82 @@ def test_deployed_blocks_fuse_the_activation(act: str) -> None:
         ref_a = cna.act(cna.conv(x))
         before = rep(a)
         rep.reparameterize()
+        rep = native_module(rep)
         assert isinstance(rep.conv, WinogradConv2d) and rep.conv._winograd_path(a) == "native"
         after = rep(a)
     _close(a, ref_a.double(), 1e-4)
     _close(after, before.double(), 1e-4)
 
 
-def test_deploy_true_builds_a_winograd_conv() -> None:
-    assert isinstance(RepConv(32, 32, cfg=ConvCfg(norm="bn"), deploy=True).conv, WinogradConv2d)
-    assert not isinstance(RepConv(32, 32, stride=2, cfg=ConvCfg(norm="bn"), deploy=True).conv, WinogradConv2d)
+def test_deploy_true_builds_a_plain_conv_that_the_native_runtime_speeds_up() -> None:
+    rep = RepConv(32, 32, cfg=ConvCfg(norm="bn"), deploy=True)
+    assert type(rep.conv) is nn.Conv2d
+    assert isinstance(native_module(rep).conv, WinogradConv2d)
+    assert not isinstance(
+        native_module(RepConv(32, 32, stride=2, cfg=ConvCfg(norm="bn"), deploy=True)).conv, WinogradConv2d
+    )
 
 
-def test_a_broken_cached_file_is_rebuilt_then_reused(fresh_native: Path) -> None:
-    compiler = native._compiler()
+def _target(compiler: list[str]) -> Path:
+    return native.cache_dir() / native._key(compiler, native._FLAG_SETS[0]) / "libnecklace_native.so"
+
+
+def test_nothing_is_built_or_loaded_before_the_explicit_step(fresh_native: Path) -> None:
+    assert native.library() is None and not native.status().loaded
+    assert "not built yet" in str(native.status().error)
+    conv = WinogradConv2d(64, 64, 3, padding=1)
+    x = torch.randn(1, 64, 40, 40).contiguous(memory_format=CL)
+    with torch.no_grad():
+        conv(x)  # a forward never builds: the pure-torch forms run
+    assert native.library() is None and not fresh_native.exists()
+    report = native.build()
+    assert report.loaded and report.source == "built" and report.seconds > 0
+    files = sorted(p.name for p in Path(report.path).parent.iterdir())
+    assert files == ["libnecklace_native.so", "manifest.json"]  # no temporary left behind
+
+
+def test_a_damaged_cached_file_is_rebuilt_never_loaded(fresh_native: Path) -> None:
+    compiler, _ = native._compiler()
     assert compiler is not None
-    target = native.cache_dir() / native._key(compiler, native._FLAG_SETS[0]) / "libnecklace_native.so"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(b"not a shared library")  # e.g. left truncated by a crash, before any process loaded it
-    assert native.library() is not None
-    assert Path(native.status()["path"]) == target and target.stat().st_size > 1000
-    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temporary left behind
-    mtime = target.stat().st_mtime_ns
+    assert native.build().source == "built"
+    target = _target(compiler)
+    good = target.read_bytes()
+    for damage in (good[: len(good) // 2], good[:100] + b"\0" * (len(good) - 100), b""):
+        target.write_bytes(damage)  # truncated by a crash, overwritten, emptied: would SIGBUS if mapped
+        native.reset()
+        report = native.build()
+        assert report.loaded and report.source == "built", report
+        assert target.read_bytes() == good
     native.reset()
-    assert native.library() is not None
-    assert target.stat().st_mtime_ns == mtime  # loaded from the cache, not rebuilt
+    assert native.build().source == "cache"  # verified against the manifest: loaded from the cache
     x = torch.randn(1, 8, 5, 5)
     wt = torch.randn(8, 8, 3, 3)
     _close(winograd_conv3x3_native(x, _ut(wt)), _ref(x, wt, None, "none"))
 
 
+def test_a_damaged_file_in_another_process_is_reported_not_fatal(fresh_native: Path) -> None:
+    """The SIGBUS class: a process that loads the cache while its file is damaged must live and say so."""
+    import subprocess
+    import sys
+
+    compiler, _ = native._compiler()
+    assert compiler is not None and native.build().loaded
+    target = _target(compiler)
+    target.write_bytes(target.read_bytes()[:4096])
+    code = "from necklace.deploy.native import loader; r = loader.build(); print('ok', r.loaded, r.source)"
+    env = {**os.environ, "NECKLACE_NATIVE_DIR": str(fresh_native)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok", "True", "built"]
+
+
 def test_disabled_falls_back_quietly(fresh_native: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NECKLACE_NATIVE", "0")
-    native.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert native.library() is None
-    assert native.status()["error"].startswith("disabled")
+        report = native.build()
+    assert native.library() is None and not report.loaded
+    assert str(report.error).startswith("disabled")
     x = torch.randn(1, 64, 40, 40).contiguous(memory_format=CL)
     assert not native_winograd_ok(x)
     conv = WinogradConv2d(64, 64, 3, padding=1)
@@ -222,24 +267,40 @@ def test_disabled_falls_back_quietly(fresh_native: Path, monkeypatch: pytest.Mon
         winograd_conv3x3_native(x, _ut(conv.weight.detach()))
 
 
-def test_no_compiler_warns_once_and_falls_back(fresh_native: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_compiler_is_reported_and_the_runtime_still_deploys(
+    fresh_native: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CC", os.path.join(str(fresh_native), "no-such-cc"))
-    native.reset()
-    with pytest.warns(RuntimeWarning, match="native kernels unavailable"):
-        assert native.library() is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert native.library() is None  # once
-    assert "no C compiler" in native.status()["error"]
-    conv = WinogradConv2d(64, 64, 3, padding=1)
-    x = torch.randn(1, 64, 16, 16)
-    with torch.no_grad():
-        _close(conv(x), F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1))
+    report = native.build()
+    assert not report.loaded and "no-such-cc" in str(report.error) and "not an executable" in str(report.error)
+    neck = necklace.build_neck("yolo_pafpn", [(64, 8), (128, 16), (256, 32)]).eval()
+    fast = necklace.deploy(neck, runtime="native")
+    assert fast.deploy_report.native.build.loaded is False  # deployed on the pure-torch forms, and says so
+    assert fast.deploy_report.max_rel_diff < 1e-3
+
+
+def test_cc_with_arguments_is_a_command(fresh_native: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None
+    monkeypatch.setenv("CC", f"env NECKLACE_TEST=1 {cc}")  # a wrapper + arguments, like "ccache gcc"
+    report = native.build()
+    assert report.loaded and report.compiler is not None and report.compiler.endswith(cc), report
+
+
+def test_a_compiler_that_writes_nothing_leaves_no_files(fresh_native: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fresh_native.parent / "fakecc"
+    fake.write_text("#!/bin/sh\nexit 0\n")  # "succeeds" and writes nothing
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    report = native.build()
+    assert not report.loaded and "wrote an empty file" in str(report.error)
+    left = [p for p in fresh_native.rglob("*") if p.is_file()]
+    assert left == []
 
 
 def test_native_pay_rules_corners_and_the_nchw_size_cap() -> None:
-    from necklace.layers import winograd as wg
-
     for channels_last, rules in ((False, wg.PAYS_NATIVE_NCHW), (True, wg.PAYS_NATIVE_CHANNELS_LAST)):
         for rule in rules:
             c, s = rule[0], rule[1]

@@ -1,6 +1,6 @@
 /* necklace native kernels: the input and output transforms of Winograd F(4x4, 3x3), float32.
  *
- * Built on first use by necklace/layers/native.py with the system C compiler and loaded with ctypes (no torch
+ * Built by necklace/deploy/native/loader.py (an explicit step of deploy(runtime="native")) with the system C compiler; loaded with ctypes (no torch
  * headers, no Python API): plain functions on raw pointers and strides counted in floats. The channel mixing
  * between the two transforms is a batched GEMM that torch runs (torch.bmm), so these loops only move and add.
  *

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from necklace.deploy import DeployReport, _auto_inputs, _compare, _require_eval, deploy
+from necklace.deploy import DeployReport, deploy
+from necklace.deploy.passes import _auto_inputs, _compare, _require_eval
 
 __all__ = ["COMPILE_BACKENDS", "CompileReport", "compile_model"]
 
@@ -85,7 +86,8 @@ def compile_model(
 
     ``example_inputs`` as in :func:`necklace.deploy` (a tuple is the positional arguments, anything else the single
     argument; necklace necks get a random odd-sized pyramid when omitted). They drive the compilation and the
-    equality check (relative ``rtol``, as in deploy). ``channels_last`` is passed to deploy (``None``: timed).
+    equality check (relative ``rtol``, as in deploy). ``channels_last`` is passed to deploy (torch runtime;
+    ``None``: contiguous).
     ``dynamic``: inductor only, compile once for symbolic input sizes instead of once per size.
 
     The original model is untouched. The :class:`CompileReport` is the result's ``compile_report`` attribute.

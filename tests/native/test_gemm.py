@@ -1,17 +1,16 @@
-"""1x1 convs over concatenations without building them: ``concat_pointwise``, C2f and the graph engine's path."""
+"""1x1 convs over concatenations without building them (native runtime): ``concat_pointwise``, the native C2f and the
+native nodes' routes, and that the plain layers keep torch's ops."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import necklace
+from necklace.deploy.native.gemm import add_pointwise_, concat_pointwise
+from necklace.deploy.native.modules import native_module
 from necklace.layers.blocks import C2f
-from necklace.layers.conv import concat_pointwise
-from necklace.layers.winograd import direct_convs
 
 
 def _ref(parts: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | None, up: list[bool], size) -> torch.Tensor:
@@ -67,14 +66,18 @@ def test_c2f_inference_skips_the_concatenation(monkeypatch: pytest.MonkeyPatch) 
     torch.manual_seed(0)
     block = C2f(24, 32, n=2, cfg=necklace.ConvCfg(norm="bn", act="silu")).eval()
     x = torch.randn(1, 24, 9, 11)
-    with torch.no_grad(), direct_convs():
+    with torch.no_grad():
         ref = block(x)
+    fast = native_module(block)
+    assert type(fast).__name__ == "NativeC2f" and fast.cv2 is block.cv2
     cats = _count_cats(monkeypatch)
     with torch.no_grad():
-        y = block(x)
-    assert cats == [] and torch.allclose(y, ref, atol=1e-5)
-    y_grad = block(x)  # autograd on: the concatenation, as written
-    assert cats == [3] and torch.allclose(y_grad, ref, atol=1e-5)  # [cv1 output, m_1, m_2]
+        block(x)
+        assert cats == [3]  # the plain block concatenates in every mode: [cv1 output, m_1, m_2]
+        y = fast(x)
+    assert cats == [3] and torch.allclose(y, ref, atol=1e-5)
+    y_grad = fast(x)  # autograd on: the concatenation, as written
+    assert cats == [3, 3] and torch.allclose(y_grad, ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -83,26 +86,24 @@ def test_yolo_neck_never_concatenates_in_inference(monkeypatch: pytest.MonkeyPat
     neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
     g = torch.Generator().manual_seed(3)
     feats = [torch.randn(1, s.channels, -(-203 // s.stride), -(-157 // s.stride), generator=g) for s in specs]
-    dep = necklace.deploy(neck, channels_last=channels_last)
-    with torch.no_grad(), direct_convs():
+    dep = necklace.deploy(neck, runtime="native", channels_last=channels_last)
+    with torch.no_grad():
         ref = neck(feats)
-        ref_dep = dep(feats)
     cats = _count_cats(monkeypatch)
     with torch.no_grad():
         out = dep(feats)
-        eager = neck(feats)
     assert cats == []  # every C2f and every concat node ran as accumulated GEMMs
-    for a, b, c, d in zip(out, ref_dep, eager, ref, strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4) and torch.allclose(c, d, rtol=1e-4, atol=1e-4)
+    for a, b in zip(out, ref, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_yolo_neck_batch_of_nchw_maps_falls_back_to_the_concatenation(monkeypatch: pytest.MonkeyPatch) -> None:
     specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
     neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
     feats = [torch.randn(2, s.channels, 64 // s.stride, 96 // s.stride) for s in specs]
-    with torch.no_grad(), direct_convs():
+    with torch.no_grad():
         ref = neck(feats)
-    twin = copy.deepcopy(neck)
+    twin = necklace.deploy(neck, runtime="native", channels_last=False)
     cats = _count_cats(monkeypatch)
     with torch.no_grad():
         out = twin(feats)
@@ -113,8 +114,6 @@ def test_yolo_neck_batch_of_nchw_maps_falls_back_to_the_concatenation(monkeypatc
 
 @pytest.mark.parametrize(("acc_cl", "x_cl"), [(False, False), (True, True), (True, False), (False, True)])
 def test_add_pointwise_any_layout_pair(acc_cl: bool, x_cl: bool) -> None:
-    from necklace.layers.conv import add_pointwise_
-
     g = torch.Generator().manual_seed(5)
     n = 2 if acc_cl and x_cl else 1
     cl = torch.channels_last
@@ -138,26 +137,25 @@ def test_add_pointwise_any_layout_pair(acc_cl: bool, x_cl: bool) -> None:
 
 @pytest.mark.parametrize("channels_last", [None, True])
 def test_fpn_lateral_goes_into_the_upsampled_map(monkeypatch: pytest.MonkeyPatch, channels_last: bool | None) -> None:
-    import necklace.graph.engine as graph
+    from necklace.deploy.native import nodes
 
     calls: list[tuple[int, ...]] = []
-    real = graph.add_pointwise_
+    real = nodes.add_pointwise_
 
     def spy(acc: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> bool:
         calls.append(tuple(acc.shape))
         return real(acc, x, w)
 
-    monkeypatch.setattr(graph, "add_pointwise_", spy)
+    monkeypatch.setattr(nodes, "add_pointwise_", spy)
     specs = [necklace.FeatureSpec(32, 8), necklace.FeatureSpec(64, 16), necklace.FeatureSpec(128, 32)]
-    neck = necklace.build_neck("fpn", specs, width=16).eval()
-    if channels_last:
-        neck = necklace.deploy(neck, channels_last=True)
-        assert calls  # deploy's own check ran the path (a batch of 2 channels_last maps)
-        calls.clear()
+    plain = necklace.build_neck("fpn", specs, width=16).eval()
+    neck = necklace.deploy(plain, runtime="native", channels_last=bool(channels_last))
+    assert calls  # deploy's own check ran the path (a batch of 2 maps)
+    calls.clear()
     g = torch.Generator().manual_seed(2)
     feats = [torch.randn(1, s.channels, -(-99 // s.stride), -(-131 // s.stride), generator=g) for s in specs]
-    with torch.no_grad(), direct_convs():
-        ref = neck(feats)
+    with torch.no_grad():
+        ref = plain(feats)
     assert calls == []
     with torch.no_grad():
         out = neck(feats)
@@ -187,7 +185,7 @@ def test_mixed_layouts_give_channels_last(low_cl: bool) -> None:
 def test_inference_sums_into_fresh_maps_leave_the_inputs_intact(name: str) -> None:
     specs = [necklace.FeatureSpec(16, 8), necklace.FeatureSpec(32, 16), necklace.FeatureSpec(64, 32)]
     opts = {"width": 16} if name != "bifpn" else {}
-    neck = necklace.build_neck(name, specs, **opts).eval()
+    neck = necklace.deploy(necklace.build_neck(name, specs, **opts).eval(), runtime="native", channels_last=False)
     g = torch.Generator().manual_seed(4)
     feats = [torch.randn(1, s.channels, -(-130 // s.stride), -(-97 // s.stride), generator=g) for s in specs]
     before = [f.clone() for f in feats]
@@ -212,7 +210,7 @@ def test_custom_graph_sum_of_an_input_and_a_conv_under_autocast() -> None:
         ),
         outputs=("A", "B"),
     )
-    neck = GraphNeck(graph).eval()
+    neck = necklace.deploy(GraphNeck(graph).eval(), runtime="native", channels_last=False)
     feats = [torch.randn(1, 8, 12, 10), torch.randn(1, 8, 6, 5)]
     with torch.no_grad():
         plain = neck(feats)
@@ -242,7 +240,7 @@ def test_channels_last_yolo_neck_keeps_its_c2f_nodes_channels_last() -> None:
     # neck its output (and so its 3x3 convs) must be channels_last too, not follow the NCHW inputs
     specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
     neck = necklace.build_neck("yolo_pafpn", specs, preset="n").eval()
-    dep = necklace.deploy(neck, channels_last=True)
+    dep = necklace.deploy(neck, runtime="native", channels_last=True)
     feats = [torch.randn(1, s.channels, 160 // s.stride, 192 // s.stride) for s in specs]
     layouts: list[bool] = []
     handles = [

@@ -20,7 +20,7 @@ narrow channels or small maps these transforms (several passes of torch ops) cos
 :func:`winograd_pays` keeps the direct conv there (channels_last pays from 128 channels, NCHW from 192).
 
 Where a C compiler is at hand, the transforms run as native loops instead (:func:`winograd_conv3x3_native`,
-:mod:`necklace.layers.native`): the gather, zero padding and input transform in one pass, the output transform,
+:mod:`necklace.deploy.native.loader`): the gather, zero padding and input transform in one pass, the output transform,
 bias, activation (ReLU / SiLU) and the write into the output layout in another, with the same batched GEMM in
 between. That pays from much narrower convs (:data:`PAYS_NATIVE_CHANNELS_LAST` / :data:`PAYS_NATIVE_NCHW`; on an
 AVX2 AMD EPYC, 64 -> 64 channels at 40x40 0.55 of oneDNN's time, 128 at 20x20 0.55, 256 at 80x80 0.37 on
@@ -30,9 +30,8 @@ Numerics: the transforms' coefficients (up to 8 and 1/24) cost about 5 bits, so 
 direct fp32 conv by about 1e-5 of the output's magnitude (the direct conv's own rounding is ~3e-7), two
 orders of magnitude below the 1e-3 that fp16 inference gives. The path is inference only: it runs when
 autograd is off, for float32/float64 4-D inputs, and never under CPU autocast or while tracing, scripting,
-compiling or exporting (those see the plain ``Conv2d``, so exported graphs are unchanged). Switch it off per model with
-:func:`set_winograd` (``necklace.set_winograd(model, False)``) when bit-level agreement with another library
-matters more than speed.
+compiling or exporting (those see the plain ``Conv2d``, so exported graphs are unchanged). It runs only in models
+deployed with ``necklace.deploy(model, runtime="native")``; the plain layers never take it.
 
 Example:
     >>> conv = WinogradConv2d(256, 256, 3, padding=1)
@@ -45,21 +44,18 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.layers import native
-from necklace.spec import _is_tracing, is_symbolic
+from necklace.deploy.native import loader as native
+from necklace.deploy.native.guard import inference_paths_off
+from necklace.spec import is_symbolic
 
 __all__ = [
     "WinogradConv2d",
-    "direct_convs",
-    "inference_paths_off",
-    "set_winograd",
     "winograd_conv3x3",
     "winograd_conv3x3_native",
     "winograd_eligible",
@@ -110,7 +106,7 @@ MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
 #: tiles (of 4x4 outputs) per band: per batched GEMM
 TILES_PER_BAND = 100
 #: the same rules for the native path (:func:`winograd_conv3x3_native`: the transforms in C, one pass each), where
-#: the C library is loaded (:mod:`necklace.layers.native`); a third number is the largest side the rule covers.
+#: the C library is loaded (:mod:`necklace.deploy.native.loader`); a third number is the largest side the rule covers.
 #: ``benchmarks/winograd.py --path native`` on an AVX2 AMD EPYC (``benchmarks/results/epyc_avx2/RESULTS.md``), time
 #: winograd / direct: channels_last 64 ch 0.96 / 0.72 / 0.54 / 0.51 at 14 / 20 / 40 / 80, 48 ch 0.81 at 20,
 #: 32 ch 0.86-0.91 from 40, 128-256 ch 0.37-0.84 from 14 (1.0-1.3 at 8-10); NCHW 96-256 ch 0.43-0.80 at every
@@ -120,51 +116,10 @@ PAYS_NATIVE_NCHW: tuple[tuple[int, ...], ...] = ((96, 8), (48, 10, 112))
 PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, ...], ...] = ((64, 14), (48, 20), (32, 40))
 #: below this many channels no rule holds (the modules' first, cheapest test)
 LOWEST_CHANNELS = min(r[0] for r in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
-#: activation -> code of the native output transform (the oneDNN post-op names of :mod:`necklace.layers.fused`);
+#: activation -> code of the native output transform (the post-op names oneDNN uses too);
 #: SiLU ("swish") runs right after it as torch's in-place op, which measured faster than an exp polynomial in the
 #: transform (64 ch at 40x40: 0.44 vs 0.51 ms for conv + SiLU)
 NATIVE_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 0}
-
-
-_DIRECT_DEPTH = 0
-
-
-@contextlib.contextmanager
-def direct_convs() -> Iterator[None]:
-    """Run every :class:`WinogradConv2d` (and :class:`necklace.layers.conv.PointwiseConv2d`) as the direct conv
-    inside the block (e.g. to count nominal MACs, or to compare bit-for-bit with another library).
-
-    Example:
-        >>> conv, x = WinogradConv2d(256, 256, 3, padding=1), torch.randn(1, 256, 32, 32)
-        >>> with torch.no_grad(), direct_convs():
-        ...     torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
-        True
-    """
-    global _DIRECT_DEPTH
-    _DIRECT_DEPTH += 1
-    try:
-        yield
-    finally:
-        _DIRECT_DEPTH -= 1
-
-
-def _autocast_on() -> bool:
-    """CPU autocast (bfloat16/float16) on: the ops here would be cast piecemeal, so the direct conv runs."""
-    try:
-        return bool(torch.is_autocast_enabled("cpu"))
-    except TypeError:  # older torch: no device argument
-        return bool(torch.is_autocast_cpu_enabled())
-
-
-def inference_paths_off() -> bool:
-    """Whether necklace's inference paths (Winograd, GEMM 1x1 convs) must not run now: autograd on, a
-    :func:`direct_convs` block, tracing / scripting / compiling / exporting, or CPU autocast."""
-    return bool(_DIRECT_DEPTH) or torch.is_grad_enabled() or _is_tracing() or _is_exporting() or _autocast_on()
-
-
-def _is_exporting() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", None)
-    return bool(torch.onnx.is_in_onnx_export() or (exporting is not None and exporting()))
 
 
 def _kron(a: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -301,7 +256,7 @@ def winograd_conv3x3_native(
     act: str = "none",
     out: Tensor | None = None,
 ) -> Tensor:
-    """:func:`winograd_conv3x3` with the transforms in C (:mod:`necklace.layers.native`), the activation fused.
+    """:func:`winograd_conv3x3` with the transforms in C (:mod:`necklace.deploy.native.loader`), the activation fused.
 
     ``ut`` is the transformed filter laid out ``(36, C, O)`` (``winograd_filter(weight).transpose(1, 2)``, made
     contiguous once); ``act`` one of :data:`NATIVE_ACTS` (``"relu"``, ``"swish"`` = SiLU, ``"none"``). Per band of
@@ -324,7 +279,7 @@ def winograd_conv3x3_native(
     """
     lib = native.library()
     if lib is None:
-        raise RuntimeError(f"winograd_conv3x3_native: the native library is not loaded ({native.status()['error']}).")
+        raise RuntimeError(f"winograd_conv3x3_native: the native library is not loaded ({native.status().error}).")
     n, c, h, w = x.shape
     if ut.dim() != 3 or ut.shape[0] != N_IN * N_IN or ut.shape[1] != c or not ut.is_contiguous():
         raise ValueError(
@@ -550,28 +505,3 @@ class WinogradConv2d(nn.Conv2d):
         state = dict(super().__getstate__())
         state["_wg_cache"] = None  # deepcopy / pickle: never carry the cache (it would alias the old weight)
         return state
-
-
-def set_winograd(model: nn.Module, enabled: bool, native: bool | None = None) -> int:
-    """Switch the Winograd inference path of every :class:`WinogradConv2d` in ``model`` on or off.
-
-    Returns how many convs were set. Off, each conv runs ``nn.Conv2d.forward`` (bit-identical to the direct
-    conv); on (the default), eligible convs use F(4x4, 3x3) in inference where it is faster. ``native`` (when
-    given) switches the native transforms (:func:`winograd_conv3x3_native`) alone: ``False`` keeps Winograd on
-    its pure-torch path and rules.
-
-    Example:
-        >>> m = nn.Sequential(WinogradConv2d(8, 8, 3, padding=1), nn.ReLU())
-        >>> set_winograd(m, False), m[0].winograd
-        (1, False)
-        >>> set_winograd(m, True, native=False), m[0].winograd, m[0].native
-        (1, True, False)
-    """
-    count = 0
-    for mod in model.modules():
-        if isinstance(mod, WinogradConv2d):
-            mod.winograd = bool(enabled)
-            if native is not None:
-                mod.native = bool(native)
-            count += 1
-    return count

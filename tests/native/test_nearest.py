@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 import necklace
 from necklace import FeatureSpec
-from necklace.layers import nearest
-from necklace.layers.nearest import upsample_nearest
-from necklace.layers.winograd import direct_convs
+from necklace.deploy.native import nearest
+from necklace.deploy.native.nearest import upsample_nearest
 
 
 @pytest.fixture
@@ -72,13 +71,13 @@ def test_other_sizes_use_interpolate(
     assert torch.equal(y, F.interpolate(x, size=size, mode="nearest"))
 
 
-def test_channels_last_autograd_and_direct_convs_use_interpolate(interpolate_calls: list) -> None:
+def test_channels_last_autograd_and_autocast_use_interpolate(interpolate_calls: list) -> None:
     x = torch.randn(1, 8, 6, 6)
     xcl = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         y = upsample_nearest(xcl, (12, 12))
     assert y.is_contiguous(memory_format=torch.channels_last) and len(interpolate_calls) == 1
-    with torch.no_grad(), direct_convs():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         upsample_nearest(x, (12, 12))
     assert len(interpolate_calls) == 2
     xg = x.clone().requires_grad_(True)
@@ -97,7 +96,8 @@ def test_strided_input_uses_interpolate(interpolate_calls: list) -> None:
 @pytest.mark.parametrize("name", ["fpn", "pafpn", "bifpn"])
 def test_necks_are_bit_identical_with_and_without_copies(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
-    neck = necklace.build_neck(name, specs, width=16).eval()
+    plain = necklace.build_neck(name, specs, width=16).eval()
+    neck = necklace.deploy(plain, runtime="native", channels_last=False)
     g = torch.Generator().manual_seed(0)
     feats = [torch.randn(1, s.channels, 64 // s.stride, 64 // s.stride, generator=g) for s in specs]
     with torch.no_grad():

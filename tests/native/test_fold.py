@@ -1,4 +1,4 @@
-"""YOLOv6's transposed-conv upsample folded into the next 3x3 conv (inference): kernel algebra, engine path."""
+"""YOLOv6's transposed-conv upsample folded into the next 3x3 conv (native runtime): kernel algebra, node route."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ from torch import nn
 
 import necklace
 from necklace import FeatureSpec
-from necklace.graph import engine as graph
-from necklace.graph.engine import _NodeModule
-from necklace.layers import winograd
-from necklace.layers.resample import (
+from necklace.deploy.native import nodes as graph
+from necklace.deploy.native import winograd
+from necklace.deploy.native.fold import (
     add_transposed_conv3x3_,
     compose_transposed_conv3x3,
     transposed_conv3x3_constant,
     transposed_conv3x3_into,
 )
-from necklace.layers.winograd import direct_convs
+from necklace.deploy.native.nodes import NativeNode
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (7, 9)])
@@ -60,7 +59,7 @@ def test_bad_shapes_are_named() -> None:
 
 @pytest.fixture
 def folded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Records the low-resolution input of every folded transposed conv the engine runs."""
+    """Records the low-resolution input of every folded transposed conv the native nodes run."""
     return spy_shapes(monkeypatch, graph, "transposed_conv3x3_into", arg=1)
 
 
@@ -88,18 +87,19 @@ def test_deployed_rep_pafpn_folds_both_top_down_nodes(
     folded: list[tuple[int, ...]], channels_last: bool, batch: int
 ) -> None:
     neck, specs = _rep_pafpn()
-    deployed = necklace.deploy(neck, channels_last=channels_last)
+    general = necklace.deploy(neck)  # the torch runtime: upsample, concatenate, conv
+    deployed = necklace.deploy(neck, runtime="native", channels_last=channels_last)
+    folded.clear()  # (deploy's own check)
     feats = [torch.randn(batch, s.channels, *s.size_for(128, 96)) for s in specs]
     with torch.no_grad():
         ref = neck(feats)
-        with direct_convs():  # the general path: upsample, concatenate, conv
-            general = deployed(feats)
+        general_out = general(feats)
         assert folded == []
         got = deployed(feats)
     # T4 reads R5 (2 x 4x3 at stride 32), N3 reads R4 (stride 16)
     assert folded == [(batch, 64, 4, 3), (batch, 32, 8, 6)]
-    assert _rel(got, general) < 1e-5 and _rel(got, ref) < 1e-5
-    assert not all(torch.equal(a, b) for a, b in zip(got, general, strict=True))  # it really ran another way
+    assert _rel(got, general_out) < 1e-5 and _rel(got, ref) < 1e-5
+    assert not all(torch.equal(a, b) for a, b in zip(got, general_out, strict=True))  # it really ran another way
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,8 @@ def test_folds_exactly_where_it_applies(
     folded: list[tuple[int, ...]], name: str, image: tuple[int, int], expected: list[tuple[int, ...]]
 ) -> None:
     neck, specs = _rep_pafpn(name)
-    deployed = necklace.deploy(neck)
+    deployed = necklace.deploy(neck, runtime="native")
+    folded.clear()  # (deploy's own check)
     feats = [torch.randn(1, s.channels, *s.size_for(*image)) for s in specs]
     with torch.no_grad():
         ref, got = neck(feats), deployed(feats)
@@ -130,36 +131,38 @@ def test_training_form_and_autograd_never_fold(folded: list[tuple[int, ...]]) ->
     feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
     with torch.no_grad():
         neck(feats)  # RepConvs not re-parameterised: no single conv to fold into
-    deployed = necklace.deploy(neck)
+    deployed = necklace.deploy(neck, runtime="native")
+    folded.clear()  # (deploy's own check)
     sum(o.sum() for o in deployed(feats)).backward()  # autograd on: the plain modules
     assert folded == []
 
 
 def test_folded_weights_follow_weight_changes() -> None:
     neck, specs = _rep_pafpn()
-    deployed = necklace.deploy(neck)
+    deployed = necklace.deploy(neck, runtime="native")
+    plain = necklace.deploy(neck)
     feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
     node = deployed.nodes["T4"]
-    assert isinstance(node, _NodeModule) and node._up_head is not None
+    assert isinstance(node, NativeNode) and node._up_head is not None
     with torch.no_grad():
         deployed(feats)
         assert node._up_cache is not None
-        node.edges[0].ops[0].weight.mul_(2.0)  # the transposed conv, modified in place
-        node.block.blocks[0].conv.weight.add_(0.1)  # and the conv that reads it
+        for model in (deployed, plain):
+            model.nodes["T4"].edges[0].ops[0].weight.mul_(2.0)  # the transposed conv, modified in place
+            model.nodes["T4"].block.blocks[0].conv.weight.add_(0.1)  # and the conv that reads it
         got = deployed(feats)
-        with direct_convs():
-            ref = deployed(feats)
+        ref = plain(feats)
     assert _rel(got, ref) < 1e-5
 
 
-def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rest_conv_follows_the_winograd_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = spy_shapes(monkeypatch, winograd, "winograd_conv3x3")
     seen_native = spy_shapes(monkeypatch, winograd, "winograd_conv3x3_native")
     torch.manual_seed(0)
     # wide enough that the conv on C4 (the concatenation's non-upsampled part) runs Winograd
     specs = [FeatureSpec(64, 8), FeatureSpec(256, 16), FeatureSpec(256, 32)]
     neck = necklace.build_neck("rep_pafpn", specs, channels=(64, 256, 256), repeats=1).eval()
-    deployed = necklace.deploy(neck)
+    deployed = necklace.deploy(neck, runtime="native")
     feats = [torch.randn(1, s.channels, *s.size_for(512, 512)) for s in specs]
     with torch.no_grad():
         ref = neck(feats)
@@ -167,20 +170,21 @@ def test_rest_conv_follows_set_winograd(monkeypatch: pytest.MonkeyPatch) -> None
         assert (1, 256, 32, 32) in seen + seen_native  # T4's conv on C4 alone
         seen.clear()
         seen_native.clear()
-        necklace.set_winograd(deployed, False)
+        for m in deployed.modules():
+            if isinstance(m, winograd.WinogradConv2d):
+                m.winograd = False
         off = deployed(feats)
     assert seen == seen_native == [] and _rel(got, ref) < 1e-5 and _rel(off, ref) < 1e-5
 
 
 def test_folded_weights_follow_a_memory_format_change() -> None:
-    # deploy(channels_last=None) times NCHW first, then converts the neck in place: the tensors (and versions)
-    # stay, only the strides change; a cache keyed without them kept NCHW weights for channels_last maps and
-    # every call re-laid them out
+    # a neck converted in place keeps its tensors (and versions), only the strides change; a cache keyed without
+    # them kept NCHW weights for channels_last maps and every call re-laid them out
     neck, specs = _rep_pafpn()
-    deployed = necklace.deploy(neck, channels_last=False)
+    deployed = necklace.deploy(neck, runtime="native", channels_last=False)
     feats = [torch.randn(1, s.channels, *s.size_for(64, 64)) for s in specs]
     node = deployed.nodes["T4"]
-    assert isinstance(node, _NodeModule)
+    assert isinstance(node, NativeNode)
     with torch.no_grad():
         ref = deployed(feats)
         assert node._up_cache is not None and node._up_cache[2].weight.is_contiguous()
@@ -236,7 +240,9 @@ def test_native_winograd_accumulates_into_the_up_part(monkeypatch: pytest.Monkey
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    deployed = necklace.deploy(neck, channels_last=channels_last)
+    deployed = necklace.deploy(neck, runtime="native", channels_last=channels_last)
+    into.clear()
+    accumulated.clear()
     feats = [torch.randn(1, s.channels, *s.size_for(256, 320)) for s in specs]
     with torch.no_grad():
         ref = neck(feats)

@@ -15,7 +15,7 @@ import torch  # noqa: F401  (the doctest uses it)
 import torch.nn.functional as F
 from torch import Tensor
 
-from necklace.layers.winograd import inference_paths_off
+from necklace.deploy.native.guard import inference_paths_off
 from necklace.spec import is_symbolic
 
 __all__ = ["MAX_COPY_FACTOR", "upsample_nearest"]
@@ -27,7 +27,7 @@ MAX_COPY_FACTOR = 4
 def upsample_nearest(x: Tensor, size: Sequence[int]) -> Tensor:
     """``F.interpolate(x, size=size, mode="nearest")``: the same values and memory format, faster on NCHW maps.
 
-    In inference (see :func:`~necklace.layers.winograd.inference_paths_off`), for a contiguous 4-D CPU map whose
+    In inference (see :func:`~necklace.deploy.native.guard.inference_paths_off`), for a contiguous 4-D CPU map whose
     target size is an integer multiple (up to :data:`MAX_COPY_FACTOR` per axis) of its own, the output is filled
     by ``factor_w + factor_h - 1`` strided copies: output pixel ``(f_h i + a, f_w j + b)`` is input pixel
     ``(i, j)``, which is what nearest interpolation picks at an exact integer scale. Everything else (autograd,

@@ -10,18 +10,18 @@ import torch.nn.functional as F
 from torch import nn
 
 import necklace
-from necklace.layers import winograd as wg
-from necklace.layers.conv import ConvNormAct, PointwiseConv2d, PointwiseToChannelsLast
-from necklace.layers.rep import RepConv
-from necklace.layers.winograd import (
+from necklace.deploy.native import winograd as wg
+from necklace.deploy.native.gemm import PointwiseConv2d, PointwiseToChannelsLast
+from necklace.deploy.native.modules import native_module
+from necklace.deploy.native.winograd import (
     WinogradConv2d,
-    direct_convs,
-    set_winograd,
     winograd_conv3x3,
     winograd_eligible,
     winograd_filter,
     winograd_pays,
 )
+from necklace.layers.conv import ConvNormAct
+from necklace.layers.rep import RepConv
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -155,10 +155,10 @@ def test_module_skips_small_shapes_other_dtypes_and_when_switched_off(calls: lis
         half(x.to(torch.bfloat16))
         assert calls == []
         conv = conv.float()
-        assert set_winograd(nn.Sequential(conv, nn.ReLU()), False) == 1
+        conv.winograd = False
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
         assert calls == []
-        set_winograd(conv, True)
+        conv.winograd = True
         conv(x)
         assert len(calls) == 1
 
@@ -212,51 +212,44 @@ def test_tracing_sees_the_plain_conv(calls: list[tuple[int, ...]]) -> None:
     assert calls == []
 
 
-def test_conv_blocks_use_it_where_eligible() -> None:
-    assert isinstance(ConvNormAct(8, 8, 3).conv, WinogradConv2d)
+def test_plain_blocks_are_plain_and_their_native_forms_pick_the_conv() -> None:
+    plain = [ConvNormAct(8, 8, 3), ConvNormAct(8, 8, 1), ConvNormAct(8, 8, 3, stride=2)]
+    assert all(type(m.conv) is nn.Conv2d for m in plain)  # the layers compute what torch computes
+    assert isinstance(native_module(ConvNormAct(8, 8, 3)).conv, WinogradConv2d)
     for block in (ConvNormAct(8, 8, 3, stride=2), ConvNormAct(8, 8, 3, groups=8), ConvNormAct(8, 8, 3, dilation=2)):
-        assert type(block.conv) is nn.Conv2d
-    assert type(ConvNormAct(8, 8, 1).conv) is PointwiseConv2d
-    assert type(ConvNormAct(8, 8, 1, stride=2).conv) is nn.Conv2d
+        assert type(native_module(block).conv) is nn.Conv2d
+    assert type(native_module(ConvNormAct(8, 8, 1)).conv) is PointwiseConv2d
+    assert type(native_module(ConvNormAct(8, 8, 1, stride=2)).conv) is nn.Conv2d
     rep = RepConv(8, 8).eval()
+    assert native_module(rep) is rep  # training branches: nothing native until re-parameterised
     rep.reparameterize()
-    assert isinstance(rep.conv, WinogradConv2d)
+    assert type(rep.conv) is nn.Conv2d and isinstance(native_module(rep).conv, WinogradConv2d)
 
 
 @pytest.mark.parametrize("name", ["fpn", "pafpn"])
-def test_neck_outputs_with_and_without_winograd(name: str, calls: list[tuple[int, ...]]) -> None:
+def test_native_neck_outputs_match_the_plain_neck(name: str, calls: list[tuple[int, ...]]) -> None:
     specs = [necklace.FeatureSpec(256, 8), necklace.FeatureSpec(512, 16), necklace.FeatureSpec(1024, 32)]
     neck = necklace.build_neck(name, specs, width=wg.MIN_CHANNELS).eval()
     g = torch.Generator().manual_seed(1)
     feats = [torch.randn(1, s.channels, -(-227 // s.stride), -(-250 // s.stride), generator=g) for s in specs]
     with torch.no_grad():
-        fast = neck(feats)
-        assert calls, "the 3x3 output convs of the finest level should take the Winograd path"
-        assert set_winograd(neck, False) > 0
-        n_calls = len(calls)
         slow = neck(feats)
-        assert len(calls) == n_calls
+        assert calls == [], "a plain neck never takes the Winograd path"
+        fast = necklace.deploy(neck, feats, runtime="native")(feats)
+        assert calls, "the 3x3 output convs of the finest level should take the Winograd path"
     for a, b in zip(fast, slow, strict=True):
         assert a.shape == b.shape
         assert _rel_err(a, b) < 1e-4
 
 
-def test_direct_convs_block_and_nominal_mac_count(calls: list[tuple[int, ...]]) -> None:
+def test_plain_convs_count_nominal_macs(calls: list[tuple[int, ...]]) -> None:
     from necklace.bench import count_flops
-    from necklace.layers.winograd import direct_convs
 
-    conv, x = _big_conv()
-    with torch.no_grad(), direct_convs():
-        with direct_convs():  # nests
-            conv(x)
-        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+    plain = nn.Conv2d(wg.MIN_CHANNELS, wg.MIN_CHANNELS, 3, padding=1).eval()
+    x = torch.randn(1, wg.MIN_CHANNELS, wg.MIN_SIDE + 3, wg.MIN_SIDE + 5)
+    c, h, w = plain.in_channels, x.shape[2], x.shape[3]
+    assert count_flops(plain, x) == 2 * c * c * 9 * h * w
     assert calls == []
-    c, h, w = conv.in_channels, x.shape[2], x.shape[3]
-    assert count_flops(conv.eval(), x) == 2 * c * c * 9 * h * w  # the conv's MACs, not the Winograd GEMMs'
-    assert calls == []
-    with torch.no_grad():
-        conv(x)
-    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("tiles_per_band", [1, 3, 8])
@@ -290,8 +283,6 @@ def test_pointwise_gemm_matches_conv(batch: int, bias: bool, channels_last: bool
 
 
 def test_pointwise_gemm_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> None:
-    from necklace.layers.winograd import direct_convs
-
     conv = PointwiseConv2d(512, 8, 1).eval()
     x = torch.randn(1, 512, 6, 6)
     used: list[str] = []
@@ -303,8 +294,6 @@ def test_pointwise_gemm_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> No
         narrow = PointwiseConv2d(511, 8, 1).eval()
         narrow(torch.randn(1, 511, 6, 6))  # below GEMM_MIN_IN_CHANNELS: mkldnn's conv
         assert used == ["addmm"]
-        with direct_convs():
-            assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias))
     y = conv(x)  # autograd on: the plain conv
     assert used == ["addmm"] and torch.equal(y, F.conv2d(x, conv.weight, conv.bias))
     y.sum().backward()
@@ -313,21 +302,20 @@ def test_pointwise_gemm_only_in_inference(monkeypatch: pytest.MonkeyPatch) -> No
         PointwiseConv2d.from_conv(nn.Conv2d(4, 4, 3))
 
 
-def test_channels_last_laterals_round_trip_to_pointwise() -> None:
+def test_channels_last_native_laterals_read_nchw_maps() -> None:
     specs = [necklace.FeatureSpec(8, 8), necklace.FeatureSpec(16, 16)]
     neck = necklace.build_neck("fpn", specs, width=8).eval()
-    laterals = [m for m in neck.modules() if type(m) is PointwiseConv2d]
-    assert laterals
-    necklace.set_channels_last(neck, True)
-    assert any(type(m) is PointwiseToChannelsLast for m in neck.modules())
-    necklace.set_channels_last(neck, False)
-    assert not any(type(m) is PointwiseToChannelsLast for m in neck.modules())
-    assert len([m for m in neck.modules() if type(m) is PointwiseConv2d]) == len(laterals)
+    nchw = necklace.deploy(neck, runtime="native", channels_last=False)
+    assert not any(type(m) is PointwiseToChannelsLast for m in nchw.modules())
+    assert any(type(m) is PointwiseConv2d for m in nchw.modules())
+    cl = necklace.deploy(neck, runtime="native")
+    assert any(type(m) is PointwiseToChannelsLast for m in cl.modules())
+    assert cl.channels_last_direct == {"C3", "C4"}
 
 
 @pytest.mark.parametrize("name", ["fpn", "yolo_pafpn"])
-def test_cpu_autocast_runs_the_direct_convs(name: str, calls: list[tuple[int, ...]]) -> None:
-    """Under CPU autocast the ops would be cast one by one (mixed-dtype GEMMs fail): the fast paths step aside."""
+def test_cpu_autocast_runs_the_plain_ops(name: str, calls: list[tuple[int, ...]]) -> None:
+    """Under CPU autocast the ops would be cast one by one (mixed-dtype GEMMs fail): the native paths step aside."""
     if name == "fpn":
         specs = [necklace.FeatureSpec(512, 8), necklace.FeatureSpec(1024, 16), necklace.FeatureSpec(2048, 32)]
         neck, size = necklace.build_neck("fpn", specs, width=wg.MIN_CHANNELS).eval(), 256
@@ -335,10 +323,12 @@ def test_cpu_autocast_runs_the_direct_convs(name: str, calls: list[tuple[int, ..
         specs = [necklace.FeatureSpec(64, 8), necklace.FeatureSpec(128, 16), necklace.FeatureSpec(256, 32)]
         neck, size = necklace.build_neck("yolo_pafpn", specs, preset="n").eval(), 128
     feats = [torch.randn(1, s.channels, size // s.stride, size // s.stride) for s in specs]
+    fast = necklace.deploy(neck, feats, runtime="native", channels_last=False)
+    plain = necklace.deploy(neck, feats)
+    calls.clear()  # (deploy's own check ran the native paths, without autocast)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = neck(feats)
-        with direct_convs():
-            ref = neck(feats)
+        out = fast(feats)
+        ref = plain(feats)
     assert calls == []
     for a, b in zip(out, ref, strict=True):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
