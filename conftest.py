@@ -1,4 +1,6 @@
-"""Shared pytest set-up: doctest namespace and deterministic, single-thread torch."""
+"""Shared pytest set-up: doctest namespace, deterministic single-thread torch, and the area markers."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,3 +17,33 @@ def _doctest_namespace(doctest_namespace: dict) -> None:
     doctest_namespace["necklace"] = necklace
     doctest_namespace["FeatureSpec"] = FeatureSpec
     torch.manual_seed(0)
+
+
+#: test file (or folder) prefix, relative to the repository root -> the area marker its tests carry
+#: (``pytest -m native``, ``pytest -m "not train"``); markers are registered in pyproject.toml
+AREA_MARKERS = {
+    "tests/native/": "native",
+    "tests/test_runtimes.py": "runtime",
+    "tests/test_export.py": "export",
+    "tests/test_compile.py": "runtime",
+    "tests/test_parity_": "parity",
+    "tests/test_peers.py": "parity",
+    "tests/test_contract.py": "contract",
+    "tests/test_plain.py": "contract",
+    "tests/test_train.py": "train",
+    "tests/test_compare.py": "train",
+    "tests/test_integration_": "integration",
+    "tests/test_fuzz": "fuzz",
+}
+_ROOT = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            rel = Path(str(item.fspath)).resolve().relative_to(_ROOT).as_posix()
+        except ValueError:
+            continue
+        for prefix, marker in AREA_MARKERS.items():
+            if rel.startswith(prefix):
+                item.add_marker(getattr(pytest.mark, marker))
