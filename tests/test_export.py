@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tests.helpers import randomize_bn
@@ -231,7 +232,9 @@ def test_user_example_inputs_and_report_to_dict(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ errors
 def test_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown export format 'tflite'; choose one of \['onnx', 'torchscript'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown export format 'tflite'; choose one of \['onnx', 'openvino', 'torchscript'\]"
+    ):
         export_model(_neck("fpn"), "x.tflite", format="tflite")
 
 
@@ -309,7 +312,7 @@ def test_cli_export_torchscript_from_suffix_with_weights(tmp_path: Path, capsys)
     [
         (
             ["fpn", "--format", "tflite", "--output", "x.onnx"],
-            "unknown --format 'tflite'; choose one of onnx, torchscript",
+            "unknown --format 'tflite'; choose one of onnx, openvino, torchscript",
         ),
         (["fpn", "--output", "x.tflite"], "cannot tell the format of --output 'x.tflite' from its suffix"),
         (["fpn", "--output", "nope/x.onnx"], "cannot write 'nope/x.onnx': directory 'nope' does not exist"),
@@ -330,3 +333,25 @@ def test_cli_export_errors_are_one_line_with_status_2(
     assert err.count("\n") == 1 and err.startswith("necklace: error: ")
     assert message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_openvino_ir_is_checked_and_written_atomically(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from necklace.export import export_openvino
+
+    neck = necklace.build_neck("pafpn", [(16, 8), (32, 16), (64, 32)], width=8, norm="bn").eval()
+    report = export_model(neck, tmp_path / "neck.xml", format="openvino", dynamic=True)
+    assert report.format == "openvino" and report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+    assert report.max_abs_diff_second is not None and report.second_image_size is not None  # checked at 2 sizes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neck.bin", "neck.xml"]  # nothing else left behind
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(tmp_path / "neck.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    feats = [torch.randn(1, c, 40 // s, 56 // s) for c, s in ((16, 8), (32, 16), (64, 32))]
+    out = compiled([f.numpy() for f in feats])
+    with torch.no_grad():
+        ref = neck(feats)
+    for port, r in zip(compiled.outputs, ref, strict=True):
+        assert np.allclose(out[port], r.numpy(), atol=1e-4 * max(1.0, float(r.abs().max())))
+    with pytest.raises(ValueError, match=r"OpenVINO IR is an .xml file"):
+        export_openvino(neck, tmp_path / "neck.onnx")

@@ -11,7 +11,7 @@ Example:
 
 from necklace.deploy import DeployReport, available_runtimes, deploy
 from necklace.deploy.compiled import CompileReport, compile_model
-from necklace.export import ExportReport, export_onnx, export_torchscript
+from necklace.export import ExportReport, export_onnx, export_openvino, export_torchscript
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
 from necklace.registry import NeckInfo, build_neck, list_necks, neck_info, register_neck
@@ -36,6 +36,7 @@ __all__ = [
     "compile_model",
     "deploy",
     "export_onnx",
+    "export_openvino",
     "export_torchscript",
     "list_necks",
     "neck_info",
