@@ -82,6 +82,17 @@ PACKAGES = (
 
 
 # ----------------------------------------------------------------------------------------------- threads
+def randomize_bn(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BatchNorm running statistics (so that folding them matters), then ``eval()``; returns ``module``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return module.eval()
+
+
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(n)`` (restored afterwards)."""

@@ -84,14 +84,7 @@ CASES: dict[str, LightCase] = {
 }
 
 
-def _randomize_bn(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return module.eval()
+_randomize_bn = common.randomize_bn
 
 
 def run_case(case: LightCase, repeats: int, warmup: int, threads: int, compile_backend: str = "") -> dict[str, Any]:

@@ -92,14 +92,7 @@ CONFIGS = {
 
 
 def _randomized(cfg: Config) -> torch.nn.Module:
-    neck = necklace.build_neck(cfg.neck, cfg.in_specs, **cfg.options)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in neck.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return neck.eval()
+    return common.randomize_bn(necklace.build_neck(cfg.neck, cfg.in_specs, **cfg.options))
 
 
 def run_config(cfg: Config, args: argparse.Namespace, log: Any) -> dict[str, Any]:

@@ -343,3 +343,15 @@ def _report(
         export_seconds=export_seconds,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _verify(job: _Job, run: Any, tolerance: float) -> tuple[float, float | None]:
+    """Run the exported callable at the export size (and the second size of a dynamic export) and compare with
+    PyTorch's outputs; returns the largest absolute differences (``ExportError`` beyond the tolerance)."""
+    where = _fmt_size(job.image_size, job.batch)
+    diff = _compare(job, _run_exported(job, run, job.inputs, where), job.reference, where, tolerance)
+    diff2 = None
+    if job.second is not None:
+        where2 = _fmt_size(job.second_image_size, job.second_batch)
+        diff2 = _compare(job, _run_exported(job, run, job.second, where2), _second_reference(job), where2, tolerance)
+    return diff, diff2

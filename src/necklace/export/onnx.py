@@ -21,14 +21,11 @@ from necklace.export.common import (
     ExportError,
     ExportReport,
     Shape,
-    _compare,
-    _fmt_size,
     _Job,
     _prepare,
     _report,
-    _run_exported,
-    _second_reference,
     _temporary,
+    _verify,
 )
 from necklace.spec import FeatureSpec
 
@@ -201,12 +198,7 @@ def export_onnx(
             options.intra_op_num_threads = max(1, torch.get_num_threads())
             session = ort.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
             run = _ort_runner(session, job)
-            where = _fmt_size(job.image_size, job.batch)
-            diff = _compare(job, _run_exported(job, run, job.inputs, where), job.reference, where, tolerance)
-            if job.second is not None:
-                where2 = _fmt_size(job.second_image_size, job.second_batch)
-                got2 = _run_exported(job, run, job.second, where2)
-                diff2 = _compare(job, got2, _second_reference(job), where2, tolerance)
+            diff, diff2 = _verify(job, run, tolerance)
         os.replace(tmp, job.path)
     return _report(
         job,

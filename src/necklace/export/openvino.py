@@ -16,12 +16,9 @@ from torch import Tensor, nn
 
 from necklace.export.common import (
     ExportReport,
-    _compare,
-    _fmt_size,
     _prepare,
     _report,
-    _run_exported,
-    _second_reference,
+    _verify,
 )
 from necklace.spec import FeatureSpec
 
@@ -93,12 +90,7 @@ def export_openvino(
                 out = compiled([t.detach().cpu().numpy() for t in inputs])
                 return [out[o] for o in compiled.outputs]
 
-            where = _fmt_size(job.image_size, job.batch)
-            diff = _compare(job, _run_exported(job, run, job.inputs, where), job.reference, where, tolerance)
-            if job.second is not None:
-                where2 = _fmt_size(job.second_image_size, job.second_batch)
-                got2 = _run_exported(job, run, job.second, where2)
-                diff2 = _compare(job, got2, _second_reference(job), where2, tolerance)
+            diff, diff2 = _verify(job, run, tolerance)
         xml = Path(folder) / "ir.xml"
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
         in_shapes = tuple(tuple(d if isinstance(d, int) else str(d) for d in _dims(p)) for p in ov_model.inputs)

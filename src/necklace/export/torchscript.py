@@ -15,13 +15,10 @@ from necklace.export.common import (
     ExportError,
     ExportReport,
     Shape,
-    _compare,
-    _fmt_size,
     _prepare,
     _report,
-    _run_exported,
-    _second_reference,
     _temporary,
+    _verify,
 )
 from necklace.spec import FeatureSpec
 
@@ -93,13 +90,7 @@ def export_torchscript(
                 device = job.inputs[0].device
                 loaded = torch.jit.load(str(tmp), map_location=device)
                 with torch.no_grad():
-                    where = _fmt_size(job.image_size, job.batch)
-                    run = lambda xs: _flatten(loaded(xs))  # noqa: E731
-                    diff = _compare(job, _run_exported(job, run, job.inputs, where), job.reference, where, tolerance)
-                    if job.second is not None:
-                        where2 = _fmt_size(job.second_image_size, job.second_batch)
-                        got2 = _run_exported(job, run, job.second, where2)
-                        diff2 = _compare(job, got2, _second_reference(job), where2, tolerance)
+                    diff, diff2 = _verify(job, lambda xs: _flatten(loaded(xs)), tolerance)
         os.replace(tmp, job.path)
 
     def shape(t: Tensor, axes: Mapping[int, str]) -> Shape:
