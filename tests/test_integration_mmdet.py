@@ -232,6 +232,17 @@ def test_retinanet_with_bifpn_trains_and_checks_the_head() -> None:
     torch.manual_seed(0)
     model = build(model_cfg)
     nmm.check_head(model)
+    # Runner calls init_weights(): necklace's own initialisation stays unless the neck's init_cfg says otherwise
+    neck_before = {k: v.clone() for k, v in model.neck.state_dict().items()}
+    head_before = model.bbox_head.retina_cls.bias.clone()
+    model.init_weights()
+    assert all(torch.equal(v, neck_before[k]) for k, v in model.neck.state_dict().items())
+    assert not torch.equal(model.bbox_head.retina_cls.bias, head_before)  # the head's prior-probability bias
+    xavier = build({**model_cfg, "neck": {**model_cfg.neck, "init_cfg": dict(type="Xavier", layer="Conv2d")}})
+    weight = "necklace.nodes.P6_in.edges.0.align.conv.weight"
+    xavier.neck.state_dict()[weight].zero_()
+    xavier.init_weights()
+    assert float(xavier.neck.state_dict()[weight].abs().sum()) > 0
     data = det_batch(model, (96, 160))
     feats = model.extract_feat(data["inputs"])
     assert isinstance(feats, tuple) and [tuple(f.shape[1:]) for f in feats] == [
@@ -549,3 +560,14 @@ def test_inference_with_nms_equals_mmdet_fpn() -> None:
         assert torch.equal(pg.labels, pw.labels)
         assert float((pg.scores - pw.scores).abs().max()) <= TOL
         assert float((pg.bboxes - pw.bboxes).abs().max()) <= 1e-3
+
+
+def test_docs_error_messages_are_real() -> None:
+    """The two ```text errors in docs/mmdet.md are what the RetinaNet BiFPN neck says (whitespace aside)."""
+    shown = [" ".join(b.split()) for b in re.findall(r"```text\n(.*?)```", DOCS.read_text(), re.S)]
+    neck = dict(name="bifpn", in_channels=[256, 512, 1024, 2048], strides=[4, 8, 16, 32], levels=(3, 7))
+    with pytest.raises(ValueError) as no_width:
+        nmm.NecklaceNeck(**neck, repeats=1, out_channels=256)
+    with pytest.raises(ValueError) as c3_c5_only:
+        nmm.NecklaceNeck(**neck, repeats=1, width=8)(tuple(torch.zeros(1, c, 1, 1) for c in (512, 1024, 2048)))
+    assert shown == [f"ValueError: {no_width.value}", f"ValueError: {c3_c5_only.value}"]

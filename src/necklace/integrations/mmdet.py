@@ -1,38 +1,24 @@
 """MMDetection 3.x / MMYOLO plug-in: every necklace neck from a config file; mmdet neck checkpoints converted.
 
-Add one line to an MMDetection or MMYOLO config and name the neck::
+In a config (the full guide, with RetinaNet and YOLOv8 configs: ``docs/mmdet.md``)::
 
     custom_imports = dict(imports=["necklace.integrations.mmdet"], allow_failed_imports=False)
-    model = dict(
-        neck=dict(
-            _delete_=True,                      # drop the base config's FPN keys (start_level, ...)
-            type="necklace.Neck",
-            name="bifpn",                       # any name in necklace.list_necks()
-            in_channels=[256, 512, 1024, 2048], # the backbone maps, finest first
-            strides=[4, 8, 16, 32],             # their strides
-            width=256, levels=(3, 7),           # the neck's own options: necklace.neck_info("bifpn").knobs
-            out_channels=256, num_outs=5,       # what the head reads; checked when the neck is built
-        ))
+    model = dict(neck=dict(
+        _delete_=True, type="necklace.Neck", name="bifpn",  # any name in necklace.list_necks()
+        in_channels=[256, 512, 1024, 2048], strides=[4, 8, 16, 32],  # the backbone maps, finest first
+        width=256, levels=(3, 7),  # the neck's own options (necklace.neck_info("bifpn").knobs)
+        out_channels=256, num_outs=5))  # what the head reads: checked when the neck is built
 
-``type="necklace.Neck"`` is one registered type for every neck, chosen by ``name``: necks registered later with
-:func:`necklace.register_neck` work without another registration, the options are exactly those of
-:func:`necklace.build_neck`, and a misspelt name gets necklace's list of necks and its closest match. It is
-mmengine's cross-scope spelling (``scope.Type``, like ``mmdet.FPN``): importing this module adds a registry with
-scope ``necklace`` as a child of mmengine's root ``MODELS``, through mmengine's public ``Registry`` and
-``register_module``. mmdet's and mmyolo's ``MODELS`` are both children of that root (siblings: mmyolo reaches
-mmdet's modules as ``mmdet.X``), so a child of the root resolves from either scope, while anything registered
-into mmdet's ``MODELS`` alone is invisible from mmyolo's scope. Nothing of mmdet or mmyolo is imported or patched.
+One type for every neck, chosen by ``name`` (the options are :func:`necklace.build_neck`'s; necks registered later
+need nothing more; a misspelt name is answered with the closest match). ``necklace.Neck`` is mmengine's
+cross-scope spelling: importing this module adds a registry with scope ``necklace`` as a child of mmengine's root
+``MODELS`` (public ``Registry`` / ``register_module``). mmdet's and mmyolo's ``MODELS`` are siblings under that
+root, so the name resolves from either scope (a module registered into mmdet's ``MODELS`` would not resolve from
+mmyolo's). Nothing of mmdet or mmyolo is imported or patched; importing checks the mmengine / mmdet versions.
 
-:class:`NecklaceNeck` returns a tuple of maps, finest first, as mmdet's and mmyolo's heads expect.
-``out_channels`` / ``num_outs`` / ``out_strides`` (optional) are checked against the built neck's ``out_specs``
-with an error naming both; :func:`check_head` compares a built detector's neck and head.
-
-Checkpoints of mmdet's own ``FPN`` / ``PAFPN`` / ``NASFPN`` switch to the necklace neck without retraining, two
-ways: ``from_mmdet=<the mmdet neck config>`` builds the equivalent necklace neck and then loads those checkpoints
-directly (``load_from`` in the config: the ``neck.*`` keys are rewritten while loading), or
-:func:`convert_checkpoint` rewrites a whole detector checkpoint once.
-
-Supported: mmengine >=0.7.1,<1.0 and mmdet >=3.0,<4.0 (mmyolo 0.6 runs on those); importing checks them.
+Checkpoints of mmdet's own ``FPN`` / ``PAFPN`` / ``NASFPN`` switch to the necklace neck without retraining:
+``from_mmdet=<the mmdet neck config>`` builds the equal necklace neck, which loads those checkpoints as they are
+(``load_from``), or :func:`convert_checkpoint` rewrites a detector checkpoint once.
 """
 
 from __future__ import annotations
@@ -194,15 +180,11 @@ class NecklaceNeck(BaseModule):
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         # inputs: one (N, C_i, H_i, W_i) map per in_spec, finest first -> one (N, C_o, H_o, W_o) per out_spec
-        if (
-            isinstance(inputs, Tensor)
-            or len(inputs) != len(self.in_specs)
-            or any(x.shape[1] != s.channels for x, s in zip(inputs, self.in_specs, strict=True))
-        ):
+        if isinstance(inputs, Tensor) or [_map_channels(x) for x in inputs] != _channels(self.in_specs):
             got = (
                 f"one tensor of shape {tuple(inputs.shape)}"
                 if isinstance(inputs, Tensor)
-                else f"{len(inputs)} maps with channels {[int(x.shape[1]) for x in inputs]}"
+                else f"{len(inputs)} maps with channels {[_map_channels(x) for x in inputs]}"
             )
             raise ValueError(
                 f"{self.owner} got {got} from the backbone; it was built for {len(self.in_specs)} maps with "
@@ -219,6 +201,10 @@ def _neck_names() -> list[str]:
     from necklace import list_necks
 
     return list_necks()
+
+
+def _map_channels(x: object) -> int | str:
+    return int(x.shape[1]) if isinstance(x, Tensor) and x.dim() == 4 else f"{type(x).__name__}?"
 
 
 def _channels(specs: Sequence[FeatureSpec]) -> list[int]:
@@ -249,7 +235,10 @@ def _in_specs(owner: str, in_channels: object, strides: object) -> tuple[Feature
             f"{owner}: in_channels {channels} has {len(channels)} entries but strides {stride_list} has "
             f"{len(stride_list)}; give one stride per backbone map, e.g. {example}."
         )
-    return tuple(FeatureSpec(c, s) for c, s in zip(channels, stride_list, strict=True))
+    try:
+        return tuple(FeatureSpec(c, s) for c, s in zip(channels, stride_list, strict=True))
+    except ValueError as e:
+        raise ValueError(f"{owner}: strides {stride_list}: {e}") from e
 
 
 def _check_outputs(
@@ -362,11 +351,8 @@ def _options_from_mmdet(
 
 
 # --------------------------------------------------------------------------- checkpoints
-_CONVERTERS: dict[str, Callable[..., dict[str, Tensor]]] = {
-    "FPN": from_mmdet_fpn,
-    "PAFPN": from_mmdet_pafpn,
-    "NASFPN": from_mmdet_nasfpn,
-}
+_CONVERTERS: dict[str, Callable[..., dict[str, Tensor]]] = {"FPN": from_mmdet_fpn, "PAFPN": from_mmdet_pafpn}
+_CONVERTERS["NASFPN"] = from_mmdet_nasfpn
 
 
 def _mmdet_layout(state: Mapping[str, Any], prefix: str) -> str | None:
@@ -397,17 +383,10 @@ def _rewrite(state: Mapping[str, Any], prefix: str, neck: NecklaceNeck, kind: st
     return out
 
 
-def _convert_mmdet_keys_on_load(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """Load-state-dict pre-hook: an mmdet FPN / PAFPN / NASFPN's keys under ``prefix`` become necklace keys."""
+def _convert_mmdet_keys_on_load(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook (``nn.Module.register_load_state_dict_pre_hook``; the metadata, strict flag and
+    key lists it also gets are not needed): an mmdet FPN / PAFPN / NASFPN's keys under ``prefix`` become
+    necklace keys, in place, before the neck's modules read theirs."""
     kind = _mmdet_layout(state_dict, prefix)
     if kind is None:
         return
@@ -489,15 +468,11 @@ def convert_checkpoint(
     Example:
         >>> old = dict(type="FPN", in_channels=[16, 32], out_channels=8, num_outs=3)
         >>> cfg = dict(type="necklace.Neck", from_mmdet=old, strides=[8, 16])
-        >>> mmdet_sd = {"neck.lateral_convs.0.conv.weight": torch.zeros(8, 16, 1, 1),
-        ...             "neck.lateral_convs.0.conv.bias": torch.zeros(8),
-        ...             "neck.lateral_convs.1.conv.weight": torch.zeros(8, 32, 1, 1),
-        ...             "neck.lateral_convs.1.conv.bias": torch.zeros(8),
-        ...             "neck.fpn_convs.0.conv.weight": torch.zeros(8, 8, 3, 3),
-        ...             "neck.fpn_convs.0.conv.bias": torch.zeros(8),
-        ...             "neck.fpn_convs.1.conv.weight": torch.zeros(8, 8, 3, 3),
-        ...             "neck.fpn_convs.1.conv.bias": torch.zeros(8), "bbox_head.w": torch.ones(1)}
-        >>> ckpt = convert_checkpoint({"state_dict": mmdet_sd, "meta": {"epoch": 12}}, cfg)
+        >>> convs = {"lateral_convs.0": (8, 16, 1, 1), "lateral_convs.1": (8, 32, 1, 1), "fpn_convs.0": (8, 8, 3, 3),
+        ...          "fpn_convs.1": (8, 8, 3, 3)}  # an mmdet FPN's state dict inside a detector's
+        >>> sd = {f"neck.{m}.conv.{p}": torch.zeros(s if p == "weight" else s[:1]) for m, s in convs.items()
+        ...       for p in ("weight", "bias")} | {"bbox_head.w": torch.ones(1)}
+        >>> ckpt = convert_checkpoint({"state_dict": sd, "meta": {"epoch": 12}}, cfg)
         >>> sorted(ckpt["state_dict"])[:2], ckpt["meta"]["epoch"]
         (['bbox_head.w', 'neck.necklace.nodes.L3.edges.0.align.conv.bias'], 12)
 
