@@ -1,8 +1,8 @@
 """``necklace.integrations.mmdet``: necklace necks in MMDetection / MMYOLO detectors built from configs.
 
 Detectors come from the config files mmdet / mmyolo ship (``<package>/.mim/configs``), shrunk (ResNet-18, width
-64, few classes, no pretrained weights: ``init_cfg=None``) so that a training step takes well under a second on
-CPU. With ``mmcv-lite`` (no compiled ops) ``mmdet.models`` imports through necklace's test shim
+64, few classes, no pretrained weights: ``init_cfg=None``) so that a training step takes about a second on CPU.
+With ``mmcv-lite`` (no compiled ops) ``mmdet.models`` imports through necklace's test shim
 (:func:`necklace.peers.install_mmcv_ext_shim`); the inference test with NMS needs the compiled ops and runs only
 where the full mmcv is installed (marker ``mmcv_full``).
 """
@@ -117,7 +117,7 @@ def train_step(model: nn.Module, data: dict[str, Any], optim: torch.optim.Optimi
     optim.zero_grad()
     loss.backward()
     optim.step()
-    return {k: float(v) for k, v in log.items()}
+    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in log.items()}
 
 
 def assert_losses_equal(a: dict[str, float], b: dict[str, float]) -> None:
@@ -534,10 +534,12 @@ def test_convert_checkpoint_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     )
 
 
-# --------------------------------------------------------------------------- inference with NMS (full mmcv)
-@pytest.mark.mmcv_full
-def test_inference_with_nms_equals_mmdet_fpn() -> None:
-    pytest.importorskip("mmcv._ext")  # the compiled ops of the full mmcv (mmcv-lite has none)
+# --------------------------------------------------------------------------- inference with NMS
+def predictions_equal_to_mmdet_fpn() -> None:
+    """RetinaNet ``test_step`` (pre-processing, forward, decoding, NMS) with mmdet's FPN and with the necklace
+    neck converted from it: the same detections."""
+    from mmdet.testing import demo_mm_inputs
+
     import necklace
 
     model_cfg = retinanet_fpn()
@@ -546,20 +548,37 @@ def test_inference_with_nms_equals_mmdet_fpn() -> None:
     ours.load_state_dict(ref.state_dict(), strict=True)
     necklace.set_winograd(ours.neck, False)  # direct convs and separate activations: mmdet's arithmetic
     necklace.set_fused_conv_act(ours.neck, False)
-    from mmdet.testing import demo_mm_inputs
-
     packed = demo_mm_inputs(2, [(3, 128, 160)] * 2, num_items=[3, 2], num_classes=NUM_CLASSES, with_mask=False)
     ref.eval()
     ours.eval()
     with torch.no_grad():
-        got = ours.test_step(packed)
-        want = ref.test_step(packed)
+        got, want = ours.test_step(packed), ref.test_step(packed)
     for g, w in zip(got, want, strict=True):
         pg, pw = g.pred_instances, w.pred_instances
         assert len(pw) > 0 and len(pg) == len(pw)
         assert torch.equal(pg.labels, pw.labels)
         assert float((pg.scores - pw.scores).abs().max()) <= TOL
         assert float((pg.bboxes - pw.bboxes).abs().max()) <= 1e-3
+
+
+@pytest.mark.mmcv_full
+def test_inference_with_nms_equals_mmdet_fpn() -> None:
+    pytest.importorskip("mmcv._ext")  # the compiled ops of the full mmcv (mmcv-lite has none)
+    predictions_equal_to_mmdet_fpn()
+
+
+def test_inference_with_a_torchvision_nms_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same comparison anywhere: mmcv's compiled ``nms`` replaced, for this test only, by torchvision's."""
+    import torchvision
+
+    class Ext:
+        @staticmethod
+        def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, offset: int) -> torch.Tensor:
+            assert offset == 0, "torchvision's nms has no +1 box offset"
+            return torchvision.ops.nms(boxes, scores, float(iou_threshold))
+
+    monkeypatch.setattr(importlib.import_module("mmcv.ops.nms"), "ext_module", Ext())
+    predictions_equal_to_mmdet_fpn()
 
 
 def test_docs_error_messages_are_real() -> None:
