@@ -66,6 +66,7 @@ def test_one_panel_per_output_level(tmp_path: Path, neck: str, options: dict, le
         assert im.format == "PNG" and im.width > 600
 
 
+@pytest.mark.train
 def test_cli_features_on_a_trained_run(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "heat.png"
     assert main(["features", "--checkpoint", str(run_dir), "--synthetic", "1", "--out", str(out)]) == 0
@@ -91,6 +92,7 @@ def test_cli_features_on_a_trained_run(run_dir: Path, tmp_path: Path, capsys: py
         (["missing.png"], "image 'missing.png' not found"),
     ],
 )
+@pytest.mark.train
 def test_cli_features_errors_are_one_line(
     args: list[str], message: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,0 +1,138 @@
+"""Argument helpers every ``necklace`` command shares: the usage error, option parsing (``-o KEY=VALUE``),
+number lists, tables, atomic text output. A leaf: it imports nothing from necklace, so any command module (and
+nothing in the library) may use it."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["parse_options", "parse_value"]
+
+_PROG = "necklace"
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)$")
+
+
+class _UsageError(Exception):
+    """A user error the CLI reports as one line on stderr (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def parse_value(text: str) -> Any:
+    """Parse an option value: int, float, ``true``/``false``, ``none``, a comma list, or else a string.
+
+    Example:
+        >>> parse_value("256"), parse_value("1e-3"), parse_value("True"), parse_value("none")
+        (256, 0.001, True, None)
+        >>> parse_value("3,7"), parse_value("'d0'"), parse_value("nearest")
+        ([3, 7], 'd0', 'nearest')
+    """
+    text = text.strip()
+    if "," in text:
+        return [parse_value(part) for part in text.split(",") if part.strip()]
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    if _NUMBER.match(text):
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    return text
+
+
+def parse_options(items: Sequence[str] | None) -> dict[str, Any]:
+    """Turn ``["width=128", "levels=3,7"]`` into ``{"width": 128, "levels": [3, 7]}``.
+
+    Example:
+        >>> parse_options(["width=128", "levels=3,7", "act=relu"])
+        {'width': 128, 'levels': [3, 7], 'act': 'relu'}
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise _UsageError(f"bad option {item!r}: write it as key=value, e.g. --option width=128")
+        out[key] = parse_value(value)
+    return out
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _UsageError(f"{flag} {text!r}: expected comma-separated integers, e.g. {flag} 512,1024,2048") from None
+    if not values:
+        raise _UsageError(f"{flag} is empty: give comma-separated integers, e.g. {flag} 512,1024,2048")
+    return values
+
+
+def _levels(text: str) -> list[int]:
+    parts = re.split(r"[-,:]", text.strip())
+    try:
+        lo, hi = (int(p) for p in parts)
+    except ValueError:
+        raise _UsageError(f"--levels {text!r}: expected MIN-MAX, e.g. --levels 3-7") from None
+    return [lo, hi]
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _write_text(path: str, text: str) -> None:
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise _UsageError(f"cannot write {path!r}: directory {str(target.parent)!r} does not exist.")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(target)
+
+
+def _table(rows: list[list[str]], right: Sequence[int] = ()) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def fmt(row: list[str]) -> str:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n:,} ({n / 1e6:.2f} M)"
+
+
+def _check_suffix(path: str, suffixes: tuple[str, ...], flag: str) -> None:
+    if Path(path).suffix.lower() not in suffixes:
+        raise _UsageError(f"{flag} {path!r}: the file name must end in {' or '.join(suffixes)}.")
+
+
+def _progress(err: TextIO, label: str) -> Callable[[int, int], None]:
+    live = err.isatty()
+
+    def report(done: int, total: int) -> None:
+        if live:
+            err.write(f"\r{label}: {done}/{total} runs")
+            if done == total:
+                err.write("\n")
+            err.flush()
+        elif done == total:
+            err.write(f"{label}: {done}/{total} runs done\n")
+            err.flush()
+
+    return report
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if not isinstance(e, KeyError) else f"missing key {e.args[0]!r}"
+    return " ".join(text.split()) or type(e).__name__

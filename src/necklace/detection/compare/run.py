@@ -1,0 +1,282 @@
+"""Running a comparison: train (or reuse / resume) every ``(neck, seed)``, profile every neck, assemble the
+result and write ``results.json``, ``report.md`` and the pictures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from necklace.bench import count_flops, count_params, measure_latency
+from necklace.detection.checkpoint import load_checkpoint
+from necklace.detection.compare.config import METRICS, CompareConfig, NeckChoice
+from necklace.detection.compare.plots import plot_ap_by_size, plot_ap_vs_latency
+from necklace.detection.compare.report import _report
+from necklace.detection.compare.results import CompareResult, NeckProfile, NeckResult, RunResult
+from necklace.detection.compare.stats import Stat, significance
+from necklace.detection.evaluate import CocoMetrics
+from necklace.detection.train import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig, build_dataset, load_model, train
+
+__all__ = ["compare"]
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _config_diffs(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
+    now = config.to_dict()
+    return [
+        f"{k}: {saved.get(k)!r} there, {now[k]!r} now"
+        for k in now
+        if k not in RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]
+    ]
+
+
+def _read_metrics(path: Path) -> CocoMetrics | None:
+    try:
+        return CocoMetrics.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _loss_ends(history: Sequence[Mapping[str, float]]) -> tuple[float, float]:
+    losses = [float(h["total"]) for h in history]
+    if not losses:
+        return math.nan, math.nan
+    n = max(1, min(20, len(losses) // 10))
+    return statistics.fmean(losses[:n]), statistics.fmean(losses[-n:])
+
+
+def _run_one(config: CompareConfig, neck: NeckChoice, seed: int, progress: bool, where: str) -> RunResult:
+    rc = config.run_config(neck, seed)
+    out = Path(rc.output)
+    ckpt_path = out / CHECKPOINT_NAME
+    status, metrics, done = "trained", None, 0
+    if ckpt_path.is_file():
+        saved = load_checkpoint(ckpt_path)
+        diffs = _config_diffs(saved["config"], rc)
+        if diffs:
+            raise ValueError(
+                f"{str(out)!r} holds a run of another configuration ({'; '.join(diffs)}); compare into another "
+                "--output directory, or delete that one to start afresh."
+            )
+        metrics = _read_metrics(out / "metrics.json") if saved.get("complete") else None
+        status, done = ("reused" if metrics is not None else "resumed"), int(saved["step"])
+    if metrics is None:
+        what = f"resuming at step {done}" if status == "resumed" else "training"
+        _say(progress, f"{where} {neck.label} seed {seed}: {what} -> {out}")
+        result = train(rc, resume=status == "resumed", progress=progress)
+        if result.metrics is None:  # pragma: no cover - train always evaluates with eval=True
+            raise RuntimeError(f"training {out} returned no metrics")
+        metrics = result.metrics
+    state = load_checkpoint(ckpt_path)
+    first, last = _loss_ends(state["history"])
+    run = RunResult(
+        label=neck.label,
+        seed=seed,
+        output=out,
+        metrics=metrics,
+        train_time=float(state.get("train_time", math.nan)),
+        steps=int(state["step"]),
+        loss_first=first,
+        loss_last=last,
+        status=status,
+    )
+    _say(
+        progress,
+        f"{where} {neck.label} seed {seed}: {'reused finished run, ' if status == 'reused' else ''}"
+        f"AP {metrics.ap:.3f} AP50 {metrics.ap50:.3f}, loss {first:.3f} -> {last:.3f}, "
+        f"{run.train_time:.0f} s of training",
+    )
+    return run
+
+
+def _profile_image(config: CompareConfig, rc: TrainConfig) -> Tensor:
+    """A validation image at the profile size (realistic post-processing load for the detector timing)."""
+    dataset: Any = build_dataset(rc, "val")
+    image = dataset[0][0] if len(dataset) else torch.rand(3, rc.image_size, rc.image_size)
+    size = config.profile_image_size
+    return nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def _profile(config: CompareConfig, run: RunResult, progress: bool) -> NeckProfile:
+    model, rc = load_model(Path(run.output) / CHECKPOINT_NAME, "cpu")
+    size = config.profile_image_size
+    transform: Any = model.transform
+    transform.min_size, transform.max_size = (size,), size  # the detector resizes to this side
+    image = _profile_image(config, rc)
+    adapter: Any = model.backbone
+    with torch.no_grad():
+        batch = transform([image])[0].tensors  # normalised, padded: what the backbone sees
+        feats = adapter.backbone(batch)
+    neck: nn.Module = adapter.neck
+    kw: dict[str, Any] = {"warmup": config.latency_warmup, "repeats": config.latency_repeats}
+    neck_cpu = measure_latency(neck, feats, **kw)
+    det_cpu = measure_latency(model, [image], **kw)
+    neck_gpu = det_gpu = None
+    gpu_name = None
+    if config.gpu_latency or (config.gpu_latency is None and torch.cuda.is_available()):
+        dev = torch.device("cuda")
+        model.to(dev)
+        neck_gpu = measure_latency(neck, [f.to(dev) for f in feats], **kw)
+        det_gpu = measure_latency(model, [image.to(dev)], **kw)
+        gpu_name = torch.cuda.get_device_name(dev)
+        model.to("cpu")
+    profile = NeckProfile(
+        image_size=size,
+        neck_params=count_params(neck),
+        neck_gflops=count_flops(neck, feats) / 1e9,
+        detector_params=count_params(model),
+        detector_gflops=count_flops(model, [image]) / 1e9,
+        neck_cpu=neck_cpu,
+        detector_cpu=det_cpu,
+        threads=torch.get_num_threads(),
+        neck_gpu=neck_gpu,
+        detector_gpu=det_gpu,
+        gpu_name=gpu_name,
+    )
+    _say(
+        progress,
+        f"profile {run.label}: neck {profile.neck_params:,} params, {profile.neck_gflops:.3g} GFLOPs, "
+        f"{neck_cpu.median_ms:.2f} ms CPU; detector {det_cpu.median_ms:.1f} ms CPU at {size} px",
+    )
+    return profile
+
+
+def _environment() -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if hasattr(os, "getloadavg"):
+        env["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    return env
+
+
+def compare(
+    config: CompareConfig | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    on_run: Callable[[RunResult], None] | None = None,
+) -> CompareResult:
+    """Train, evaluate and profile every neck of ``config`` over its seeds; write the results (see the module
+    docstring) and return them.
+
+    Args:
+        config: what to compare (default: :class:`CompareConfig` ``()``, the built-in CPU-sized comparison).
+        progress: a line per run and the training progress bars on stderr.
+        command: the command line to record in the report (the CLI passes it).
+        on_run: called with each finished (or reused) run, e.g. to log or stop early.
+
+    Raises:
+        TrainingInterrupted: after Ctrl-C / SIGTERM during a run (its checkpoint is written; run again to resume).
+
+    Example:
+        >>> import tempfile
+        >>> base = TrainConfig(backbone_options={"width": 4}, detector_options={"head_convs": 1}, image_size=64,
+        ...                    data_options={"num_images": 4, "val_images": 2}, batch_size=2, steps=2,
+        ...                    tensorboard=False)
+        >>> cfg = CompareConfig(necks=[NeckChoice("fpn", {"width": 8})], base=base, seeds=(0,),
+        ...                     output=tempfile.mkdtemp(), latency_repeats=1, latency_warmup=0)
+        >>> result = compare(cfg, progress=False)
+        >>> result.best, sorted(p.name for p in result.files.values())
+        ('fpn', ['ap_by_size.png', 'ap_vs_latency.png', 'report.md', 'results.json'])
+    """
+    config = CompareConfig() if config is None else config
+    if not isinstance(config, CompareConfig):
+        raise TypeError(f"compare expects a CompareConfig, got {type(config).__name__}.")
+    if config.gpu_latency and not torch.cuda.is_available():
+        raise ValueError("CompareConfig.gpu_latency=True but CUDA is not available; use gpu_latency=None or False.")
+    t0 = time.perf_counter()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(config.necks) * len(config.seeds)
+    _say(
+        progress,
+        f"necklace compare: {', '.join(n.label for n in config.necks)} x seeds {list(config.seeds)} "
+        f"({total} runs) -> {out}",
+    )
+    runs: dict[str, list[RunResult]] = {}
+    k = 0
+    for neck in config.necks:
+        for seed in config.seeds:
+            k += 1
+            run = _run_one(config, neck, seed, progress, f"[{k}/{total}]")
+            runs.setdefault(neck.label, []).append(run)
+            if on_run is not None:
+                on_run(run)
+    profiles = {n.label: _profile(config, runs[n.label][0], progress) for n in config.necks}
+    result = _assemble(config, runs, profiles, time.perf_counter() - t0, command)
+    files, notes = _write_outputs(result, command)
+    wall = time.perf_counter() - t0
+    result = dataclasses.replace(result, files=files, notes=result.notes + tuple(notes), wall_time=wall)
+    # results.json and report.md carry the final wall time (the pictures do not show it)
+    _write_text(files["results"], json.dumps(result.to_dict(), indent=2) + "\n")
+    _write_text(files["report"], _report(result, command))
+    _say(progress, f"done in {wall / 60:.1f} min: best {result.best}; report {files['report']}")
+    return result
+
+
+def _assemble(
+    config: CompareConfig,
+    runs: Mapping[str, Sequence[RunResult]],
+    profiles: Mapping[str, NeckProfile],
+    wall: float,
+    command: str | None,
+) -> CompareResult:
+    stats: dict[str, dict[str, Stat]] = {}
+    for label, rs in runs.items():
+        stats[label] = {}
+        for m in METRICS:
+            vals = [getattr(r.metrics, m) for r in rs]
+            stats[label][m] = Stat.of([v for v in vals if v >= 0])  # -1: undefined (no objects of that size)
+    metric = config.metric
+
+    def score(label: str) -> float:
+        v = stats[label][metric].mean
+        return -math.inf if math.isnan(v) else v
+
+    best = max((n.label for n in config.necks), key=score)
+    best_vals = stats[best][metric].values
+    necks = []
+    for n in config.necks:
+        vs = None if n.label == best else significance(best_vals, stats[n.label][metric].values)
+        necks.append(NeckResult(n, tuple(runs[n.label]), stats[n.label], profiles[n.label], vs))
+    return CompareResult(config, tuple(necks), best, wall, {}, _environment())
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _write_outputs(result: CompareResult, command: str | None) -> tuple[dict[str, Path], list[str]]:
+    out = Path(result.config.output)
+    files = {"results": out / "results.json", "report": out / "report.md"}
+    notes: list[str] = []
+    try:
+        files["ap_by_size"] = plot_ap_by_size(result, out / "ap_by_size.png")
+        files["ap_vs_latency"] = plot_ap_vs_latency(result, out / "ap_vs_latency.png")
+    except ImportError as e:
+        notes.append(f"pictures skipped: {e}")
+    return files, notes
