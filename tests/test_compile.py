@@ -117,3 +117,15 @@ def test_cli_bench_mode(capsys: pytest.CaptureFixture[str]) -> None:
     code = main([*argv, "--repeats", "1", "--warmup", "0", "--mode", "deployed"])
     out = capsys.readouterr().out
     assert code == 0 and "mode deployed: timed after deploy/compile" in out
+
+
+@pytest.mark.parametrize("runtime", ["native", "onnxruntime"])
+def test_cli_bench_runtime(runtime: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if runtime == "onnxruntime":
+        pytest.importorskip(runtime)
+    argv = ["bench", "fpn", "--in-channels", "16,32,64", "--width", "16", "--image-size", "64", "64"]
+    code = main([*argv, "--repeats", "1", "--warmup", "0", "--runtime", runtime, "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (row,) = json.loads(captured.out)
+    assert row["mode"] == runtime and row["prepare_s"] > 0 and row["latency"]["median_ms"] > 0

@@ -344,9 +344,10 @@ def test_openvino_ir_is_checked_and_written_atomically(tmp_path: Path) -> None:
     assert report.format == "openvino" and report.max_abs_diff is not None and report.max_abs_diff < 1e-4
     assert report.max_abs_diff_second is not None and report.second_image_size is not None  # checked at 2 sizes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neck.bin", "neck.xml"]  # nothing else left behind
-    import openvino as ov
 
-    compiled = ov.Core().compile_model(str(tmp_path / "neck.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from necklace.deploy.sessions import _openvino_core
+
+    compiled = _openvino_core().compile_model(str(tmp_path / "neck.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     feats = [torch.randn(1, c, 40 // s, 56 // s) for c, s in ((16, 8), (32, 16), (64, 32))]
     out = compiled([f.numpy() for f in feats])
     with torch.no_grad():

@@ -540,7 +540,6 @@ def predictions_equal_to_mmdet_fpn() -> None:
     neck converted from it: the same detections."""
     from mmdet.testing import demo_mm_inputs
 
-
     model_cfg = retinanet_fpn()
     model_cfg.test_cfg.update(score_thr=0.0, nms_pre=200, max_per_img=50)  # random weights: keep low scores
     ref, ours, _ = trained_pair(model_cfg)

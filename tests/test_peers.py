@@ -224,7 +224,9 @@ def test_cli_bench_vs_table_deployed_and_csv_file(tmp_path: Path, capsys: pytest
     [
         (("bifpn", "--vs", "torchvision"), "no torchvision counterpart of neck 'bifpn'"),
         (("nope", "--vs", "torchvision"), "nope"),
-        (("fpn", "--vs", "torchvision", "--mode", "inductor"), "--mode inductor is not supported"),
+        (("fpn", "--vs", "torchvision", "--mode", "torchscript"), "--mode torchscript is not supported"),
+        (("fpn", "--vs", "torchvision", "--runtime", "native"), "drop --runtime"),
+        (("fpn", "--mode", "deployed", "--runtime", "native"), "give one"),
         (("fpn", "--vs", "torchvision", "--batch", "2"), "batch 1"),
         (("fpn", "--vs", "torchvision", "--levels", "3-7"), "unsupported option(s) levels"),
     ],

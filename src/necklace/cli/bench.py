@@ -167,6 +167,12 @@ def _cmd_bench(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from necklace.bench import bench_neck
     from necklace.registry import list_necks, neck_info
 
+    if args.runtime is not None:
+        if args.mode != "eager":
+            raise _UsageError(f"--runtime {args.runtime} and --mode {args.mode} both say what to time; give one.")
+        if args.vs is not None:
+            raise _UsageError("--vs times necklace.deploy(runtime='native') with --mode deployed; drop --runtime.")
+        args.mode = args.runtime
     if args.vs is not None:
         return _bench_vs(args, out, err)
     names = args.names or list_necks()
@@ -224,10 +230,16 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
         "--mode",
-        choices=("eager", "deployed", "inductor", "torchscript"),
+        choices=("eager", "deployed", "torchscript"),
         default="eager",
-        help="what to time: the neck as built (default), necklace.deploy() of it, or compiled with torch.compile "
-        "(inductor) / frozen TorchScript after deploy; deploy/compile seconds are reported apart",
+        help="what to time: the neck as built (default), necklace.deploy() of it (the torch runtime), or a frozen "
+        "TorchScript trace after deploy; deploy/compile seconds are reported apart",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "native", "onnxruntime", "openvino", "inductor", "tensorrt", "auto"),
+        help="time necklace.deploy(neck, runtime=...) instead: necklace's CPU kernels (native), an ONNX Runtime or "
+        "OpenVINO session, torch.compile (inductor), or auto (the fastest verified one on these inputs)",
     )
     p.add_argument(
         "--vs",

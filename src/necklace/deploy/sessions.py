@@ -44,6 +44,19 @@ def runtime_available(runtime: str) -> str | None:
     return None
 
 
+_OV_CORE: list[Any] = []
+
+
+def _openvino_core() -> Any:
+    """One ``openvino.Core`` for the process: a Core that goes away unloads its device plugins, and a plugin
+    unloaded while its threads or handlers are still referenced crashed a later signal in the same process."""
+    if not _OV_CORE:
+        import openvino as ov
+
+        _OV_CORE.append(ov.Core())
+    return _OV_CORE[0]
+
+
 class SessionNeck(nn.Module):
     """A neck run by an ONNX Runtime or OpenVINO session over its ONNX graph: ``list[Tensor] -> list[Tensor]``.
 
@@ -90,9 +103,7 @@ class SessionNeck(nn.Module):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
-        import openvino as ov
-
-        core = ov.Core()
+        core = _openvino_core()
         model = core.read_model(self.onnx_bytes)
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads}
         return core.compile_model(model, "CPU", config).create_infer_request()
