@@ -21,6 +21,7 @@ _COMPARE_FIELDS = {
     "image_size": "image_size",
     "batch_size": "batch_size",
     "lr": "lr",
+    "pretrained": "pretrained",
     "device": "device",
     "workers": "num_workers",
 }
@@ -54,6 +55,9 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--detector", choices=DETECTOR_KINDS, help="detector (default faster_rcnn)")
     p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
+    p.add_argument(
+        "--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone weights"
+    )
     p.add_argument("--detector-option", action="append", metavar="KEY=VALUE", help="build_detector option")
     p.add_argument("--data", metavar="SPEC", help="synthetic (default) | coco:IMAGES_DIR,ANN_FILE | yolo:...")
     p.add_argument("--val-data", metavar="SPEC", help="evaluation data (default: see TrainConfig.val_data)")
