@@ -75,7 +75,11 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--device", help="training device: auto (default), cpu, cuda")
     p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default 0)")
     p.add_argument("--output", metavar="DIR", help="output directory (default runs/compare, --quick: ...-quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 96 px, 32 images (about a minute)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 60 steps, 96 px, 32 images (a few minutes; checks the pipeline, too short to rank necks)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines or bars")
     p.set_defaults(func=_cmd_compare)
 

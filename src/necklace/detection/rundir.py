@@ -145,7 +145,7 @@ class RunLock:
             "boot_id": _boot_id(),
             "process_start": _process_start(os.getpid()),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python",
+            "command": _command(),
         }
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -229,6 +229,14 @@ class RunLock:
             f"directory overwrite each other's checkpoint; wait for it to finish or choose another {self.what} "
             f"directory.{gone}"
         )
+
+
+def _command() -> str:
+    """The command line of this process, as a user would have typed it (``python -m necklace`` -> ``necklace``)."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    name = Path(sys.argv[0]).name
+    return " ".join(["necklace" if name == "__main__.py" else name, *sys.argv[1:]])
 
 
 def _boot_id() -> str | None:
