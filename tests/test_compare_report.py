@@ -1,18 +1,33 @@
 """`necklace compare` without training: configuration checks, the noise rule and Welch's test on hand-made numbers,
-the Pareto front, the verdict and the pictures of constructed results, the command line's configs."""
+the Pareto front, the verdict and the pictures of constructed results (no ranking of runs that did not learn, zero
+spread as unknown noise), the command line's configs."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
 from necklace.detection import compare as compare_mod
-from necklace.detection.compare import CompareConfig, NeckChoice, compare, pareto_front, significance, welch_t_test
+from necklace.detection.compare import (
+    DEFAULT_BASE,
+    CompareConfig,
+    CompareResult,
+    NeckChoice,
+    RunResult,
+    compare,
+    judge,
+    pareto_front,
+    significance,
+    verdict_lines,
+    welch_t_test,
+)
 from necklace.detection.compare.results import _example_result
+from necklace.detection.evaluate import CocoMetrics
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -108,3 +123,61 @@ def test_verdict_and_pictures_from_hand_made_numbers(tmp_path: Path) -> None:
         path = plot(result, tmp_path / f"{plot.__name__}.png")
         with Image.open(path) as im:
             assert im.format == "PNG"
+
+
+# ------------------------------------------------------------------------------------------------ no ranking
+def _judged(aps: dict[str, list[float]], ap50s: dict[str, list[float]], **base: Any) -> CompareResult:
+    """A comparison of hand-made runs (AP and AP50 per seed) judged as compare() judges real ones."""
+    template = _example_result()
+    config = CompareConfig(necks=tuple(NeckChoice(n) for n in aps), seeds=(0, 1), base=DEFAULT_BASE.replace(**base))
+    runs: dict[str, list[RunResult]] = {label: [] for label in aps}
+    for label in aps:
+        for seed, (ap, ap50) in enumerate(zip(aps[label], ap50s[label], strict=True)):
+            metrics = CocoMetrics.from_stats([ap, ap50, *[ap] * 10])
+            runs[label].append(RunResult(label, seed, Path(label), metrics, 60.0, 60, 2.5, 2.4, "trained"))
+    best, necks = judge(config, runs, {label: template.necks[0].profile for label in aps})
+    return CompareResult(config, necks, best, 1.0, {}, {})
+
+
+def test_runs_that_did_not_learn_are_not_ranked() -> None:
+    # the user's case: every AP <= 0.3 (x 100); 0.0 +/- 0.0 was called "beyond the seed noise" of 0.2 +/- 0.1
+    result = _judged(
+        {"fpn": [0.003, 0.001], "bifpn": [0.0, 0.0]}, {"fpn": [0.012, 0.008], "bifpn": [0.0, 0.0]}, steps=60,
+        image_size=96,
+    )  # fmt: skip
+    assert not result.ranked and result.to_dict()["ranked"] is False
+    assert result.neck("bifpn").vs_best.exceeds_noise is None and result.neck("bifpn").vs_best.reason == "not_learned"
+    lines = verdict_lines(result)
+    assert lines[0].startswith("**No ranking is possible: no neck learned at this setting.**")
+    assert "below the learning floor of AP50 5.0" in lines[0]
+    assert (
+        "train longer (--steps; now 60 steps of batch 4), larger images (--image-size; now 96 px) or a pretrained"
+        in (lines[0])
+    )
+    assert not any("beyond" in line or "larger than the seed noise" in line for line in lines)
+    assert "highest (not ranked: did not learn)" in result.table() and "(not ranked: did not learn)" in result.table()
+
+
+def test_a_neck_that_did_not_learn_is_left_out_of_the_ranking() -> None:
+    result = _judged(
+        {"fpn": [0.30, 0.32], "pafpn": [0.28, 0.29], "bifpn": [0.001, 0.002]},
+        {"fpn": [0.5, 0.52], "pafpn": [0.48, 0.5], "bifpn": [0.01, 0.02]},
+    )
+    assert result.ranked and result.best == "fpn" and not result.neck("bifpn").learned
+    lines = verdict_lines(result)
+    assert lines[0].startswith("**`fpn`** has the highest mean AP")
+    assert any(line.startswith("`bifpn`: 0.1 ± 0.1, AP50 1.5 ± 0.7: did not learn") for line in lines)
+    assert lines[-1].endswith("Not ranked: `bifpn`.")
+    assert result.neck("pafpn").vs_best.exceeds_noise is not None  # the two that learned are still compared
+
+
+def test_a_zero_spread_is_unknown_noise_not_a_verdict() -> None:
+    result = _judged({"fpn": [0.31, 0.33], "pafpn": [0.25, 0.25]}, {"fpn": [0.5, 0.5], "pafpn": [0.45, 0.45]})
+    s = result.neck("pafpn").vs_best
+    assert result.ranked and s.exceeds_noise is None and s.reason == "no_spread"
+    assert "(zero spread: no verdict)" in result.table()
+    assert any(
+        "identical over the seeds, so the seed noise is unknown (not zero)" in line for line in verdict_lines(result)
+    )
+    assert significance([0.3, 0.3, 0.3], [0.2, 0.21, 0.22]).reason == "no_spread"  # with 3+ seeds (Welch) too
+    assert significance([0.3, float("nan")], [0.2, 0.21]).reason == "no_spread"  # undefined spread

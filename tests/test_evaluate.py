@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from necklace.detection import CocoDetection, SyntheticShapes, to_coco
+from necklace.detection import AnnotationWarning, CocoDetection, SyntheticShapes, to_coco
 from necklace.detection.evaluate import (
     CocoMetrics,
     coco_metrics,
@@ -178,3 +178,27 @@ def test_metrics_dataclass() -> None:
         CocoMetrics.from_stats([0.0] * 3)
     with pytest.raises(ValueError, match="unknown keys"):
         CocoMetrics.from_dict({**m.to_dict(), "map": 1.0})
+
+
+class _ByImage(torch.nn.Module):
+    """A 'detector' that answers each image with the detections stored for it (keyed by the pixel sum)."""
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        outputs = _perfect_outputs(dataset)
+        self.answers = {round(float(im.sum()), 2): out for (im, _), out in zip(dataset, outputs, strict=True)}
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict]:
+        return [self.answers[round(float(im.sum()), 2)] for im in images]
+
+
+def test_an_image_dropped_during_evaluation_counts_neither_as_missed_nor_twice(tmp_path: Path) -> None:
+    to_coco(SyntheticShapes(4, image_size=(64, 64), seed=3), tmp_path / "images", tmp_path / "ann.json")
+    ds = CocoDetection(tmp_path / "images", tmp_path / "ann.json", on_error="drop")
+    model = _ByImage([ds[i] for i in range(len(ds))])
+    path = tmp_path / "images" / "000002.png"
+    path.write_bytes(path.read_bytes()[:200])  # breaks after the data set was checked
+    with pytest.warns(AnnotationWarning, match="000002.png"):
+        m = evaluate(model, ds, batch_size=4)
+    assert m.num_images == 3 and m.ap == pytest.approx(1.0)  # image 3 stood in for 2 once, and was counted once

@@ -87,13 +87,29 @@ def _levels(text: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------ output
-def _write_text(path: str, text: str) -> None:
+def _check_output_file(path: str, flag: str) -> Path:
+    """Fail early (before any work) when ``path`` cannot be written as a file: a directory is in the way or the
+    directory it goes into does not exist."""
     target = Path(path)
+    if target.is_dir():
+        raise _UsageError(f"{flag} {path!r} is a directory; give a file name, e.g. {str(target / 'out.json')!r}.")
     if not target.parent.is_dir():
-        raise _UsageError(f"cannot write {path!r}: directory {str(target.parent)!r} does not exist.")
+        raise _UsageError(
+            f"cannot write {flag} {path!r}: directory {str(target.parent)!r} does not exist (create it first)."
+        )
+    return target
+
+
+def _write_text(path: str, text: str, flag: str = "--output") -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename), with plain errors."""
+    target = _check_output_file(path, flag)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(target)
+    try:
+        tmp.write_text(text)
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _UsageError(f"cannot write {flag} {path!r}: {e.strerror or e}.") from e
 
 
 def _table(rows: list[list[str]], right: Sequence[int] = ()) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _PROG, _progress, _table, _UsageError, _write_text
+from necklace.cli.args import _PROG, _check_output_file, _progress, _table, _UsageError, _write_text
 from necklace.cli.necks import _in_specs, _neck_options, _spec_flags, _with_knobs
 
 
@@ -59,6 +59,8 @@ def _bench_csv(results: Sequence[Any]) -> str:
 
 
 def _bench_format(args: argparse.Namespace) -> str:
+    if args.output:
+        _check_output_file(args.output, "--output")  # before measuring anything
     if args.format is not None:
         return str(args.format)
     suffix = Path(args.output).suffix.lower() if args.output else ""

@@ -21,6 +21,7 @@ _COMPARE_FIELDS = {
     "image_size": "image_size",
     "batch_size": "batch_size",
     "lr": "lr",
+    "pretrained": "pretrained",
     "device": "device",
     "workers": "num_workers",
 }
@@ -54,6 +55,9 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--detector", choices=DETECTOR_KINDS, help="detector (default faster_rcnn)")
     p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
+    p.add_argument(
+        "--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone weights"
+    )
     p.add_argument("--detector-option", action="append", metavar="KEY=VALUE", help="build_detector option")
     p.add_argument("--data", metavar="SPEC", help="synthetic (default) | coco:IMAGES_DIR,ANN_FILE | yolo:...")
     p.add_argument("--val-data", metavar="SPEC", help="evaluation data (default: see TrainConfig.val_data)")
@@ -71,7 +75,11 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--device", help="training device: auto (default), cpu, cuda")
     p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default 0)")
     p.add_argument("--output", metavar="DIR", help="output directory (default runs/compare, --quick: ...-quick)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 60 steps, 96 px, 32 images (about a minute)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 60 steps, 96 px, 32 images (a few minutes; checks the pipeline, too short to rank necks)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines or bars")
     p.set_defaults(func=_cmd_compare)
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _UsageError
+from necklace.cli.args import _check_output_file, _UsageError
 
 __all__ = ["add_features_parser"]
 
@@ -48,6 +48,7 @@ def _cmd_features(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise _UsageError("give an IMAGE or --synthetic N, not both.")
     if not str(args.out).lower().endswith(".png"):
         raise _UsageError(f"--out {args.out!r}: the heatmaps are written as PNG; use a .png name.")
+    _check_output_file(args.out, "--out")
     model, config = load_model(path, args.device)
     target = None
     if args.image is not None:

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _UsageError, parse_options, parse_value
+from necklace.cli.args import _check_output_file, _UsageError, _write_text, parse_options, parse_value
 
 __all__ = ["add_eval_parser", "add_train_parser", "config_from_args"]
 
@@ -160,6 +160,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         path = (
             Path(args.resume) if isinstance(args.resume, str) else Path(args.output or "runs/train") / CHECKPOINT_NAME
         )
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME  # --resume RUN_DIR
         if not path.is_file():
             raise _UsageError(f"nothing to resume: no checkpoint at {str(path)!r} (give --output DIR or a path).")
         data = dict(load_checkpoint(path)["config"])
@@ -234,7 +236,7 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import torch
 
     from necklace.detection.evaluate import evaluate
-    from necklace.detection.train import DataSpec, build_dataset, load_model
+    from necklace.detection.train import CHECKPOINT_NAME, DataSpec, build_dataset, load_model
 
     device = args.device
     if device == "auto":
@@ -243,25 +245,23 @@ def _cmd_eval(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise _UsageError(f"--batch-size must be positive, got {args.batch_size}.")
     path = Path(args.checkpoint)
     if not path.is_file():
-        raise _UsageError(f"checkpoint {args.checkpoint!r} not found.")
+        raise _UsageError(
+            f"checkpoint {args.checkpoint!r} not found"
+            + (f"; it is a directory: give {str(path / CHECKPOINT_NAME)!r}." if path.is_dir() else ".")
+        )
+    if args.output:
+        _check_output_file(args.output, "--output")  # before the evaluation, not after it
     model, config = load_model(path, device)
     if args.data is not None:
         same_kind = DataSpec.parse(args.data).kind == DataSpec.parse(config.data).kind
         config = config.replace(data=args.data, val_data=None, data_options=config.data_options if same_kind else {})
     dataset: Any = build_dataset(config, "val")
-    names = tuple(getattr(dataset, "class_names", ()))
-    trained = tuple(getattr(model, "class_names", ()))
-    if trained and names and len(names) != len(trained):
-        raise _UsageError(
-            f"the checkpoint was trained on {len(trained)} classes {list(trained)} but the data has {len(names)} "
-            f"{list(names)}; evaluate on data with the same classes."
-        )
     metrics = evaluate(
         model, dataset, batch_size=args.batch_size, device=device, backend=args.backend, progress=not args.quiet
     )
     text = json.dumps(metrics.to_dict(), indent=2)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        _write_text(args.output, text + "\n")
         err.write(f"wrote {args.output}\n")
     out.write(text if args.format == "json" else f"{path} on {config.val_data or config.data}:\n" + metrics.table())
     out.write("\n")

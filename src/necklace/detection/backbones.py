@@ -241,7 +241,17 @@ def timm_backbone(name: str, pretrained: bool = False, levels: Sequence[int] = (
     for key in ("features_only", "out_indices"):
         if key in kwargs:
             raise ValueError(f"timm_backbone sets {key} itself from levels; drop {key}={kwargs[key]!r}.")
-    model = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, features_only=True, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        close = timm.list_models(f"*{name[:4]}*")[:8] if name else []
+        raise ValueError(
+            f"unknown backbone {name!r}: not a built-in one ('tiny', 'resnet18', 'resnet34', 'resnet50') nor a timm "
+            f"model" + (f"; timm has e.g. {', '.join(close)}" if close else "") + " (timm.list_models('*name*') "
+            "lists them)."
+        ) from None
     info: Any = model.feature_info
     reductions, channels = list(info.reduction()), list(info.channels())
     by_level: dict[int, int] = {}  # level -> position in the model's outputs (first map at that stride)

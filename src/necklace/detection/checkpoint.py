@@ -19,11 +19,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import pickle
 import random
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -45,7 +48,9 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``state`` (plus ``format``/``version`` keys) to ``path`` atomically; return the path.
 
     The bytes go to ``.<name>.<pid>.tmp`` beside ``path``, are flushed to disk, then renamed over ``path``. If
-    anything fails on the way the temporary file is removed and the old ``path`` (if any) is untouched.
+    anything fails on the way the temporary file is removed and the old ``path`` (if any) is untouched. A failed
+    write raises ``OSError`` in plain words with the path (``"no space left writing PATH ..."`` for a full disk,
+    not torch's ``inline_container`` message), its ``errno`` kept.
 
     Example:
         >>> import tempfile
@@ -54,21 +59,86 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
         ('c.pt', ['c.pt'])
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e) from e
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **dict(state)}
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with _open_for_write(tmp) as raw:
+            sink = _Sink(raw)
+            try:
+                torch.save(payload, cast(BinaryIO, sink))  # duck-typed: torch needs write() and flush()
+            except RuntimeError as e:  # torch wraps the file's own error in "inline_container.cc: ..."
+                if sink.error is not None:
+                    raise sink.error from e
+                raise
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _open_for_write(path: Path) -> BinaryIO:
+    """The file a checkpoint is written to (a seam for tests that simulate a full disk)."""
+    return open(path, "wb")
+
+
+class _Sink:
+    """Passes torch's writes to the file and keeps the first ``OSError`` (torch reports it without the errno)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _write_error(path: Path, e: OSError) -> OSError:
+    """``e`` in plain words: what happened, to which file, that the old checkpoint is intact, what to do."""
+    kept = "; the previous checkpoint (if any) is unchanged"
+    code = e.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        free = _free_bytes(path.parent)
+        room = f" ({free / 2**20:.0f} MiB free there)" if free is not None else ""
+        text = (
+            f"no space left writing {path}{room}{kept}. Free disk space (or raise the quota), or write the run to "
+            "another disk (--output / TrainConfig.output)."
+        )
+    elif code == errno.EFBIG:
+        text = f"file too large writing {path} (a file-size limit: ulimit -f, or the file system){kept}."
+    elif code in (errno.EACCES, errno.EPERM):
+        text = f"permission denied writing {path}{kept}. Choose an output directory you can write to."
+    elif code == errno.EROFS:
+        text = f"read-only file system: cannot write {path}{kept}. Choose an output directory on a writable disk."
+    else:
+        text = f"cannot write {path}: {e.strerror or e}{kept}."
+    out = (type(e) if type(e).__module__ == "builtins" else OSError)(text)  # PermissionError stays one
+    out.errno = code  # (no filename: it is in the text, and would turn str() back into "[Errno ...] ...")
+    return out
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -84,8 +154,9 @@ def _fsync_dir(directory: Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only``: tensors and plain data only).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a truncated/corrupt file or one that is
-    not a necklace training checkpoint.
+    Raises ``FileNotFoundError`` for a missing file (or a directory) and ``ValueError`` naming the path and the
+    reason for an empty, truncated or corrupt file, one with foreign objects, or one that is not a necklace
+    training checkpoint.
 
     Example:
         >>> import tempfile
@@ -95,14 +166,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         Traceback (most recent call last):
         ...
         ValueError: ... is not a necklace training checkpoint ...
+        >>> _ = p.write_bytes(b"")
+        >>> load_checkpoint(p)
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint '...x.pt' is empty (0 bytes): ...
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} is a directory; give the checkpoint file (e.g. {str(path / 'checkpoint.pt')!r})."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is empty (0 bytes): it was truncated (a copy or transfer that failed, or a "
+            "disk that filled up while it was written). Use another checkpoint (an earlier copy) or train again."
+        )
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}.") from e
     except Exception as e:  # truncated zip, pickle with foreign objects, ...
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise ValueError(_read_problem(path, size, e)) from e
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{str(path)!r} is not a necklace training checkpoint (no 'format': {CHECKPOINT_FORMAT!r} entry); "
@@ -114,6 +202,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{CHECKPOINT_VERSION}. Upgrade necklace."
         )
     return data
+
+
+def _read_problem(path: Path, size: int, e: Exception) -> str:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    if "weights_only" in reason or isinstance(e, pickle.UnpicklingError):
+        return (
+            f"cannot read checkpoint {str(path)!r}: it holds objects other than tensors and plain data, which "
+            f"necklace does not unpickle (weights_only loading; {type(e).__name__}: {reason[:200]}). Load files "
+            "written by necklace train."
+        )
+    if isinstance(e, EOFError) or any(k in reason for k in ("central directory", "zip archive", "EOF", "truncat")):
+        return (
+            f"cannot read checkpoint {str(path)!r}: the file is truncated or corrupt ({size:,} bytes, not a complete "
+            f"checkpoint archive; {type(e).__name__}: {reason[:200]}). Use another checkpoint (an earlier copy) or "
+            "train again."
+        )
+    return f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {reason[:300]}"
 
 
 def rng_state() -> dict[str, Any]:

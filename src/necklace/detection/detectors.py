@@ -18,6 +18,8 @@ wasted on an always-negative class 0.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -281,8 +283,40 @@ def build_detector(
     adapter = NeckAdapter(backbone, neck)
     if roi_pool is not None and kind != "faster_rcnn":
         raise ValueError(f"roi_pool={roi_pool!r} is a Faster R-CNN option; {kind} has no RoI head.")
+    if isinstance(head_convs, bool) or not isinstance(head_convs, int) or head_convs < 0:
+        raise ValueError(f"build_detector: head_convs (FCOS tower depth) must be an int >= 0, got {head_convs!r}.")
+    _check_detector_kwargs(kind, detector_kwargs)
     anchors = anchor_generator_for(kind, adapter.out_specs, anchor_scale)
     common: dict[str, Any] = {"min_size": min_size, "max_size": max_size, **detector_kwargs}
+    return _assemble(kind, adapter, anchors, common, num_classes, head_convs, roi_max_stride, roi_pool,
+                     representation_size)  # fmt: skip
+
+
+def _check_detector_kwargs(kind: str, kwargs: Mapping[str, Any]) -> None:
+    """torchvision passes unknown keywords to its transform, which ignores them: a typo would change nothing."""
+    known = _tv_options(kind)
+    for key in kwargs:
+        if key not in known:
+            hint = difflib.get_close_matches(key, [*known, *_OWN_OPTIONS], n=1)
+            raise TypeError(
+                f"build_detector: {kind} has no option {key!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; its options are build_detector's ({', '.join(_OWN_OPTIONS)}) and the torchvision "
+                f"{_TV_CLASS[kind].__name__} keywords ({', '.join(known)})."
+            )
+
+
+def _assemble(
+    kind: str,
+    adapter: NeckAdapter,
+    anchors: Any,
+    common: dict[str, Any],
+    num_classes: int,
+    head_convs: int,
+    roi_max_stride: int,
+    roi_pool: Any,
+    representation_size: int,
+) -> nn.Module:
     model: nn.Module
     if kind == "fcos":
         head = _FCOSHead(adapter.out_channels, 1, num_classes, head_convs)
@@ -315,6 +349,28 @@ def build_detector(
         )
     model.num_object_classes = num_classes  # type: ignore[assignment]  # labels 1..num_classes for every kind
     return model
+
+
+#: build_detector's own keyword options (the rest go to the torchvision class)
+_OWN_OPTIONS = (
+    "neck_options",
+    "min_size",
+    "max_size",
+    "roi_pool",
+    "roi_max_stride",
+    "anchor_scale",
+    "head_convs",
+    "representation_size",
+)
+_TV_CLASS: dict[str, type] = {"fcos": FCOS, "retinanet": RetinaNet, "faster_rcnn": FasterRCNN}
+_SET_HERE = {"self", "backbone", "num_classes", "kwargs", "min_size", "max_size", "anchor_generator", "head"}
+_SET_HERE |= {"rpn_anchor_generator", "box_roi_pool"}  # (box_head / box_predictor may be given: they replace ours)
+
+
+def _tv_options(kind: str) -> list[str]:
+    """Keyword options of the torchvision detector class of ``kind`` that build_detector passes through."""
+    params = [p for p in inspect.signature(_TV_CLASS[kind]).parameters if p not in _SET_HERE]
+    return [*params, "size_divisible", "fixed_size"]  # GeneralizedRCNNTransform's, reached through **kwargs
 
 
 def _pooled_size(pool: nn.Module) -> tuple[int, int]:

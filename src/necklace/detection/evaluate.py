@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from necklace.detection.data import collate_fn
+from necklace.detection.data import check_same_classes, collate_fn
 
 __all__ = [
     "BACKENDS",
@@ -254,7 +254,7 @@ def _is_plain_coco(dataset: Any) -> bool:
 def _coco_file_ground_truth(dataset: Any) -> dict[str, Any]:
     """The dataset's COCO file restricted to its (kept) images; annotation ids renumbered from 1 if needed."""
     data = json.loads(dataset.ann_file.read_text())
-    keep = {rec.image_id for rec in dataset.records}
+    keep = {rec.image_id for rec in dataset.records} - set(getattr(dataset, "dropped_image_ids", ()))
     images = [img for img in data["images"] if isinstance(img, dict) and _int(img.get("id")) in keep]
     cats = set(dataset.cat_ids)
     anns = []
@@ -500,7 +500,10 @@ def evaluate(
     rank, world = _dist_info()
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
-        raise ValueError("evaluate: the dataset is empty.")
+        raise ValueError("evaluate: the dataset is empty; give data with at least one image.")
+    trained, names = getattr(model, "class_names", None), getattr(dataset, "class_names", None)
+    if trained and names:  # load_model() sets model.class_names: labels mean nothing on other classes
+        check_same_classes(trained, names, "the model (its training data)", "the evaluation data")
     shard = list(range(rank, n, world))
     local = predict(model, dataset, batch_size, device, shard, num_workers, amp, progress and rank == 0)
     records = [(i, _lite_target(t), {k: _as_list(v) for k, v in d.items()}, s) for i, t, d, s in local]
@@ -511,6 +514,7 @@ def evaluate(
     metrics: CocoMetrics | None = None
     if rank == 0:
         records.sort(key=lambda r: r[0])
+        records = _first_per_image(records)
         cat_ids = getattr(dataset, "cat_ids", None)
         if _is_plain_coco(dataset):
             gt = _coco_file_ground_truth(dataset)
@@ -528,6 +532,19 @@ def evaluate(
         metrics = box[0]
     assert metrics is not None
     return metrics
+
+
+def _first_per_image(records: list[Any]) -> list[Any]:
+    """One record per image id: an image dropped mid-run as unreadable is served by the next readable one, whose
+    predictions must count once (see :mod:`necklace.detection.data.files`)."""
+    seen: set[int] = set()
+    out = []
+    for r in records:
+        image_id = int(r[1]["image_id"])
+        if image_id not in seen:
+            seen.add(image_id)
+            out.append(r)
+    return out
 
 
 def _num_ids(dataset: Any) -> list[int] | None:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from necklace.detection.data.images import read_image
+
 __all__ = ["REDUCTIONS", "FeatureFigure", "LevelHeatmap", "draw_feature_heatmaps", "feature_heatmaps", "load_image"]
 
 REDUCTIONS = ("l2", "mean_abs")
@@ -73,7 +75,8 @@ class FeatureFigure:
 
 
 def load_image(path: str | Path) -> Tensor:
-    """An image file as a float ``[3, H, W]`` tensor in ``[0, 1]`` (RGB; needs Pillow, which torchvision brings).
+    """An image file as a float ``[3, H, W]`` tensor in ``[0, 1]`` (RGB, decoded in full; 16-bit and palette images
+    by their real range: :func:`~necklace.detection.data.read_image`).
 
     Example:
         >>> import tempfile
@@ -82,18 +85,7 @@ def load_image(path: str | Path) -> Tensor:
         >>> tuple(load_image(p).shape)
         (3, 4, 5)
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} not found.")
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except UnidentifiedImageError as e:
-        raise ValueError(f"{str(path)!r} is not an image Pillow can read (PNG, JPEG, ...).") from e
-    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
-    return data.permute(2, 0, 1).float() / 255.0
+    return read_image(path)
 
 
 def _parts(model: nn.Module) -> tuple[Any, Any]:

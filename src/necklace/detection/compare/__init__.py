@@ -14,13 +14,22 @@ into ``config.output``:
 
 **Resumable.** A finished run (complete checkpoint + ``metrics.json``) is reused, an interrupted one (Ctrl-C,
 SIGTERM, a crash) is resumed from its checkpoint, so re-running the same command after an interruption loses at
-most the steps since the last checkpoint. A run directory trained with a different config is an error.
+most the steps since the last checkpoint. A run directory trained with a different config is an error; an output
+directory another live ``compare`` is writing is refused (:class:`~necklace.detection.rundir.RunLock`); every
+neck's options are checked by building its detector before the first run trains.
 
 **Noise.** Seeds change the model initialisation and the data order (the data set itself stays the same), so the
 spread over seeds is the training noise a user would see. Each neck is compared with the best one (highest mean of
 ``config.metric``, AP by default) by :func:`significance`: with 3+ seeds per neck, Welch's t-test (two-sided,
 5 %); with 2 seeds, the heuristic ``|difference of means| > 2 x sqrt(std_a^2 + std_b^2)`` (std over seeds); with one
-seed there is no spread and no verdict. The rule used is written into the report.
+seed there is no spread and no verdict, and when a neck's values are identical over its seeds (often all 0) its
+noise is unknown, not zero: no verdict either. The rule used is written into the report.
+
+**Learning.** Only runs that learned can be ranked: a neck whose runs do not all reach
+``config.learned_ap50`` (AP50 0.05, i.e. 5 on the report's x 100 scale; an untrained detector scores about 0) is
+not ranked, and when no neck learned the report says that no ranking is possible and what to change (more steps,
+larger images, a pretrained backbone) instead of calling noise around zero a difference
+(:func:`~necklace.detection.compare.verdict.judge`).
 
 Example:
     >>> cfg = CompareConfig(necks=("fpn", "pafpn"), seeds=(0, 1))
@@ -41,13 +50,22 @@ from necklace.detection.compare.config import (
 from necklace.detection.compare.plots import plot_ap_by_size, plot_ap_vs_latency
 from necklace.detection.compare.results import CompareResult, NeckProfile, NeckResult, RunResult
 from necklace.detection.compare.run import compare
-from necklace.detection.compare.stats import RULE_TEXT, Significance, Stat, pareto_front, significance, welch_t_test
-from necklace.detection.compare.verdict import verdict_lines
+from necklace.detection.compare.stats import (
+    NO_VERDICT_TEXT,
+    RULE_TEXT,
+    Significance,
+    Stat,
+    pareto_front,
+    significance,
+    welch_t_test,
+)
+from necklace.detection.compare.verdict import judge, verdict_lines
 
 __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_NECKS",
     "METRICS",
+    "NO_VERDICT_TEXT",
     "RULE_TEXT",
     "CompareConfig",
     "CompareResult",
@@ -59,6 +77,7 @@ __all__ = [
     "Stat",
     "compare",
     "default_neck_options",
+    "judge",
     "pareto_front",
     "plot_ap_by_size",
     "plot_ap_vs_latency",

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from necklace.detection.train import TrainConfig
 from necklace.detection.train.config import _plain
@@ -96,7 +99,11 @@ class NeckChoice:
     label: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"NeckChoice: name must be a registered neck name such as 'fpn', got {self.name!r}.")
         neck_info(self.name)
+        if not isinstance(self.label, str):
+            raise TypeError(f"NeckChoice {self.name!r}: label must be a string, got {self.label!r}.")
         if not isinstance(self.options, Mapping):
             raise TypeError(f"NeckChoice {self.name!r}: options must be a dict, got {type(self.options).__name__}.")
         # the plain-data copy TrainConfig makes (tuples -> lists), so configs compare equal after a round trip
@@ -140,6 +147,9 @@ class CompareConfig:
         latency_image_size: image side for the latency/FLOPs profile (default ``base.image_size``).
         latency_repeats, latency_warmup: timed and untimed (first) forward passes per measurement.
         gpu_latency: also time on CUDA; ``None``: when CUDA is available.
+        learned_ap50: the learning floor: a neck whose runs do not all reach this AP50 (0..1; default 0.05, i.e.
+            5 on the report's x 100 scale, where an untrained detector scores about 0) did not learn at this
+            setting and is not ranked: differences between runs that learned nothing are noise around zero.
 
     Example:
         >>> cfg = CompareConfig(necks=("fpn", {"name": "bifpn", "options": {"width": 16}}), seeds=(0,))
@@ -156,6 +166,7 @@ class CompareConfig:
     latency_repeats: int = 30
     latency_warmup: int = 10
     gpu_latency: bool | None = None
+    learned_ap50: float = 0.05
 
     def __post_init__(self) -> None:
         if isinstance(self.necks, (str, NeckChoice, Mapping)) or not isinstance(self.necks, Sequence):
@@ -173,13 +184,21 @@ class CompareConfig:
         object.__setattr__(self, "necks", necks)
         if not isinstance(self.base, TrainConfig):
             raise TypeError(f"CompareConfig.base must be a TrainConfig, got {type(self.base).__name__}.")
-        if isinstance(self.seeds, int) or not isinstance(self.seeds, Sequence) or not self.seeds:
-            raise ValueError(f"CompareConfig.seeds must be a non-empty sequence of ints, got {self.seeds!r}.")
+        if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Sequence) or not self.seeds:
+            raise ValueError(
+                f"CompareConfig.seeds must be a non-empty sequence of ints, e.g. (0, 1), got {self.seeds!r}."
+            )
         seeds = tuple(self.seeds)
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        ints = all(isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_)) for s in seeds)
+        if not ints or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"CompareConfig.seeds must be distinct non-negative ints, got {list(seeds)}.")
-        object.__setattr__(self, "seeds", seeds)
-        object.__setattr__(self, "output", str(self.output))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
+        if not isinstance(self.output, (str, os.PathLike)) or not str(self.output).strip():
+            raise TypeError(
+                f"CompareConfig.output must be a directory path (str or Path), got {self.output!r}; "
+                "e.g. output='runs/x'."
+            )
+        object.__setattr__(self, "output", os.fspath(self.output))
         if self.metric not in METRICS:
             raise ValueError(f"CompareConfig.metric {self.metric!r}: choose one of {list(METRICS)}.")
         for name, value, low in (
@@ -189,8 +208,17 @@ class CompareConfig:
         ):
             if value is None and name == "latency_image_size":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"CompareConfig.{name} must be an int >= {low}, got {value!r}.")
+            object.__setattr__(self, name, int(value))
+        if self.gpu_latency is not None and not isinstance(self.gpu_latency, bool):
+            raise TypeError(f"CompareConfig.gpu_latency must be True, False or None (auto), got {self.gpu_latency!r}.")
+        floor = self.learned_ap50
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor < 1.0:
+            raise ValueError(
+                f"CompareConfig.learned_ap50 must be a number in [0, 1) (AP50 as a fraction, e.g. 0.05), got {floor!r}."
+            )
+        object.__setattr__(self, "learned_ap50", float(floor))
 
     # -------------------------------------------------------------------------------------------- runs
     def run_dir(self, neck: NeckChoice, seed: int) -> Path:
@@ -224,6 +252,7 @@ class CompareConfig:
             "latency_repeats": self.latency_repeats,
             "latency_warmup": self.latency_warmup,
             "gpu_latency": self.gpu_latency,
+            "learned_ap50": self.learned_ap50,
         }
 
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 
 from necklace.bench import LatencyStats
 from necklace.detection.compare.config import _METRIC_LABELS, METRICS, CompareConfig, NeckChoice
-from necklace.detection.compare.stats import RULE_TEXT, Significance, Stat, significance
+from necklace.detection.compare.stats import NO_VERDICT_TEXT, RULE_TEXT, Significance, Stat, significance
 from necklace.detection.evaluate import CocoMetrics
 
 __all__ = ["CompareResult", "NeckProfile", "NeckResult", "RunResult"]
@@ -105,6 +105,7 @@ class NeckResult:
     stats: dict[str, Stat]
     profile: NeckProfile
     vs_best: Significance | None  # None for the best neck itself
+    learned: bool = True  # every run reached the learning floor (CompareConfig.learned_ap50)
 
     @property
     def label(self) -> str:
@@ -117,6 +118,7 @@ class NeckResult:
             "stats": {k: s.to_dict() for k, s in self.stats.items()},
             "profile": self.profile.to_dict(),
             "vs_best": self.vs_best.to_dict() if self.vs_best else None,
+            "learned": self.learned,
         }
 
 
@@ -147,6 +149,12 @@ class CompareResult:
         raise KeyError(f"no neck labelled {label!r}; labels: {[n.label for n in self.necks]}")
 
     @property
+    def ranked(self) -> bool:
+        """Whether the best neck learned, so that comparing the others with it means something (see
+        :attr:`CompareConfig.learned_ap50`); each neck's :attr:`NeckResult.vs_best` says whether it has a verdict."""
+        return self.neck(self.best).learned
+
+    @property
     def rule(self) -> str:
         rules = {n.vs_best.rule for n in self.necks if n.vs_best is not None}
         return next(iter(rules)) if len(rules) == 1 else ("none" if not rules else "mixed")
@@ -159,8 +167,10 @@ class CompareResult:
             "config": self.config.to_dict(),
             "metric": self.config.metric,
             "best": self.best,
+            "ranked": self.ranked,
             "rule": self.rule,
             "rule_text": {k: v for k, v in RULE_TEXT.items() if k in {self.rule, "none"} or self.rule == "mixed"},
+            "no_verdict_text": NO_VERDICT_TEXT,
             "wall_time_s": self.wall_time,
             "environment": self.environment,
             "necks": [n.to_dict() for n in self.necks],
@@ -205,13 +215,14 @@ def _pm(stat: Stat) -> str:
     return _pct(stat.mean) if stat.n == 1 else f"{_pct(stat.mean)} ± {_pct(stat.std)}"
 
 
-def _verdict_cell(n: NeckResult) -> str:
+def _verdict_cell(n: NeckResult, ranked: bool) -> str:
     s = n.vs_best
     if s is None:
-        return "**best**"
+        return "**best**" if ranked else "highest (not ranked: did not learn)"
     gap = f"{-100 * s.diff:+.1f}" if round(100 * s.diff, 1) != 0 else "0.0"
     if s.exceeds_noise is None:
-        return f"{gap} (one seed: no verdict)"
+        why = {"one_seed": "one seed", "no_spread": "zero spread"}.get(s.reason or "", "")
+        return f"{gap} (not ranked: did not learn)" if s.reason == "not_learned" else f"{gap} ({why}: no verdict)"
     return f"{gap} ({'beyond noise' if s.exceeds_noise else 'within noise'})"
 
 
@@ -240,7 +251,7 @@ def _table(result: CompareResult) -> str:
                 f"{p.neck_gpu.median_ms:.2f}" if p.neck_gpu else "-",
                 f"{p.detector_gpu.median_ms:.2f}" if p.detector_gpu else "-",
             ]
-        row.append(_verdict_cell(n))
+        row.append(_verdict_cell(n, result.ranked))
         rows.append(row)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

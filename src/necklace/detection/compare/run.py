@@ -20,13 +20,22 @@ from torch import Tensor, nn
 
 from necklace.bench import count_flops, count_params, measure_latency
 from necklace.detection.checkpoint import load_checkpoint
-from necklace.detection.compare.config import METRICS, CompareConfig, NeckChoice
+from necklace.detection.compare.config import CompareConfig, NeckChoice
 from necklace.detection.compare.plots import plot_ap_by_size, plot_ap_vs_latency
 from necklace.detection.compare.report import _report
-from necklace.detection.compare.results import CompareResult, NeckProfile, NeckResult, RunResult
-from necklace.detection.compare.stats import Stat, significance
+from necklace.detection.compare.results import CompareResult, NeckProfile, RunResult
+from necklace.detection.compare.verdict import judge
 from necklace.detection.evaluate import CocoMetrics
-from necklace.detection.train import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig, build_dataset, load_model, train
+from necklace.detection.rundir import RunLock, prepare_output_dir
+from necklace.detection.train import (
+    CHECKPOINT_NAME,
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    build_dataset,
+    build_model,
+    load_model,
+    train,
+)
 
 __all__ = ["compare"]
 
@@ -205,8 +214,30 @@ def compare(
     if config.gpu_latency and not torch.cuda.is_available():
         raise ValueError("CompareConfig.gpu_latency=True but CUDA is not available; use gpu_latency=None or False.")
     t0 = time.perf_counter()
+    out = prepare_output_dir(config.output, "compare output")
+    with RunLock(out, "compare output"):
+        _check_necks(config)
+        return _compare(config, progress, command, on_run, t0)
+
+
+def _check_necks(config: CompareConfig) -> None:
+    """Build every contender's detector once (no weights loaded) so a bad neck option fails before any training."""
+    for neck in config.necks:
+        rc = config.run_config(neck, config.seeds[0]).replace(pretrained=False)
+        try:
+            build_model(rc, num_classes=1)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"compare: neck {neck.label!r}: {e}") from e
+
+
+def _compare(
+    config: CompareConfig,
+    progress: bool,
+    command: str | None,
+    on_run: Callable[[RunResult], None] | None,
+    t0: float,
+) -> CompareResult:
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
     total = len(config.necks) * len(config.seeds)
     _say(
         progress,
@@ -241,25 +272,8 @@ def _assemble(
     wall: float,
     command: str | None,
 ) -> CompareResult:
-    stats: dict[str, dict[str, Stat]] = {}
-    for label, rs in runs.items():
-        stats[label] = {}
-        for m in METRICS:
-            vals = [getattr(r.metrics, m) for r in rs]
-            stats[label][m] = Stat.of([v for v in vals if v >= 0])  # -1: undefined (no objects of that size)
-    metric = config.metric
-
-    def score(label: str) -> float:
-        v = stats[label][metric].mean
-        return -math.inf if math.isnan(v) else v
-
-    best = max((n.label for n in config.necks), key=score)
-    best_vals = stats[best][metric].values
-    necks = []
-    for n in config.necks:
-        vs = None if n.label == best else significance(best_vals, stats[n.label][metric].values)
-        necks.append(NeckResult(n, tuple(runs[n.label]), stats[n.label], profiles[n.label], vs))
-    return CompareResult(config, tuple(necks), best, wall, {}, _environment())
+    best, necks = judge(config, runs, profiles)
+    return CompareResult(config, necks, best, wall, {}, _environment())
 
 
 # ------------------------------------------------------------------------------------------------ writing

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RULE_TEXT", "Significance", "Stat", "pareto_front", "significance", "welch_t_test"]
+__all__ = ["NO_VERDICT_TEXT", "RULE_TEXT", "Significance", "Stat", "pareto_front", "significance", "welch_t_test"]
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,15 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
 class Significance:
     """Is the difference between two necks' metric larger than the seed noise? See :func:`significance`.
 
+    ``exceeds_noise`` is ``None`` when no verdict is possible; ``reason`` says why: ``"one_seed"`` (no spread to
+    compare with), ``"no_spread"`` (a neck's values are identical over its seeds, or not finite: its noise is
+    unknown, not zero) or ``"not_learned"`` (set by :func:`~necklace.detection.compare.compare` when a neck's runs
+    did not learn; see :data:`~necklace.detection.compare.verdict.LEARNED_AP50`).
+
     Example:
         >>> s = significance([0.30, 0.32], [0.20, 0.21])
-        >>> s.rule, s.exceeds_noise, round(s.diff, 3), s.to_dict()["p"]
-        ('2std', True, 0.105, None)
+        >>> s.rule, s.exceeds_noise, round(s.diff, 3), s.to_dict()["p"], s.reason
+        ('2std', True, 0.105, None, None)
     """
 
     diff: float  # mean(a) - mean(b)
@@ -126,7 +131,8 @@ class Significance:
     df: float | None
     p: float | None
     rule: str  # "welch" | "2std" | "none"
-    exceeds_noise: bool | None  # None: cannot tell (one seed)
+    exceeds_noise: bool | None  # None: cannot tell (see reason)
+    reason: str | None = None  # why there is no verdict: "one_seed" | "no_spread" | "not_learned"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +143,7 @@ class Significance:
             "p": _num(self.p),
             "rule": self.rule,
             "exceeds_noise": self.exceeds_noise,
+            "reason": self.reason,
         }
 
 
@@ -146,14 +153,23 @@ RULE_TEXT = {
     "(2 seeds: a heuristic, not a formal test; the stds of 2 values are themselves rough)",
     "none": "no verdict with a single seed (no spread to compare with); run with more --seeds",
 }
+#: Why a pair of necks gets no verdict (:attr:`Significance.reason`), in the report's words.
+NO_VERDICT_TEXT = {
+    "one_seed": "a single seed has no spread to compare with: run more --seeds",
+    "no_spread": "the values are identical over the seeds (or undefined), so the seed noise is unknown, not zero: "
+    "run more seeds, or train longer so that seeds differ",
+    "not_learned": "the runs did not learn (AP50 below the learning floor), so their differences are noise around zero",
+}
 
 
 def significance(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> Significance:
     """Compare the per-seed values of two necks.
 
+    - a side with one seed: no verdict (``exceeds_noise is None``, ``reason="one_seed"``);
+    - a side whose values are all equal, or not finite: no verdict (``reason="no_spread"``): a zero spread says the
+      noise is unknown (typically runs that all scored the same, often 0), not that it is zero;
     - both 3+ seeds: Welch's t-test, the difference exceeds the noise when ``p < alpha``;
-    - otherwise, both 2+ seeds: ``|mean(a) - mean(b)| > 2 * sqrt(std(a)**2 + std(b)**2)``;
-    - a side with one seed: no verdict (``exceeds_noise is None``).
+    - otherwise (2+ seeds each): ``|mean(a) - mean(b)| > 2 * sqrt(std(a)**2 + std(b)**2)``.
 
     Example:
         >>> significance([0.30, 0.32], [0.20, 0.21]).exceeds_noise  # 0.105 apart, threshold 2*0.016
@@ -163,15 +179,21 @@ def significance(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) ->
         (False, '2std', 0.0632)
         >>> significance([0.3, 0.31, 0.32], [0.2, 0.21, 0.22]).rule, significance([0.3], [0.2]).exceeds_noise
         ('welch', None)
+        >>> z = significance([0.002, 0.001], [0.0, 0.0])  # 0.0 ± 0.0 is not "beyond the noise" of 0.2 ± 0.1
+        >>> z.exceeds_noise, z.reason
+        (None, 'no_spread')
     """
     diff = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
-    if len(a) >= 3 and len(b) >= 3:
+    if len(a) < 2 or len(b) < 2:
+        return Significance(diff, None, None, None, None, "none", None, "one_seed")
+    rule = "welch" if len(a) >= 3 and len(b) >= 3 else "2std"
+    if any(not all(math.isfinite(v) for v in side) or max(side) == min(side) for side in (a, b)):
+        return Significance(diff, None, None, None, None, rule, None, "no_spread")
+    if rule == "welch":
         t, df, p = welch_t_test(a, b)
         return Significance(diff, None, t, df, p, "welch", bool(p < alpha))
-    if len(a) >= 2 and len(b) >= 2:
-        threshold = 2.0 * math.sqrt(statistics.variance(a) + statistics.variance(b))
-        return Significance(diff, threshold, None, None, None, "2std", bool(abs(diff) > threshold))
-    return Significance(diff, None, None, None, None, "none", None)
+    threshold = 2.0 * math.sqrt(statistics.variance(a) + statistics.variance(b))
+    return Significance(diff, threshold, None, None, None, "2std", bool(abs(diff) > threshold))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

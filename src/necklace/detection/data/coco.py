@@ -47,12 +47,28 @@ class CocoDetection(_FileDetection):
     ) -> None:
         _check_on_error(on_error)
         self.images_dir, self.ann_file = Path(images_dir), Path(ann_file)
+        if not self.ann_file.is_file():
+            what = "is a directory" if self.ann_file.is_dir() else "does not exist"
+            raise FileNotFoundError(
+                f"CocoDetection: annotation file {self.ann_file} {what}; give the COCO JSON file "
+                "(e.g. coco:IMAGES_DIR,annotations/instances_val2017.json)."
+            )
         try:
-            data = json.loads(self.ann_file.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"CocoDetection: annotation file {self.ann_file} does not exist.") from None
+            data = json.loads(self.ann_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"CocoDetection: {self.ann_file} is not valid JSON: {e}.") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"CocoDetection: {self.ann_file} is not UTF-8 text ({e.reason} at byte {e.start}); a COCO annotation "
+                "file is JSON text: check that you passed the annotation file, not an image or archive."
+            ) from None
+        except OSError as e:
+            raise ValueError(f"CocoDetection: cannot read {self.ann_file}: {e.strerror or e}.") from None
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(
+                f"CocoDetection: images_dir {self.images_dir} is not a directory; give the folder holding the "
+                "images named in the annotation file."
+            )
         missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
         if not isinstance(data, dict) or missing:
             raise ValueError(

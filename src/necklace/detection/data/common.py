@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["LARGE_AREA", "SMALL_AREA", "SizeSplit", "Target", "collate_fn", "size_split"]
+__all__ = ["LARGE_AREA", "SMALL_AREA", "SizeSplit", "Target", "check_same_classes", "collate_fn", "size_split"]
 
 SMALL_AREA = 32**2  #: COCO: area < 32^2 is small
 LARGE_AREA = 96**2  #: COCO: area > 96^2 is large (medium in between)
@@ -111,3 +111,33 @@ def _class_names(dataset: Any, targets: Sequence[Target]) -> tuple[str, ...]:
 def _file_name(dataset: Any, index: int, image_id: int) -> str:
     fn = getattr(dataset, "file_name", None)
     return str(fn(index)) if callable(fn) else f"{image_id:06d}.png"
+
+
+def check_same_classes(expected: Sequence[str], got: Sequence[str], expected_what: str, got_what: str) -> None:
+    """Raise ``ValueError`` unless two class-name lists are equal (same names, same order).
+
+    Labels are positions in the class list (label ``k`` is ``class_names[k - 1]``), so a model trained on one list
+    can only be trained further or evaluated on data with the same list; the message names both lists, the first
+    difference and the fix.
+
+    Example:
+        >>> check_same_classes(["cat", "dog"], ["cat", "dog"], "the checkpoint", "the data")  # same: no error
+        >>> check_same_classes(["cat", "dog"], ["dog", "cat"], "the training data", "the validation data")
+        Traceback (most recent call last):
+        ...
+        ValueError: the validation data has other classes than the training data: ['dog', 'cat'] where ... (label 1
+        is 'cat' there, 'dog' here). ...
+    """
+    a, b = [str(n) for n in expected], [str(n) for n in got]
+    if a == b:
+        return
+    if len(a) != len(b):
+        diff = f"{len(b)} classes instead of {len(a)}"
+    else:
+        k = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        diff = f"label {k + 1} is {a[k]!r} there, {b[k]!r} here"
+    raise ValueError(
+        f"{got_what} has other classes than {expected_what}: {b} where {expected_what} has {a} ({diff}). Labels "
+        f"are positions in the class list, so use data with the same class names in the same order (YOLO: the same "
+        "NAME list after the directories in --data; COCO: the same categories), or train a new model on this data."
+    )

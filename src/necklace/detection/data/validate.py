@@ -3,14 +3,17 @@ image record (:class:`ImageRecord`), the report (:class:`AnnotationReport`) and 
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from necklace.detection.data.images import _image_size
+from necklace.detection.data.images import probe_image
 
 __all__ = [
+    "CHECK_IMAGES",
     "ON_ERROR",
     "AnnotationProblem",
     "AnnotationReport",
@@ -20,6 +23,8 @@ __all__ = [
 ]
 
 ON_ERROR = ("raise", "drop", "clip")
+#: ``check_images`` values: decode every image in full (``True``), read only headers, or trust the annotations.
+CHECK_IMAGES = (True, "header", False)
 _TOL = 1e-2  # pixels: coordinates this far outside the image are rounding, clamped without a report
 
 
@@ -37,11 +42,11 @@ class AnnotationProblem:
     """One problem in a dataset's annotations.
 
     ``kind``: ``missing_image``, ``unreadable_image``, ``image_size_mismatch``, ``unknown_image_id``,
-    ``duplicate_image_id``, ``malformed_annotation``, ``malformed_line``, ``unknown_class``, ``degenerate_box``
-    (zero or negative width/height), ``box_outside_image``. ``file``: the annotation file (COCO JSON, YOLO txt)
-    or the image file; ``image_id``; ``index``: position in the COCO ``annotations`` list, or the 1-based line
-    number in a YOLO file (``None`` for image-level problems); ``value``: the offending value as written;
-    ``action``: ``"error"``, ``"dropped"``, ``"clipped"`` or ``"dropped image"``.
+    ``duplicate_image_id``, ``malformed_annotation``, ``malformed_line``, ``unreadable_labels``, ``unknown_class``,
+    ``degenerate_box`` (zero or negative width/height), ``box_outside_image``. ``file``: the annotation file (COCO JSON,
+    YOLO txt) or the image file; ``image_id``; ``index``: position in the COCO ``annotations`` list, or the 1-based line
+    number in a YOLO file (``None`` for image-level problems); ``value``: the offending value as written; ``action``:
+    ``"error"``, ``"dropped"``, ``"clipped"`` or ``"dropped image"``.
 
     Example:
         >>> p = AnnotationProblem("degenerate_box", "ann.json", 3, 7, "[10, 10, 0, 5]", "dropped")
@@ -171,22 +176,47 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}.")
 
 
+def _check_check_images(check_images: object) -> None:
+    if not (check_images is True or check_images is False or check_images == "header"):
+        raise ValueError(
+            f"check_images must be True (decode every image), 'header' (headers only) or False, got {check_images!r}."
+        )
+
+
+def _probe_all(records: Sequence[ImageRecord], check_images: bool | str) -> list[tuple[int, int] | str | None]:
+    """Per record: its ``(width, height)``, the reason it cannot be read, or ``None`` (missing file / not needed)."""
+
+    def probe(rec: ImageRecord) -> tuple[int, int] | str | None:
+        if not (check_images or rec.width is None or rec.height is None):
+            return None
+        if not rec.path.is_file():
+            return None
+        return probe_image(rec.path, full=check_images is True)
+
+    if check_images is not True or len(records) < 16:
+        return [probe(r) for r in records]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        return list(pool.map(probe, records))
+
+
 def validate_annotations(
     records: Sequence[ImageRecord],
     num_classes: int,
     on_error: str = "raise",
     *,
     problems: Sequence[AnnotationProblem] = (),
-    check_images: bool = True,
+    check_images: bool | str = True,
     source: str = "",
     num_annotations: int | None = None,
 ) -> AnnotationReport:
     """Check images and annotations; apply ``on_error``; return the report (with the kept ``records``).
 
-    Checks, per image: the file exists and its header can be read (``check_images``), and its size matches
-    ``width``/``height`` when those are given; per annotation: the label is in ``1..num_classes``, the box has
-    positive width and height, and it lies inside the image. ``problems`` are problems a loader already found
-    while parsing (malformed lines, unknown image ids), merged into the report.
+    Checks, per image: the file exists and decodes in full (``check_images=True``, the default: a file cut short after
+    an intact header is caught here, not mid-epoch; decoded on several threads), or only its header (``"header"``:
+    faster on very large sets) or nothing (``False``: sizes still come from the headers when the annotations lack them),
+    and its size matches ``width``/``height`` when those are given; per annotation: the label is in ``1..num_classes``,
+    the box has positive width and height, and it lies inside the image. ``problems`` are problems a loader already
+    found while parsing (malformed lines, unknown image ids), merged into the report.
 
     ``on_error``: ``"raise"`` raises ``ValueError`` with :meth:`AnnotationReport.summary` when anything is wrong;
     ``"drop"`` removes each bad annotation (and images whose file is missing or unreadable); ``"clip"`` clips boxes
@@ -200,6 +230,7 @@ def validate_annotations(
         ValueError: 1 annotation problem(s) (1 degenerate_box) among 1 images and 2 annotations. ...
     """
     _check_on_error(on_error)
+    _check_check_images(check_images)
     action = "error" if on_error == "raise" else "dropped"
     found: list[AnnotationProblem] = [  # parse-time problems: "dropped image" marks image-level ones
         AnnotationProblem(p.kind, p.file, p.image_id, p.index, p.value, "error" if action == "error" else p.action)
@@ -209,10 +240,10 @@ def validate_annotations(
     ]
     kept: list[ImageRecord] = []
     total = sum(len(r.boxes) for r in records) + (0 if num_annotations is None else num_annotations)
-    for rec in records:
+    sizes = _probe_all(records, check_images)
+    for rec, size in zip(records, sizes, strict=True):
         width, height = rec.width, rec.height
         if check_images or width is None or height is None:
-            size = _image_size(rec.path) if rec.path.exists() else None
             kind = "missing_image" if size is None else "unreadable_image" if isinstance(size, str) else None
             if kind is not None:
                 value = "file not found" if size is None else str(size)

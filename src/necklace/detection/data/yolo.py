@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from necklace.detection.data.common import Target, _file_name
 from necklace.detection.data.files import _FileDetection
-from necklace.detection.data.images import IMAGE_EXTS, _image_size, _write_image
+from necklace.detection.data.images import IMAGE_EXTS, _write_image, probe_image
 from necklace.detection.data.validate import AnnotationProblem, ImageRecord, _check_on_error, validate_annotations
 
 __all__ = ["YoloDetection", "to_yolo"]
@@ -23,7 +23,8 @@ class YoloDetection(_FileDetection):
 
     Labels are ``class + 1`` (``class_names[label - 1]``). An image without a label file has no objects (YOLO's
     convention); a label file without an image is reported as ``missing_image``; a line that is not five numbers
-    with an integer class is ``malformed_line``. Image ids are the positions in sorted file-name order. See
+    with an integer class is ``malformed_line``; a label file that cannot be read as text is ``unreadable_labels``
+    (its image is dropped under ``on_error="drop"``). Image ids are the positions in sorted file-name order. See
     :func:`validate_annotations` for ``on_error``.
 
     Example:
@@ -43,6 +44,7 @@ class YoloDetection(_FileDetection):
         class_names: Sequence[str],
         on_error: str = "raise",
         transforms: Callable[[Tensor, Target], tuple[Tensor, Target]] | None = None,
+        check_images: bool | str = True,
     ) -> None:
         _check_on_error(on_error)
         if isinstance(class_names, str) or not class_names:
@@ -70,11 +72,17 @@ class YoloDetection(_FileDetection):
         records, n_bad = [], 0
         k = len(self.class_names)
         for image_id, path in enumerate(images):
-            size = _image_size(path)
             rec = ImageRecord(path, image_id, None, None, [], [], [], [])
             rec.sources = []
             label_file = self.labels_dir / f"{path.stem}.txt"
-            lines = label_file.read_text().splitlines() if label_file.exists() else []
+            try:
+                lines = label_file.read_text(encoding="utf-8").splitlines() if label_file.exists() else []
+            except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, binary junk
+                why = f"cannot read the label file ({type(e).__name__}: {e}); expected UTF-8 text lines"
+                bad = AnnotationProblem("unreadable_labels", str(label_file), image_id, None, why, "dropped image")
+                problems.append(bad)
+                continue
+            size = probe_image(path, full=False) if lines else None  # the boxes need the size: the header suffices
             if lines and isinstance(size, str):
                 records.append(rec)  # validate_annotations reports the unreadable image
                 continue
@@ -101,7 +109,7 @@ class YoloDetection(_FileDetection):
             k,
             on_error,
             problems=problems,
-            check_images=True,
+            check_images=check_images,
             source=str(self.labels_dir),
             num_annotations=n_bad,
         )

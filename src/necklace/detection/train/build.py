@@ -15,6 +15,7 @@ from necklace.detection.checkpoint import load_checkpoint
 from necklace.detection.data import CocoDetection, SyntheticShapes, YoloDetection
 from necklace.detection.detectors import build_detector
 from necklace.detection.train.config import _FILE_OPTIONS, _SYNTHETIC_OPTIONS, DataSpec, TrainConfig
+from necklace.registry import neck_info
 
 __all__ = ["build_dataset", "build_datasets", "build_model", "load_model"]
 
@@ -104,17 +105,31 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         >>> type(m).__name__, type(m.backbone.neck).__name__
         ('NecklaceRetinaNet', 'GraphNeck')
     """
-    backbone = build_backbone(config.backbone, pretrained=config.pretrained, **config.backbone_options)
-    return build_detector(
-        config.detector,
-        backbone,
-        config.neck,
-        num_classes,
-        neck_options=config.neck_options,
-        min_size=config.image_size,
-        max_size=config.image_size,
-        **config.detector_options,
-    )
+    try:
+        backbone = build_backbone(config.backbone, pretrained=config.pretrained, **config.backbone_options)
+    except TypeError as e:
+        raise TypeError(
+            f"TrainConfig.backbone_options {config.backbone_options} do not fit backbone {config.backbone!r}: {e}."
+        ) from e
+    try:
+        return build_detector(
+            config.detector,
+            backbone,
+            config.neck,
+            num_classes,
+            neck_options=config.neck_options,
+            min_size=config.image_size,
+            max_size=config.image_size,
+            **config.detector_options,
+        )
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):  # build_detector's own errors name the option already
+            raise
+        knobs = neck_info(config.neck).knobs
+        raise TypeError(
+            f"TrainConfig.neck_options {config.neck_options} do not fit neck {config.neck!r}: {e}."
+            + (f" Options of {config.neck}: {', '.join(knobs)}." if knobs else "")
+        ) from e
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:

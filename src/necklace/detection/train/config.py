@@ -6,14 +6,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from necklace.detection.data import ON_ERROR, SHAPES
 from necklace.detection.detectors import DETECTOR_KINDS
 from necklace.detection.evaluate import BACKENDS
+from necklace.registry import neck_info
 
 __all__ = ["CHECKPOINT_NAME", "DATA_KINDS", "OPTIMIZERS", "RESUMABLE_CHANGES", "SCHEDULES", "DataSpec", "TrainConfig"]
 
@@ -116,12 +121,73 @@ def _plain(value: Any, where: str) -> Any:
     )
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> None:
+def _positive_int(name: str, value: Any, allow_none: bool = False, allow_zero: bool = False) -> int | None:
+    """``value`` as an int (numpy integers accepted) when it is one, >= 1 (>= 0 with ``allow_zero``)."""
     if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        return None
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < (0 if allow_zero else 1)
+    ):
         need = "a non-negative" if allow_zero else "a positive"
         raise ValueError(f"TrainConfig.{name} must be {need} int{' or None' if allow_none else ''}, got {value!r}.")
+    return int(value)
+
+
+def _number(name: str, value: Any, allow_none: bool = False) -> float | None:
+    """``value`` as a finite float (ints and numpy numbers accepted; bools and strings are not)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        hint = (
+            " (a string: in YAML write 1.0e-3 or 0.001, since YAML reads 1e-3 as text)"
+            if isinstance(value, str)
+            else ""
+        )
+        raise TypeError(f"TrainConfig.{name} must be a number{' or None' if allow_none else ''}, got {value!r}{hint}.")
+    if not math.isfinite(value):
+        raise ValueError(f"TrainConfig.{name} must be finite, got {value!r}.")
+    return float(value)
+
+
+def _flag(name: str, value: Any, allow_none: bool = False) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        choices = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"TrainConfig.{name} must be {choices}, got {value!r}.")
+    return bool(value)
+
+
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) else []
+        raise ValueError(
+            f"TrainConfig.{name} {value!r}: choose one of {list(choices)}"
+            + (f" (did you mean {hint[0]!r}?)." if hint else ".")
+        )
+    return value
+
+
+def _check_data_options(kind: str, options: Mapping[str, Any]) -> None:
+    """Types and ranges of ``data_options`` (no silent int("10") or int(2.5))."""
+    for key, value in options.items():
+        if key in ("num_images", "val_images", "num_classes"):
+            low = 1 if key == "num_classes" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainConfig.data_options[{key!r}] must be an int >= {low}, got {value!r}.")
+        elif key == "seed" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"TrainConfig.data_options['seed'] must be an int, got {value!r}.")
+        elif key == "cache_dir" and value is not None and not isinstance(value, str):
+            raise TypeError(f"TrainConfig.data_options['cache_dir'] must be a directory path or None, got {value!r}.")
+        elif key == "on_error" and value not in ON_ERROR:
+            raise ValueError(f"TrainConfig.data_options['on_error'] must be one of {list(ON_ERROR)}, got {value!r}.")
+    if kind == "synthetic" and "num_classes" in options and not 1 <= options["num_classes"] <= len(SHAPES):
+        raise ValueError(
+            f"TrainConfig.data_options['num_classes'] must be 1..{len(SHAPES)} for synthetic data (one class per "
+            f"shape: {list(SHAPES)}), got {options['num_classes']!r}."
+        )
 
 
 @dataclass(frozen=True)
@@ -197,20 +263,31 @@ class TrainConfig:
     tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
         for name in ("backbone_options", "neck_options", "detector_options", "data_options"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise TypeError(f"TrainConfig.{name} must be a dict, got {type(value).__name__}.")
-            object.__setattr__(self, name, _plain(value, name))
-        object.__setattr__(self, "output", str(self.output))
-        if self.detector not in DETECTOR_KINDS:
-            raise ValueError(f"TrainConfig.detector {self.detector!r}: choose one of {list(DETECTOR_KINDS)}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule {self.schedule!r}: choose one of {list(SCHEDULES)}.")
-        if self.eval_backend not in BACKENDS:
-            raise ValueError(f"TrainConfig.eval_backend {self.eval_backend!r}: choose one of {list(BACKENDS)}.")
+            put(name, _plain(value, name))
+        if not isinstance(self.output, (str, os.PathLike)) or not str(self.output).strip():
+            raise TypeError(
+                f"TrainConfig.output must be a directory path (str or Path), got {self.output!r}; e.g. output='runs/x'."
+            )
+        put("output", os.fspath(self.output))
+        _choice("detector", self.detector, DETECTOR_KINDS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("eval_backend", self.eval_backend, BACKENDS)
+        for name in ("backbone", "neck"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                example = (
+                    "'tiny', 'resnet18' or 'timm:<model>'" if name == "backbone" else "'fpn' (see `necklace list`)"
+                )
+                raise TypeError(f"TrainConfig.{name} must be a name such as {example}, got {value!r}.")
+        neck_info(self.neck)  # an unknown neck fails here, with the known ones listed
         spec = DataSpec.parse(self.data)
         if self.val_data is not None:
             DataSpec.parse(self.val_data)
@@ -220,19 +297,25 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.data_options {unknown} do not apply to {spec.kind} data; known: {sorted(allowed)}."
             )
-        _positive_int("image_size", self.image_size)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("epochs", self.epochs, allow_none=True)
-        _positive_int("steps", self.steps, allow_none=True)
+        _check_data_options(spec.kind, self.data_options)
+        put("image_size", _positive_int("image_size", self.image_size))
+        put("batch_size", _positive_int("batch_size", self.batch_size))
+        put("epochs", _positive_int("epochs", self.epochs, allow_none=True))
+        put("steps", _positive_int("steps", self.steps, allow_none=True))
         if self.epochs is None and self.steps is None:
             raise ValueError("TrainConfig: give epochs or steps.")
-        _positive_int("warmup_steps", self.warmup_steps, allow_none=True, allow_zero=True)
-        _positive_int("log_every", self.log_every)
-        _positive_int("checkpoint_every", self.checkpoint_every, allow_zero=True)
-        _positive_int("num_workers", self.num_workers, allow_zero=True)
-        _positive_int("eval_batch_size", self.eval_batch_size, allow_none=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        put("warmup_steps", _positive_int("warmup_steps", self.warmup_steps, allow_none=True, allow_zero=True))
+        put("log_every", _positive_int("log_every", self.log_every))
+        put("checkpoint_every", _positive_int("checkpoint_every", self.checkpoint_every, allow_zero=True))
+        put("num_workers", _positive_int("num_workers", self.num_workers, allow_zero=True))
+        put("eval_batch_size", _positive_int("eval_batch_size", self.eval_batch_size, allow_none=True))
+        if isinstance(self.seed, (bool, np.bool_)) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"TrainConfig.seed must be an int, got {self.seed!r}.")
+        put("seed", int(self.seed))
+        for name in ("momentum", "weight_decay", "min_lr_ratio"):
+            put(name, _number(name, getattr(self, name)))
+        put("lr", _number("lr", self.lr, allow_none=True))
+        put("grad_clip", _number("grad_clip", self.grad_clip, allow_none=True))
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}.")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -242,7 +325,13 @@ class TrainConfig:
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig.grad_clip must be positive or None, got {self.grad_clip!r}.")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+        put("pretrained", _flag("pretrained", self.pretrained))
+        put("eval", _flag("eval", self.eval))
+        put("amp", _flag("amp", self.amp, allow_none=True))
+        put("tensorboard", _flag("tensorboard", self.tensorboard, allow_none=True))
+        if not isinstance(self.device, str) or (
+            self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda")
+        ):
             raise ValueError(f"TrainConfig.device {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
     # -------------------------------------------------------------------------------------------- round trips
@@ -276,10 +365,16 @@ class TrainConfig:
             text = yaml.safe_dump(data, sort_keys=False)
         else:
             text = json.dumps(data, indent=2) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise ValueError(f"cannot save the config as {str(path)!r}: it is a directory; give a file name (.yaml).")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.replace(path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"cannot save the config as {str(path)!r}: {e.strerror or e}.") from e
         return path
 
     @classmethod
@@ -294,14 +389,31 @@ class TrainConfig:
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} not found.")
-        text = path.read_text()
+            raise FileNotFoundError(
+                f"config file {str(path)!r} not found" + (" (it is a directory)." if path.is_dir() else ".")
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                where = getattr(e, "problem_mark", None)
+                at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+                what = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ValueError(f"config file {str(path)!r} is not valid YAML{at}: {what}.") from None
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"config file {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                    "name YAML files .yaml."
+                ) from None
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(data).__name__}.")
         return cls.from_dict(data)

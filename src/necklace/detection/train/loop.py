@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,8 +21,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from necklace.detection.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from necklace.detection.data import collate_fn
+from necklace.detection.data import check_same_classes, collate_fn
 from necklace.detection.evaluate import CocoMetrics, evaluate
+from necklace.detection.rundir import RunDirLocked, RunLock, prepare_output_dir
 from necklace.detection.train.build import _class_names, build_datasets, build_model
 from necklace.detection.train.config import CHECKPOINT_NAME, RESUMABLE_CHANGES, TrainConfig, _positive_int
 from necklace.detection.train.logs import _Logs
@@ -39,7 +41,8 @@ def train(
 
     Args:
         config: what to train.
-        resume: ``True``: continue from ``<output>/checkpoint.pt``; a path: continue from that checkpoint. The
+        resume: ``True``: continue from ``<output>/checkpoint.pt``; a path: continue from that checkpoint (or
+            that run directory's). The
             config must match the checkpoint's except for :data:`RESUMABLE_CHANGES`.
         progress: tqdm bar / plain progress lines on rank 0 (``False``: silent).
         stop_at: stop after this global step with a checkpoint, as an interruption would (for time-boxed runs
@@ -66,7 +69,9 @@ def train(
         _positive_int("stop_at", stop_at)
     t0 = time.perf_counter()
     dist = _setup(config)
+    lock: RunLock | None = None
     try:
+        lock = _lock_output(config, dist)
         state = _checkpoint_to_resume(config, dist, resume)
         run = _set_up(config, dist)
         _restore(run, state)
@@ -89,6 +94,8 @@ def train(
             world_size=dist.world,
         )
     finally:
+        if lock is not None:
+            lock.release()
         if dist.owned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -129,6 +136,28 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.run_start
 
 
+# ------------------------------------------------------------------------------------------------ output
+def _lock_output(config: TrainConfig, dist: _Dist) -> RunLock | None:
+    """Create the output directory and lock it against a second run (rank 0); every process learns the outcome,
+    so under torchrun all of them stop when the directory is busy."""
+    error: Exception | None = None
+    lock = None
+    if dist.main:
+        try:
+            prepare_output_dir(config.output, "output")
+            lock = RunLock(config.output).acquire()
+        except (ValueError, OSError) as e:
+            error = e
+    if dist.world > 1:
+        box: list[Any] = [None if error is None else str(error)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise RunDirLocked(box[0])
+    if error is not None:
+        raise error
+    return lock
+
+
 # ------------------------------------------------------------------------------------------------ resume
 def _checkpoint_to_resume(config: TrainConfig, dist: _Dist, resume: bool | str | Path) -> dict[str, Any] | None:
     """The checkpoint state to continue from (``None``: a new run), checked against ``config``."""
@@ -141,6 +170,8 @@ def _checkpoint_to_resume(config: TrainConfig, dist: _Dist, resume: bool | str |
     if not resume:
         return None
     src = ckpt_path if resume is True else Path(resume)
+    if src.is_dir():  # a run directory
+        src = src / CHECKPOINT_NAME
     if not src.is_file():
         raise FileNotFoundError(
             f"nothing to resume: no checkpoint at {str(src)!r}"
@@ -180,6 +211,8 @@ def _set_up(config: TrainConfig, dist: _Dist) -> _Run:
     torch.backends.cudnn.benchmark = False
     train_ds, val_ds = build_datasets(config)
     class_names = _class_names(train_ds)
+    if val_ds is not train_ds:  # before any training: labels are positions in these lists
+        check_same_classes(class_names, _class_names(val_ds), "the training data", "the validation data")
     model = build_model(config, len(class_names)).to(device)
     optimizer = _build_optimizer(model, config)
     sampler = _ResumableSampler(train_ds, dist.world, dist.rank, config.seed)
@@ -211,6 +244,8 @@ def _restore(run: _Run, state: Mapping[str, Any] | None) -> None:
     if state is None:
         _seed_all(run.config.seed + run.dist.rank)
         return
+    if state.get("class_names"):
+        check_same_classes(state["class_names"], run.class_names, "the checkpoint", "the training data")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -382,6 +417,12 @@ def _final_eval(run: _Run, logs: _Logs, progress: bool) -> CocoMetrics | None:
         progress=progress and run.dist.main,
     )
     if run.dist.main:
-        (run.out / "metrics.json").write_text(json.dumps(metrics.to_dict(), indent=2) + "\n")
+        _write_atomic(run.out / "metrics.json", json.dumps(metrics.to_dict(), indent=2) + "\n")
         logs.metrics(metrics, run.step)
     return metrics
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
