@@ -9,6 +9,7 @@ Example:
     [(1, 256, 13, 17), (1, 256, 7, 9), (1, 256, 4, 5), (1, 256, 2, 3)]
 """
 
+import necklace.necks  # noqa: F401  (registers the built-in necks, eagerly: before any user registration)
 from necklace.compile import CompileReport, compile_model
 from necklace.deploy import DeployReport, deploy, set_channels_last
 from necklace.export import ExportReport, export_onnx, export_torchscript

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from necklace.checks import check_keys, describe_value, is_int
 
 __all__ = ["FeatureSpec", "as_feature_specs", "check_features", "is_symbolic", "level_of_stride", "validate_in_specs"]
 
@@ -36,10 +38,17 @@ class FeatureSpec:
     stride: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels <= 0:
-            raise ValueError(f"FeatureSpec.channels must be a positive int, got {self.channels!r}.")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride <= 0:
-            raise ValueError(f"FeatureSpec.stride must be a positive int, got {self.stride!r}.")
+        for attr in ("channels", "stride"):
+            value = getattr(self, attr)
+            if not is_int(value):
+                kind = ValueError if isinstance(value, (int, float)) else TypeError  # (bool, float: ValueError)
+                raise kind(
+                    f"FeatureSpec.{attr} must be a positive int, got {describe_value(value)}. Pass a whole number, "
+                    "e.g. FeatureSpec(channels=256, stride=8)."
+                )
+            if value <= 0:
+                raise ValueError(f"FeatureSpec.{attr} must be a positive int, got {value!r}.")
+            object.__setattr__(self, attr, int(value))  # (NumPy integers become ints)
         level_of_stride(self.stride)
 
     @property
@@ -55,8 +64,25 @@ class FeatureSpec:
         return {"channels": self.channels, "stride": self.stride}
 
     @classmethod
-    def from_dict(cls, data: dict[str, int]) -> FeatureSpec:
-        return cls(channels=int(data["channels"]), stride=int(data["stride"]))
+    def from_dict(cls, data: Mapping[str, int]) -> FeatureSpec:
+        """The spec a dict ``{"channels": C, "stride": S}`` describes (unknown or missing keys raise ``ValueError``).
+
+        Example:
+            >>> FeatureSpec.from_dict({"channels": 64, "stride": 8})
+            FeatureSpec(channels=64, stride=8)
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"an in_spec must be a dict with keys channels and stride, got {describe_value(data)}. "
+                "Example: {'channels': 256, 'stride': 8}."
+            )
+        check_keys(data, ("channels", "stride"), "in_spec")
+        missing = [k for k in ("channels", "stride") if k not in data]
+        if missing:
+            raise ValueError(
+                f"in_spec {dict(data)!r} is missing {missing}; give both, e.g. {{channels: 256, stride: 8}}."
+            )
+        return cls(channels=data["channels"], stride=data["stride"])
 
 
 def level_of_stride(stride: int) -> int:
@@ -79,10 +105,10 @@ def as_feature_specs(specs: Sequence[FeatureSpec | tuple[int, int] | dict[str, i
     for i, s in enumerate(specs):
         if isinstance(s, FeatureSpec):
             out.append(s)
-        elif isinstance(s, dict):
+        elif isinstance(s, Mapping):
             out.append(FeatureSpec.from_dict(s))
         elif isinstance(s, (tuple, list)) and len(s) == 2:
-            out.append(FeatureSpec(int(s[0]), int(s[1])))
+            out.append(FeatureSpec(s[0], s[1]))
         else:
             raise TypeError(f"in_specs[{i}] must be a FeatureSpec or a (channels, stride) pair, got {s!r}.")
     return tuple(out)
