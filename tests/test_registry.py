@@ -136,7 +136,7 @@ def test_unknown_option_lists_the_valid_ones(option: dict[str, int], message: st
         ("yolo_pafpn", {"repeats": -2}, ValueError, r"yolo_pafpn option repeats must be >= 1, got -2"),
         ("yolo_pafpn", {"width": float("nan")}, ValueError, r"yolo_pafpn option width must be a finite number"),
         ("nasfpn", {"stack_times": 2.0}, TypeError, r"nasfpn option stack_times must be an int, got 2\.0"),
-        ("csp_pan", {"kernel": 4}, ValueError, r"CSP-PAN kernel must be odd .*got 4"),
+        ("csp_pan", {"kernel": 4}, ValueError, r"csp_pan option kernel must be odd .*got 4"),
         ("rep_pafpn", {"channels": [16, 32.5, 64]}, TypeError, r"channels\[1\] must be an int, got 32\.5"),
     ],
 )

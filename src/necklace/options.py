@@ -38,8 +38,8 @@ __all__ = ["OptionRule", "OptionSpec", "check_options", "options_from_signature"
 @dataclass(frozen=True)
 class OptionRule:
     """What a neck declares about one option beyond its annotation: the allowed ``choices`` and/or a numeric range
-    (``ge``: >=, ``gt``: >, ``le``: <=; applied to every element of a sequence), and a ``what`` used in messages
-    (``"BiFPN preset"``; default ``"<neck> option <name>"``).
+    (``ge``: >=, ``gt``: >, ``le``: <=; applied to every element of a sequence), ``odd`` for a kernel size that must
+    keep the map size, and a ``what`` used in messages (``"BiFPN preset"``; default ``"<neck> option <name>"``).
 
     Example:
         >>> OptionRule(choices=("fast", "softmax", "sum")).choices
@@ -50,6 +50,7 @@ class OptionRule:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    odd: bool = False
     what: str | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +81,7 @@ class OptionSpec:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    odd: bool = False
     what: str | None = None
     hint: Any = field(default=Any, repr=False, compare=False)
 
@@ -97,6 +99,8 @@ class OptionSpec:
         for sym, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le)):
             if bound is not None:
                 extra.append(f"{sym} {bound:g}")
+        if self.odd:
+            extra.append("odd")
         return text + (f" ({', '.join(extra)})" if extra else "")
 
     def check(self, value: Any, owner: str) -> Any:
@@ -173,7 +177,12 @@ def _check(value: Any, hint: Any, what: str, rule: OptionSpec | OptionRule) -> A
     if hint is bool:
         return as_bool(value, what)
     if hint is int:
-        return _choose(as_int(value, what, ge=rule.ge, gt=rule.gt, le=rule.le), what, rule)
+        out = as_int(value, what, ge=rule.ge, gt=rule.gt, le=rule.le)
+        if rule.odd and out % 2 == 0:
+            raise ValueError(
+                f"{what} must be odd (1, 3, 5, ...: 'same' padding keeps each map at its level's size), got {out}."
+            )
+        return _choose(out, what, rule)
     if hint is float:
         return _choose(as_float(value, what, ge=rule.ge, gt=rule.gt, le=rule.le), what, rule)
     if hint is str:
@@ -195,11 +204,11 @@ def _choose(value: Any, what: str, rule: OptionSpec | OptionRule) -> Any:
 
 
 def options_from_signature(
-    fn: Callable[..., Any], rules: Mapping[str, OptionRule] | None = None
+    fn: Callable[..., Any], rules: Mapping[str, OptionRule] | None = None, skip: int = 1
 ) -> tuple[OptionSpec, ...]:
-    """The options of ``fn(in_specs, ...)``: every parameter after the first (the ``in_specs``, whatever its name),
-    ``*args``/``**kwargs`` excepted, as :class:`OptionSpec`, each with the :class:`OptionRule` declared for it in
-    ``rules``."""
+    """The options of ``fn(in_specs, ...)``: every parameter after the first ``skip`` (the ``in_specs``, whatever
+    its name), ``*args``/``**kwargs`` excepted, as :class:`OptionSpec`, each with the :class:`OptionRule` declared
+    for it in ``rules``."""
     rules = dict(rules or {})
     sig = inspect.signature(fn)
     try:
@@ -208,7 +217,7 @@ def options_from_signature(
         raise TypeError(f"cannot read the option types of {fn.__qualname__}: {e}.") from e
     params = [
         p
-        for p in list(sig.parameters.values())[1:]
+        for p in list(sig.parameters.values())[skip:]
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     ]
     unknown = sorted(set(rules) - {p.name for p in params})
@@ -229,6 +238,7 @@ def options_from_signature(
                 ge=rule.ge,
                 gt=rule.gt,
                 le=rule.le,
+                odd=rule.odd,
                 what=rule.what,
                 hint=hints.get(p.name, Any),
             )

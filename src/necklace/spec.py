@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.checks import check_keys, describe_value, is_int
 
@@ -154,10 +155,27 @@ def _is_tracing() -> bool:
     return bool(compiler is not None and compiler.is_compiling())
 
 
-def check_features(features: object, specs: Sequence[FeatureSpec], owner: str = "neck") -> None:
-    """Validate the list of feature maps a neck receives against its ``in_specs``.
+def check_features(
+    features: object, specs: Sequence[FeatureSpec], owner: str = "neck", neck: nn.Module | None = None
+) -> None:
+    """Validate the list of feature maps a neck receives against its ``in_specs`` (and, given the ``neck``, against
+    its weights: dtype, device, and a training forward that BatchNorm cannot run).
 
-    Raises ``TypeError``/``ValueError`` naming what was received, what was expected and the fix.
+    Checks, each with a ``TypeError``/``ValueError`` naming what was received, what was expected and the fix: a list
+    of one 4-D map per spec; channels; one batch size; floating-point maps of one dtype on one device (integer or
+    bool maps are refused, never converted); no empty spatial size; each level about half the previous one. With
+    ``neck``: maps in the weights' dtype (a float32 neck fed float64 or half maps is an error, not a silent
+    conversion; under ``torch.autocast`` any floating dtype runs, that being what autocast is for) and on the
+    weights' device; in training, no BatchNorm fed a single value per channel (batch 1 with a 1x1 level).
+    Non-finite values are not checked (they propagate, as in any torch module).
+
+    Example:
+        >>> specs = [FeatureSpec(8, 8), FeatureSpec(16, 16)]
+        >>> check_features([torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4)], specs)
+        >>> check_features([torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4, dtype=torch.int64)], specs)
+        Traceback (most recent call last):
+        ...
+        TypeError: neck: feature map 1 (stride 16) has dtype torch.int64; necks take floating-point maps ...
     """
     if isinstance(features, Tensor) or not isinstance(features, (list, tuple)):
         raise TypeError(
@@ -181,6 +199,11 @@ def check_features(features: object, specs: Sequence[FeatureSpec], owner: str = 
                 f"{owner}: feature map {i} (stride {s.stride}) has shape {tuple(f.shape)}; expected a 4-D "
                 f"tensor (N, {s.channels}, H, W). Add the batch dimension with x.unsqueeze(0) if needed."
             )
+        if not f.is_floating_point():
+            raise TypeError(
+                f"{owner}: feature map {i} (stride {s.stride}) has dtype {f.dtype}; necks take floating-point maps "
+                "(float32, float16, bfloat16, float64). Convert with x.float(), or pass the backbone's features."
+            )
         if f.shape[1] != s.channels:
             raise ValueError(
                 f"{owner}: feature map {i} (stride {s.stride}) has {f.shape[1]} channels (shape "
@@ -195,8 +218,28 @@ def check_features(features: object, specs: Sequence[FeatureSpec], owner: str = 
                 f"{owner}: feature maps have mismatched batch sizes {[tuple(x.shape) for x in features]}; "
                 "all levels must come from the same batch of images."
             )
+    first = features[0]
+    if any(f.dtype != first.dtype for f in features):
+        raise TypeError(
+            f"{owner}: feature maps have mixed dtypes {[str(f.dtype) for f in features]}; pass every level in one "
+            "dtype, e.g. [x.float() for x in features] (or run the backbone and neck under one torch.autocast)."
+        )
+    if any(f.device != first.device for f in features):
+        raise ValueError(
+            f"{owner}: feature maps are on different devices {[str(f.device) for f in features]}; move them to "
+            "one device, e.g. [x.to(device) for x in features]."
+        )
     if _is_tracing():
         return
+    for i, f in enumerate(features):
+        if f.shape[-2] == 0 or f.shape[-1] == 0:
+            raise ValueError(
+                f"{owner}: feature map {i} (stride {specs[i].stride}) has an empty spatial size {tuple(f.shape)}; "
+                "every level needs at least 1x1 pixels. Check the image size and the backbone's outputs "
+                f"(shapes got: {[tuple(x.shape) for x in features]})."
+            )
+    if neck is not None:
+        _check_weights(first, neck, owner)
     for i in range(1, len(features)):
         prev, cur = features[i - 1].shape[-2:], features[i].shape[-2:]
         for d in range(2):
@@ -206,4 +249,67 @@ def check_features(features: object, specs: Sequence[FeatureSpec], owner: str = 
                     f"{tuple(prev)}; each level must be about half the previous one (strides "
                     f"{[s.stride for s in specs]}). Shapes got: {[tuple(x.shape) for x in features]}. "
                     "Pass the maps highest resolution first, from one image."
+                )
+    if neck is not None and neck.training and batch == 1:
+        _check_norm_batch(features, neck, owner)
+
+
+def _check_weights(x: Tensor, neck: nn.Module, owner: str) -> None:
+    """The maps' device and dtype against the neck's first floating-point weight."""
+    weight = next((p for p in neck.parameters() if p.is_floating_point()), None)
+    if weight is None:
+        return
+    if x.device != weight.device:
+        raise ValueError(
+            f"{owner}: the feature maps are on {x.device} but the neck's weights are on {weight.device}; move one "
+            f"to the other: neck.to({str(x.device)!r}) or [x.to({str(weight.device)!r}) for x in features]."
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        name = str(x.dtype).replace("torch.", "")
+        raise TypeError(
+            f"{owner}: the feature maps are {x.dtype} but the neck's weights are {weight.dtype} (no silent "
+            f"conversion). Either convert the neck, neck.to(torch.{name}), or the maps, "
+            f"[x.to(torch.{str(weight.dtype).replace('torch.', '')}) for x in features], or run mixed precision "
+            f"under torch.autocast({x.device.type!r}, dtype=torch.{name})."
+        )
+
+
+def _level_sizes(features: Sequence[Tensor], specs_levels: Sequence[int], top: int) -> dict[int, tuple[int, int]]:
+    sizes = {lv: (int(f.shape[-2]), int(f.shape[-1])) for lv, f in zip(specs_levels, features, strict=True)}
+    for level in range(max(specs_levels) + 1, top + 1):  # as the engine: ceil-halving above the backbone
+        h, w = sizes[level - 1]
+        sizes[level] = ((h - 1) // 2 + 1, (w - 1) // 2 + 1)
+    return sizes
+
+
+def _has_batchnorm(module: nn.Module | None) -> bool:
+    return module is not None and any(isinstance(m, _BatchNorm) and m.training for m in module.modules())
+
+
+def _check_norm_batch(features: Sequence[Tensor], neck: nn.Module, owner: str) -> None:
+    """A training forward of batch 1: refuse it where a BatchNorm would see one value per channel (a 1x1 level),
+    naming the node. Duck-typed on :class:`~necklace.graph.GraphNeck` (``graph`` + ``nodes``); other modules pass."""
+    graph, modules = getattr(neck, "graph", None), getattr(neck, "nodes", None)
+    if graph is None or modules is None or not hasattr(graph, "plan"):
+        return
+    in_levels = [s.level for s in graph.in_specs]
+    top = max([n.level for n in graph.nodes] + in_levels)
+    sizes = _level_sizes(features, in_levels, top)
+    if all(h * w > 1 for h, w in sizes.values()):
+        return
+    for node, edges, _ in graph.plan():
+        module = modules[node.name]
+        runs = [(node.level, module.block)]
+        for plan, edge in zip(edges, module.edges, strict=True):
+            src = node.level - plan.steps
+            runs.append((src, getattr(edge, "align", None)))
+            for k, op in enumerate(getattr(edge, "ops", ())):
+                runs.append((src + k + 1 if plan.steps > 0 else node.level, op))
+        for level, part in runs:
+            if sizes.get(level, (2, 2)) == (1, 1) and _has_batchnorm(part):
+                raise ValueError(
+                    f"{owner}: a training forward with batch 1 whose level {level} (stride {2**level}) map is 1x1 "
+                    f"(input shapes {[tuple(f.shape) for f in features]}): BatchNorm in node {node.name!r} cannot "
+                    "compute batch statistics from one value per channel. Train with a batch of 2 or more, use "
+                    f"larger images (at least {2**level + 1} pixels on a side), or run the neck in eval() mode."
                 )

@@ -125,7 +125,7 @@ def csp_pan_graph(
     rules={
         "preset": OptionRule(choices=tuple(CSP_PAN_PRESETS), what="CSP-PAN preset"),
         "width": COUNT,
-        "kernel": COUNT,
+        "kernel": OptionRule(ge=1, odd=True),
         "num_csp_blocks": COUNT,
         "upsample": UP,
         "act": ACT,
