@@ -134,3 +134,23 @@ def test_batch_one_training_without_batchnorm_runs() -> None:
     neck = necklace.build_neck("fpn", SPECS, width=8).train()  # FPN: no norm layers
     outs = neck(pyramid(SPECS, (8, 8), batch=1))
     assert [tuple(o.shape) for o in outs] == [(1, 8, 1, 1)] * 4
+
+
+@pytest.mark.parametrize(("autocast", "dtype"), [(torch.bfloat16, torch.float16), (torch.bfloat16, torch.float64)])
+def test_autocast_takes_float32_or_its_own_dtype(fpn: GraphNeck, autocast: torch.dtype, dtype: torch.dtype) -> None:
+    feats = [f.to(dtype) for f in pyramid(SPECS, (64, 64))]
+    with (
+        torch.autocast("cpu", dtype=autocast),
+        pytest.raises(TypeError, match=rf"maps are {dtype} inside torch.autocast\(dtype={autocast}\).*x.float\(\)"),
+    ):
+        fpn(feats)
+    with torch.no_grad(), torch.autocast("cpu", dtype=autocast):
+        assert all(o.dtype == autocast for o in fpn(pyramid(SPECS, (64, 64))))  # float32 maps: autocast's own case
+
+
+def test_group_norm_with_one_channel_per_group_on_a_1x1_map() -> None:
+    # PANet's GroupNorm(32 groups) at width 16: one channel per group; on a 1x1 level each group is one value
+    neck = necklace.build_neck("pafpn", SPECS, width=16, variant="panet").eval()
+    with pytest.raises(ValueError, match=r"GroupNorm in node '\w+' has one channel per group \(16 channels, 16 groups"):
+        neck(pyramid(SPECS, (32, 32), batch=2))
+    assert len(neck(pyramid(SPECS, (64, 64), batch=2))) == 4  # P6 is 1x1 but only the subsample edge reads it

@@ -201,3 +201,19 @@ def test_compare_options_are_the_comparison_defaults() -> None:
     assert dict(neck_info("yolo_pafpn").compare_options) == {}
     neck = necklace.build_neck("bifpn", neck_info("bifpn").in_specs_for(), **neck_info("bifpn").compare_options)
     assert [s.stride for s in neck.out_specs] == [8, 16, 32, 64]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("yolo_pafpn", {"depth": 2.16e10}, r"yolo_pafpn option depth must be <= 4"),
+        ("fpn", {"width": 10**6}, r"fpn option width must be <= 16384, got 1000000"),
+        ("bifpn", {"repeats": 10**4}, r"bifpn option repeats must be <= 128"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_allocating(name: str, options: dict[str, object], message: str) -> None:
+    # (a junk depth once asked torch for 8 TB of weights)
+    with pytest.raises(ValueError, match=message):
+        necklace.build_neck(name, SPECS, **options)
+    with pytest.raises(ValueError, match=r"FeatureSpec.channels must be <= 16384, got 100000"):
+        FeatureSpec(100_000, 8)

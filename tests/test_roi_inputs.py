@@ -151,3 +151,15 @@ def test_image_shapes_are_checked() -> None:
     with pytest.raises(ValueError, match=r"image_shapes\[0\] must be an \(H, W\) pair of positive ints, got \(0, 64\)"):
         pool(_feats(1), boxes, [(0, 64)])
     assert pool(_feats(1), boxes, [(64, 64)]).shape == (1, C, 7, 7)
+
+
+def test_fc_norms_that_cannot_normalise_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"norm='gn' on the fc layer puts hidden=16 features into 16 groups of one"):
+        AdaptiveFeaturePooling(STRIDES, channels=C, hidden=16, norm="gn")
+    bn = AdaptiveFeaturePooling(STRIDES, channels=C, hidden=16, norm="bn").train()
+    with pytest.raises(ValueError, match=r"a training forward with one RoI, but the fc layer's BatchNorm1d"):
+        bn(_feats(1), [torch.tensor([[0, 0, 30, 30.0]])])
+    assert bn(_feats(1), [torch.tensor([[0, 0, 30, 30.0], [4, 4, 20, 20]])]).shape == (2, 16)
+    assert bn.eval()(_feats(1), [torch.tensor([[0, 0, 30, 30.0]])]).shape == (1, 16)
+    gn = AdaptiveFeaturePooling(STRIDES, channels=C, hidden=64, norm="gn")
+    assert gn(_feats(1), [torch.tensor([[0, 0, 30, 30.0]])]).shape == (1, 64)

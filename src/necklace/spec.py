@@ -17,10 +17,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from necklace.checks import check_keys, describe_value, is_int
 
-__all__ = ["FeatureSpec", "as_feature_specs", "check_features", "is_symbolic", "level_of_stride", "validate_in_specs"]
+__all__ = [
+    "MAX_CHANNELS",
+    "FeatureSpec",
+    "as_feature_specs",
+    "check_features",
+    "is_symbolic",
+    "level_of_stride",
+    "validate_in_specs",
+]
 
 MIN_LEVEL = 1
 MAX_LEVEL = 8
+#: the most channels a level / node / width option may have: far above any published neck (2048), low enough that a
+#: typo (an extra zero or two) is an error naming it, not a request for terabytes of weights
+MAX_CHANNELS = 16384
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class FeatureSpec:
                 )
             if value <= 0:
                 raise ValueError(f"FeatureSpec.{attr} must be a positive int, got {value!r}.")
+            if attr == "channels" and value > MAX_CHANNELS:
+                raise ValueError(f"FeatureSpec.channels must be <= {MAX_CHANNELS}, got {value!r}.")
             object.__setattr__(self, attr, int(value))  # (NumPy integers become ints)
         level_of_stride(self.stride)
 
@@ -165,8 +178,9 @@ def check_features(
     of one 4-D map per spec; channels; one batch size; floating-point maps of one dtype on one device (integer or
     bool maps are refused, never converted); no empty spatial size; each level about half the previous one. With
     ``neck``: maps in the weights' dtype (a float32 neck fed float64 or half maps is an error, not a silent
-    conversion; under ``torch.autocast`` any floating dtype runs, that being what autocast is for) and on the
-    weights' device; in training, no BatchNorm fed a single value per channel (batch 1 with a 1x1 level).
+    conversion; under ``torch.autocast`` float32 maps or maps of the autocast dtype run, that being what autocast is
+    for) and on the weights' device; no norm layer fed one value per group on a 1x1 level (BatchNorm in training
+    with batch 1, GroupNorm with one channel per group).
     Non-finite values are not checked (they propagate, as in any torch module).
 
     Example:
@@ -250,8 +264,8 @@ def check_features(
                     f"{[s.stride for s in specs]}). Shapes got: {[tuple(x.shape) for x in features]}. "
                     "Pass the maps highest resolution first, from one image."
                 )
-    if neck is not None and neck.training and batch == 1:
-        _check_norm_batch(features, neck, owner)
+    if neck is not None:
+        _check_norms(features, neck, owner, int(first.shape[0]))
 
 
 def _check_weights(x: Tensor, neck: nn.Module, owner: str) -> None:
@@ -264,7 +278,16 @@ def _check_weights(x: Tensor, neck: nn.Module, owner: str) -> None:
             f"{owner}: the feature maps are on {x.device} but the neck's weights are on {weight.device}; move one "
             f"to the other: neck.to({str(x.device)!r}) or [x.to({str(weight.device)!r}) for x in features]."
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    if torch.is_autocast_enabled(x.device.type):
+        low = torch.get_autocast_dtype(x.device.type)
+        if x.dtype not in (torch.float32, low):
+            raise TypeError(
+                f"{owner}: the feature maps are {x.dtype} inside torch.autocast(dtype={low}), which runs float32 "
+                f"and {low} maps only (torch's autocast cannot mix {x.dtype} in). Pass [x.float() for x in "
+                f"features] or [x.to({low}) for x in features]."
+            )
+        return
+    if x.dtype != weight.dtype:
         name = str(x.dtype).replace("torch.", "")
         raise TypeError(
             f"{owner}: the feature maps are {x.dtype} but the neck's weights are {weight.dtype} (no silent "
@@ -282,21 +305,28 @@ def _level_sizes(features: Sequence[Tensor], specs_levels: Sequence[int], top: i
     return sizes
 
 
-def _has_batchnorm(module: nn.Module | None) -> bool:
-    return module is not None and any(isinstance(m, _BatchNorm) and m.training for m in module.modules())
+def _uses_group_norm(graph: object) -> bool:
+    cfgs = [getattr(graph, "conv", None), getattr(graph, "align", None)]
+    if any(getattr(c, "norm", None) == "gn" for c in cfgs):
+        return True
+    return any(n.block_args.get("norm") == "gn" for n in getattr(graph, "nodes", ()))
 
 
-def _check_norm_batch(features: Sequence[Tensor], neck: nn.Module, owner: str) -> None:
-    """A training forward of batch 1: refuse it where a BatchNorm would see one value per channel (a 1x1 level),
-    naming the node. Duck-typed on :class:`~necklace.graph.GraphNeck` (``graph`` + ``nodes``); other modules pass."""
+def _check_norms(features: Sequence[Tensor], neck: nn.Module, owner: str, batch: int) -> None:
+    """Refuse a forward in which a norm layer would see one value per group on a 1x1 level: BatchNorm in training
+    with batch 1 (one value per channel), GroupNorm with one channel per group (in any mode), naming the node.
+    Duck-typed on :class:`~necklace.graph.GraphNeck` (``graph`` + ``nodes``); other modules pass. Cheap unless a
+    level is 1x1 and such a norm may be present."""
     graph, modules = getattr(neck, "graph", None), getattr(neck, "nodes", None)
-    if graph is None or modules is None or not hasattr(graph, "plan"):
+    if graph is None or modules is None or not hasattr(graph, "plan") or batch == 0:
         return
     in_levels = [s.level for s in graph.in_specs]
-    top = max([n.level for n in graph.nodes] + in_levels)
-    sizes = _level_sizes(features, in_levels, top)
-    if all(h * w > 1 for h, w in sizes.values()):
+    sizes = _level_sizes(features, in_levels, max([n.level for n in graph.nodes] + in_levels))
+    tiny = {level for level, (h, w) in sizes.items() if h * w == 1}
+    batch_norm = neck.training and batch == 1
+    if not tiny or not (batch_norm or _uses_group_norm(graph)):
         return
+    shapes = [tuple(f.shape) for f in features]
     for node, edges, _ in graph.plan():
         module = modules[node.name]
         runs = [(node.level, module.block)]
@@ -306,10 +336,21 @@ def _check_norm_batch(features: Sequence[Tensor], neck: nn.Module, owner: str) -
             for k, op in enumerate(getattr(edge, "ops", ())):
                 runs.append((src + k + 1 if plan.steps > 0 else node.level, op))
         for level, part in runs:
-            if sizes.get(level, (2, 2)) == (1, 1) and _has_batchnorm(part):
-                raise ValueError(
-                    f"{owner}: a training forward with batch 1 whose level {level} (stride {2**level}) map is 1x1 "
-                    f"(input shapes {[tuple(f.shape) for f in features]}): BatchNorm in node {node.name!r} cannot "
-                    "compute batch statistics from one value per channel. Train with a batch of 2 or more, use "
-                    f"larger images (at least {2**level + 1} pixels on a side), or run the neck in eval() mode."
-                )
+            if level not in tiny or part is None:
+                continue
+            where = f"level {level} (stride {2**level}) map is 1x1 (input shapes {shapes})"
+            for m in part.modules():
+                if batch_norm and isinstance(m, _BatchNorm) and m.training:
+                    raise ValueError(
+                        f"{owner}: a training forward with batch 1 whose {where}: BatchNorm in node {node.name!r} "
+                        "cannot compute batch statistics from one value per channel. Train with a batch of 2 or "
+                        f"more, use larger images (at least {2**level + 1} pixels on a side), or run the neck in "
+                        "eval() mode."
+                    )
+                if isinstance(m, nn.GroupNorm) and m.num_channels // m.num_groups == 1:
+                    raise ValueError(
+                        f"{owner}: the {where}: GroupNorm in node {node.name!r} has one channel per group "
+                        f"({m.num_channels} channels, {m.num_groups} groups), so each group holds one value, which "
+                        f"GroupNorm refuses. Use larger images (at least {2**level + 1} pixels on a side), fewer "
+                        "groups (gn_groups) or more channels per node, or norm='bn'."
+                    )

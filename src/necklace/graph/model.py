@@ -20,7 +20,7 @@ from necklace.layers.conv import ACTS, NORMS, ConvCfg
 from necklace.layers.fuse import FUSE_MODES
 from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES
 from necklace.options import OptionRule, check_options, options_from_signature
-from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, validate_in_specs
+from necklace.spec import MAX_CHANNELS, MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, validate_in_specs
 
 __all__ = ["ALIGN_MODES", "Edge", "NeckGraph", "Node", "input_name"]
 
@@ -41,7 +41,7 @@ _CONV_CFG = options_from_signature(
         "act": OptionRule(choices=tuple(ACTS)),
         "norm_eps": OptionRule(gt=0),
         "norm_momentum": OptionRule(ge=0, le=1),
-        "gn_groups": OptionRule(ge=1),
+        "gn_groups": OptionRule(ge=1, le=MAX_CHANNELS),
         "padding": OptionRule(choices=("symmetric", "same")),
     },
     skip=0,
@@ -108,9 +108,9 @@ class Edge:
                     f"Edge({self.source!r}).{attr}={v!r} is not one of {list(choices)}.{closest_hint(v, choices)}"
                 )
         k = self.kernel
-        if k is not None and (not is_int(k) or k < 1 or k % 2 == 0):
+        if k is not None and (not is_int(k) or not 1 <= k <= 31 or k % 2 == 0):
             raise ValueError(
-                f"Edge({self.source!r}).kernel={k!r} must be a positive odd int (3, 5, ...: 'same' padding keeps the "
+                f"Edge({self.source!r}).kernel={k!r} must be an odd int in 1..31 (3, 5, ...: 'same' padding keeps the "
                 "map at its level's size)."
             )
         if k is not None:
@@ -187,7 +187,7 @@ class Node:
         object.__setattr__(self, "inputs", inputs)
         if not self.inputs:
             raise ValueError(f"node {self.name!r} has no inputs; give it at least one source name.")
-        object.__setattr__(self, "channels", as_int(self.channels, f"{what}: channels", ge=1))
+        object.__setattr__(self, "channels", as_int(self.channels, f"{what}: channels", ge=1, le=MAX_CHANNELS))
         if not isinstance(self.fuse, str) or self.fuse not in FUSE_MODES:
             raise ValueError(
                 f"{what}: unknown fuse {self.fuse!r}; choose one of {list(FUSE_MODES)}."

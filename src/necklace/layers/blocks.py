@@ -24,6 +24,7 @@ from necklace.layers.conv import (
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
 from necklace.options import OptionRule, OptionSpec, check_options, options_from_signature
+from necklace.spec import MAX_CHANNELS
 
 __all__ = [
     "BLOCKS",
@@ -369,9 +370,10 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-_COUNT = OptionRule(ge=1)
-_KERNEL = OptionRule(ge=1, odd=True)
-_EXPANSION = OptionRule(gt=0)
+_COUNT = OptionRule(ge=1, le=128)
+_KERNEL = OptionRule(ge=1, le=31, odd=True)
+_EXPANSION = OptionRule(gt=0, le=16)
+_WIDTH = OptionRule(ge=1, le=MAX_CHANNELS)
 #: choices and ranges of the blocks' arguments (their types come from the builders' signatures in :data:`BLOCKS`)
 BLOCK_RULES: dict[str, dict[str, OptionRule]] = {
     "conv": {"kernel": _KERNEL},
@@ -379,7 +381,7 @@ BLOCK_RULES: dict[str, dict[str, OptionRule]] = {
     "c2f": {"n": _COUNT, "expansion": _EXPANSION},
     "c3k2": {"n": _COUNT, "expansion": _EXPANSION},
     "csp": {"n": _COUNT, "expansion": _EXPANSION, "kernel": _KERNEL},
-    "repconv": {"groups": _COUNT},
+    "repconv": {"groups": _WIDTH},
     "rep_block": {"n": _COUNT},
     "bep_c3": {"n": _COUNT, "expansion": _EXPANSION, "basic": OptionRule(choices=("repconv", "conv"))},
     "ghost": {"kernel": _KERNEL},
@@ -389,7 +391,7 @@ BLOCK_RULES: dict[str, dict[str, OptionRule]] = {
         "expansion": _EXPANSION,
         "basic": OptionRule(choices=("conv", "repconv")),
     },
-    "rfa": {"ratios": OptionRule(gt=0, le=1), "hidden": _COUNT},
+    "rfa": {"ratios": OptionRule(gt=0, le=1), "hidden": _WIDTH},
 }
 #: block_args every block takes: per-node overrides of the graph's conv ``norm`` / ``act``
 _OVERRIDES = (

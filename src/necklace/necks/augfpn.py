@@ -30,7 +30,7 @@ from torch import Tensor
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import COMPARE_OPTIONS, COUNT, FPN_RULES, extra_level_nodes, resolve_levels, resolve_widths
+from necklace.necks.common import COMPARE_OPTIONS, FPN_RULES, WIDTH, extra_level_nodes, resolve_levels, resolve_widths
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
@@ -182,7 +182,7 @@ def consistent_supervision_loss(
     rules={
         **FPN_RULES,
         "ratios": OptionRule(gt=0, le=1),
-        "rfa_hidden": COUNT,
+        "rfa_hidden": WIDTH,
     },
     small_options={"width": 16},
     compare_options=COMPARE_OPTIONS,

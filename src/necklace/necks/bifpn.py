@@ -8,7 +8,7 @@ from typing import Any
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import ACT, COMPARE_OPTIONS, COUNT, MOMENTUM, POSITIVE, UP, resolve_levels
+from necklace.necks.common import ACT, COMPARE_OPTIONS, COUNT, MOMENTUM, POSITIVE, UP, WIDTH, resolve_levels
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
@@ -191,7 +191,7 @@ def bifpn_graph(
     options_from=bifpn_graph,
     rules={
         "preset": OptionRule(choices=tuple(BIFPN_PRESETS), what="BiFPN preset"),
-        "width": COUNT,
+        "width": WIDTH,
         "repeats": COUNT,
         "fuse": OptionRule(choices=("fast", "softmax", "sum")),
         "act": ACT,

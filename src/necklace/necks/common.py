@@ -9,7 +9,7 @@ from necklace.graph import Edge, Node, input_name
 from necklace.layers.conv import ACTS, NORMS
 from necklace.layers.resample import UP_MODES
 from necklace.options import OptionRule
-from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec
+from necklace.spec import MAX_CHANNELS, MAX_LEVEL, MIN_LEVEL, FeatureSpec
 
 __all__ = [
     "ACT",
@@ -18,10 +18,13 @@ __all__ = [
     "EXTRA_MODES",
     "FPN_RULES",
     "LEVEL",
+    "MAX_REPEATS",
     "MOMENTUM",
+    "MULTIPLIER",
     "NORM",
     "POSITIVE",
     "UP",
+    "WIDTH",
     "extra_level_nodes",
     "resolve_levels",
     "resolve_widths",
@@ -29,9 +32,13 @@ __all__ = [
 
 EXTRA_MODES = ("subsample", "maxpool", "conv")
 
+#: the most repeats / stages an option may ask for (published necks: 12 at most)
+MAX_REPEATS = 128
 #: option rules shared by the neck families (see :class:`necklace.options.OptionRule`)
-COUNT = OptionRule(ge=1)  # widths, repeats, channel counts
-POSITIVE = OptionRule(gt=0)  # multipliers, eps
+WIDTH = OptionRule(ge=1, le=MAX_CHANNELS)  # widths, channel counts
+COUNT = OptionRule(ge=1, le=MAX_REPEATS)  # repeats, stages
+MULTIPLIER = OptionRule(gt=0, le=4)  # depth / width multipliers (published presets: 0.25..1.5), expansions
+POSITIVE = OptionRule(gt=0, le=1)  # eps
 MOMENTUM = OptionRule(ge=0, le=1)
 LEVEL = OptionRule(ge=MIN_LEVEL, le=MAX_LEVEL)
 ACT = OptionRule(choices=tuple(ACTS))
@@ -42,7 +49,7 @@ UP = OptionRule(choices=UP_MODES)
 COMPARE_OPTIONS: dict[str, object] = {"width": 32, "levels": [3, 6]}
 #: the FPN-style options (fpn, pafpn, augfpn)
 FPN_RULES: dict[str, OptionRule] = {
-    "width": COUNT,
+    "width": WIDTH,
     "extra": OptionRule(choices=EXTRA_MODES),
     "extra_source": OptionRule(choices=("input", "output")),
     "upsample": UP,

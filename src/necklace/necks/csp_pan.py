@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from necklace.checks import as_bool, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import ACT, COUNT, MOMENTUM, POSITIVE, UP
+from necklace.necks.common import ACT, COUNT, MOMENTUM, POSITIVE, UP, WIDTH
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import MAX_LEVEL, FeatureSpec, validate_in_specs
@@ -124,8 +124,8 @@ def csp_pan_graph(
     options_from=csp_pan_graph,
     rules={
         "preset": OptionRule(choices=tuple(CSP_PAN_PRESETS), what="CSP-PAN preset"),
-        "width": COUNT,
-        "kernel": OptionRule(ge=1, odd=True),
+        "width": WIDTH,
+        "kernel": OptionRule(ge=1, le=31, odd=True),
         "num_csp_blocks": COUNT,
         "upsample": UP,
         "act": ACT,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import COUNT, NORM, resolve_levels
+from necklace.necks.common import COUNT, NORM, WIDTH, resolve_levels
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
@@ -120,7 +120,7 @@ def nasfpn_graph(
     knobs=NASFPN_KNOBS,
     options_from=nasfpn_graph,
     rules={
-        "width": COUNT,
+        "width": WIDTH,
         "stack_times": COUNT,
         "norm": NORM,
         "upsample": OptionRule(choices=("nearest", "bilinear")),

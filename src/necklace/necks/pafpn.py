@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import COMPARE_OPTIONS, COUNT, FPN_RULES, extra_level_nodes, resolve_levels, resolve_widths
+from necklace.necks.common import COMPARE_OPTIONS, FPN_RULES, WIDTH, extra_level_nodes, resolve_levels, resolve_widths
 from necklace.necks.fpn import FPN_KNOBS, top_down_nodes
 from necklace.options import OptionRule
 from necklace.registry import register_neck
@@ -99,7 +99,7 @@ def pafpn_graph(
     paper="Liu et al., Path Aggregation Network for Instance Segmentation, CVPR 2018",
     knobs=PAFPN_KNOBS,
     options_from=pafpn_graph,
-    rules={**FPN_RULES, "variant": OptionRule(choices=("mmdet", "panet")), "gn_groups": COUNT},
+    rules={**FPN_RULES, "variant": OptionRule(choices=("mmdet", "panet")), "gn_groups": WIDTH},
     small_options={"width": 16},
     compare_options=COMPARE_OPTIONS,
 )

@@ -16,7 +16,7 @@ from typing import Any
 from necklace.checks import as_float, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import ACT, COUNT, MOMENTUM, POSITIVE, UP
+from necklace.necks.common import ACT, COUNT, MOMENTUM, MULTIPLIER, POSITIVE, UP, WIDTH
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
@@ -266,12 +266,12 @@ def rep_pafpn_graph(
 #: the options YOLOv6's RepPAN and RepBiFPAN check (see :class:`necklace.options.OptionRule`)
 YOLOV6_RULES: dict[str, OptionRule] = {
     "preset": OptionRule(choices=tuple(YOLOV6_PRESETS), what="YOLOv6 preset"),
-    "depth": POSITIVE,
-    "width": POSITIVE,
+    "depth": MULTIPLIER,
+    "width": MULTIPLIER,
     "repeats": COUNT,
-    "channels": COUNT,
+    "channels": WIDTH,
     "block": OptionRule(choices=("rep_block", "bep_c3")),
-    "expansion": POSITIVE,
+    "expansion": MULTIPLIER,
     "basic": OptionRule(choices=("repconv", "conv")),
     "block_act": ACT,
     "upsample": UP,

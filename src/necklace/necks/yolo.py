@@ -11,7 +11,7 @@ from typing import Any
 from necklace.checks import as_bool, as_float, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import ACT, COUNT, MOMENTUM, POSITIVE, UP
+from necklace.necks.common import ACT, COUNT, MOMENTUM, MULTIPLIER, POSITIVE, UP, WIDTH
 from necklace.options import OptionRule
 from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
@@ -95,9 +95,9 @@ def yolo_in_specs(name: str, options: Mapping[str, Any]) -> tuple[FeatureSpec, .
 
 #: the options both YOLO PAFPNs check (see :class:`necklace.options.OptionRule`)
 _RULES: dict[str, OptionRule] = {
-    "depth": POSITIVE,
-    "width": POSITIVE,
-    "max_channels": COUNT,
+    "depth": MULTIPLIER,
+    "width": MULTIPLIER,
+    "max_channels": WIDTH,
     "repeats": COUNT,
     "upsample": UP,
     "act": ACT,

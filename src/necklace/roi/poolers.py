@@ -111,7 +111,14 @@ def _fc_norm(name: str | None, features: int) -> nn.Module:
     if name is None or name == "none":
         return nn.Identity()
     if name == "gn":
-        return nn.GroupNorm(math.gcd(32, features), features)
+        groups = math.gcd(32, features)
+        if features // groups < 2:
+            raise ValueError(
+                f"AdaptiveFeaturePooling: norm='gn' on the fc layer puts hidden={features} features into {groups} "
+                "groups of one, which normalises every feature to a constant. Use a hidden width with at least two "
+                "features per group of 32 (e.g. 64, 256, 1024: official PANet uses 1024), or norm='bn' / None."
+            )
+        return nn.GroupNorm(groups, features)
     if name == "bn":
         return nn.BatchNorm1d(features)
     raise ValueError(f"unknown norm {name!r}; choose one of ['bn', 'gn'] or None.")
@@ -209,6 +216,13 @@ class AdaptiveFeaturePooling(_RoIPoolerBase):
     ) -> Tensor:
         feats, rois, scales = self._prepare(features, boxes, image_shapes)
         self._check_channels(feats, self.channels)
+        if self.flatten and self.training and rois.shape[0] == 1:
+            if any(isinstance(m, nn.BatchNorm1d) and m.training for m in self.level_layers.modules()):
+                raise ValueError(
+                    "AdaptiveFeaturePooling: a training forward with one RoI, but the fc layer's BatchNorm1d cannot "
+                    "compute batch statistics from one value per feature. Pool at least two RoIs per step (sample "
+                    "more proposals), use norm='gn' or None, or run in eval() mode."
+                )
         pooled = self._pool_all(feats, rois, scales)  # L x [K, C, oh, ow]
         if self.flatten:
             pooled = [p.flatten(1) for p in pooled]  # L x [K, C*oh*ow]
