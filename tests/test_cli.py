@@ -150,7 +150,7 @@ def test_bench_csv_to_file_and_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     [
         (["show", "fpm"], "unknown neck 'fpm'. Did you mean 'fpn'?"),
         (["bench", "bifpm", "--repeats", "1"], "unknown neck 'bifpm'"),
-        (["show", "fpn", "--option", "foo=1"], "unexpected keyword argument 'foo'. Options of fpn: width"),
+        (["show", "fpn", "--option", "foo=1"], "unexpected keyword argument 'foo'. Valid options: width, levels"),
         (["show", "fpn", "--option", "width"], "bad option 'width': write it as key=value"),
         (["show", "fpn", "--in-strides", "8,12,32"], "stride 12 is not a power of two"),
         (["show", "fpn", "--in-channels", "1,2", "--in-strides", "8,16,32"], "--in-channels has 2 values"),

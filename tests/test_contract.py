@@ -1,4 +1,8 @@
-"""Contract tests generated from the registry: every neck x input specs x image sizes."""
+"""Contract tests generated from the registry: every neck x input specs x image sizes.
+
+Each neck is built with its entry's ``small_options`` (narrow, shallow: a NAS-FPN of two stages at width 16, not
+the paper's seven at 256), on the entry's own default ``in_specs`` and on the shared 3- and 4-level sets.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,19 @@ import necklace
 from necklace import FeatureSpec, GraphNeck
 
 NECKS = necklace.list_necks()
-CASES = [(n, s, i) for n in NECKS for s in SPEC_SETS for i in IMAGE_SIZES]
+SPEC_KEYS = ("default", *SPEC_SETS)
+CASES = [(n, s, i) for n in NECKS for s in SPEC_KEYS for i in IMAGE_SIZES]
+
+
+def _specs(name: str, spec_key: str) -> tuple[FeatureSpec, ...]:
+    info = necklace.neck_info(name)
+    return info.in_specs_for(info.small_options) if spec_key == "default" else SPEC_SETS[spec_key]
 
 
 def _build(name: str, spec_key: str) -> GraphNeck:
     torch.manual_seed(0)
-    return necklace.build_neck(name, SPEC_SETS[spec_key])
+    info = necklace.neck_info(name)
+    return necklace.build_neck(name, _specs(name, spec_key), **info.small_options)
 
 
 def test_registry_has_the_core_necks() -> None:
@@ -29,7 +40,7 @@ def test_shapes_strides_channels_and_finite(name: str, spec_key: str, size_key: 
     neck = _build(name, spec_key).eval()
     h, w = IMAGE_SIZES[size_key]
     with torch.no_grad():
-        outs = neck(pyramid(SPEC_SETS[spec_key], (h, w)))
+        outs = neck(pyramid(_specs(name, spec_key), (h, w)))
     assert isinstance(outs, list)
     assert len(outs) == len(neck.out_specs)
     strides = [s.stride for s in neck.out_specs]
@@ -38,13 +49,13 @@ def test_shapes_strides_channels_and_finite(name: str, spec_key: str, size_key: 
         assert out.shape == (2, spec.channels, math.ceil(h / spec.stride), math.ceil(w / spec.stride))
         assert torch.isfinite(out).all()
     # the finest output is at a backbone level; the neck never drops the highest-resolution input it uses
-    assert neck.out_specs[0].stride in [s.stride for s in SPEC_SETS[spec_key]]
+    assert neck.out_specs[0].stride in [s.stride for s in _specs(name, spec_key)]
 
 
-@pytest.mark.parametrize(("name", "spec_key"), [(n, s) for n in NECKS for s in SPEC_SETS])
+@pytest.mark.parametrize(("name", "spec_key"), [(n, s) for n in NECKS for s in SPEC_KEYS])
 def test_gradients_reach_every_parameter(name: str, spec_key: str) -> None:
     neck = _build(name, spec_key).train()
-    feats = [f.requires_grad_() for f in pyramid(SPEC_SETS[spec_key], (97, 131))]
+    feats = [f.requires_grad_() for f in pyramid(_specs(name, spec_key), (97, 131))]
     outs = neck(feats)
     sum(o.square().mean() for o in outs).backward()
     missing = [n for n, p in neck.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -121,3 +132,12 @@ def test_out_specs_are_feature_specs() -> None:
         neck = _build(name, "c3c5")
         assert all(isinstance(s, FeatureSpec) for s in neck.out_specs)
         assert neck.in_specs == SPEC_SETS["c3c5"]
+
+
+@pytest.mark.parametrize("name", NECKS)
+def test_small_options_keep_the_neck_small(name: str) -> None:
+    # the contract tests run on small necks: every registered neck must say how to build one
+    neck = _build(name, "default")
+    assert necklace.neck_info(name).small_options
+    assert sum(p.numel() for p in neck.parameters()) < 1_000_000
+    assert max(s.channels for s in neck.out_specs) <= 64

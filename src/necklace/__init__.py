@@ -9,6 +9,7 @@ Example:
     [(1, 256, 13, 17), (1, 256, 7, 9), (1, 256, 4, 5), (1, 256, 2, 3)]
 """
 
+import necklace.necks  # noqa: F401  (registers the built-in necks, eagerly: before any user registration)
 from necklace.deploy import DeployReport, available_runtimes, deploy
 from necklace.deploy.compiled import CompileReport, compile_model
 from necklace.export import ExportReport, export_onnx, export_openvino, export_torchscript

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from necklace.registry import RESNET50_C3_C5 as RESNET50_C3_C5  # (re-exported: peers, benchmarks)
 from necklace.registry import build_neck, neck_info
 from necklace.spec import FeatureSpec, as_feature_specs, validate_in_specs
 
@@ -61,22 +62,10 @@ BENCH_MODES = ("eager", "deployed", "torchscript", "torch", "native", "onnxrunti
 #: ``progress(done, total)``: called with the number of timed repeats done so far.
 Progress = Callable[[int, int], None]
 
-#: Backbone feature widths used when no ``in_specs`` are given (strides 8, 16, 32).
-RESNET50_C3_C5 = (FeatureSpec(512, 8), FeatureSpec(1024, 16), FeatureSpec(2048, 32))
+#: Backbone feature widths used when no ``in_specs`` are given (strides 8, 16, 32); the registry entries carry
+#: each neck's own default (:meth:`necklace.registry.NeckInfo.in_specs_for`).
 EFFICIENTNET_B0_C3_C5 = (FeatureSpec(40, 8), FeatureSpec(112, 16), FeatureSpec(320, 32))
 YOLOV8N_C3_C5 = (FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32))
-
-#: EfficientDet Dx -> channels of its EfficientNet backbone at strides 8/16/32 (B0..B6; D7 reuses B6).
-_EFFICIENTNET_CHANNELS = {
-    "d0": (40, 112, 320),
-    "d1": (40, 112, 320),
-    "d2": (48, 120, 352),
-    "d3": (48, 136, 384),
-    "d4": (56, 160, 448),
-    "d5": (64, 176, 512),
-    "d6": (72, 200, 576),
-    "d7": (72, 200, 576),
-}
 DEFAULT_IMAGE_SIZE = 640
 
 
@@ -521,13 +510,9 @@ def ratio_stats(a_s: Sequence[float], b_s: Sequence[float]) -> dict[str, float |
 
 
 # ----------------------------------------------------------------------------------------------- defaults
-def _preset(options: Mapping[str, Any], default: str) -> str | None:
-    value = options.get("preset", default)
-    return None if value is None else str(value)
-
-
 def default_in_specs(name: str, options: Mapping[str, Any] | None = None) -> tuple[FeatureSpec, ...]:
-    """Typical backbone ``in_specs`` for neck ``name`` (strides 8/16/32), honouring a ``preset`` option.
+    """Typical backbone ``in_specs`` for neck ``name`` (strides 8/16/32), honouring a ``preset`` option: the
+    registry entry's default (:meth:`necklace.registry.NeckInfo.in_specs_for`).
 
     ``fpn``/``pafpn``: ResNet-50 C3-C5 (plus C2 = 256@4 when ``levels`` starts at 2); ``bifpn``: the
     EfficientNet-B0..B6 of EfficientDet D0..D7; ``yolo_pafpn``: the YOLOv8 backbone of the same preset (n:
@@ -542,44 +527,17 @@ def default_in_specs(name: str, options: Mapping[str, Any] | None = None) -> tup
         >>> [s.channels for s in default_in_specs("yolo11_pafpn", {"preset": "m"})]
         [512, 512, 512]
     """
-    neck_info(name)  # unknown names fail here with the list of known necks
-    options = dict(options or {})
-    if name == "bifpn":
-        b_chans = _EFFICIENTNET_CHANNELS.get(_preset(options, "d0") or "d0", _EFFICIENTNET_CHANNELS["d0"])
-        return tuple(FeatureSpec(c, s) for c, s in zip(b_chans, (8, 16, 32), strict=True))
-    if name in ("yolo_pafpn", "yolo11_pafpn"):
-        from necklace.necks.yolo import YOLO11_PRESETS, YOLO_PRESETS, YoloPreset
-
-        presets = YOLO_PRESETS if name == "yolo_pafpn" else YOLO11_PRESETS
-        y_preset = _preset(options, "n")
-        base = presets.get(y_preset, presets["n"]) if y_preset is not None else YoloPreset(1.0, 1.0, 1024)
-        width = float(options.get("width") or base.width)
-        cap = int(options.get("max_channels") or base.max_channels)
-        # the backbone's P3-P5 outputs: YOLOv8 256/512/1024, YOLO11 512/512/1024 (its C3k2 stages) at width 1
-        base_chans = (256, 512, 1024) if name == "yolo_pafpn" else (512, 512, 1024)
-        chans = [math.ceil(min(c, cap) * width / 8) * 8 for c in base_chans]
-        return tuple(FeatureSpec(c, s) for c, s in zip(chans, (8, 16, 32), strict=True))
-    levels = options.get("levels")
-    if isinstance(levels, Sequence) and not isinstance(levels, str) and levels and int(levels[0]) <= 2:
-        return (FeatureSpec(256, 4), *RESNET50_C3_C5)
-    return RESNET50_C3_C5
+    return neck_info(name).in_specs_for(options)
 
 
 def default_image_size(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int]:
-    """Image size ``(H, W)`` to benchmark ``name`` at: 640, or a BiFPN preset's own size (d0: 512).
+    """Image size ``(H, W)`` to benchmark ``name`` at: the registry entry's (640, or a BiFPN preset's own size).
 
     Example:
         >>> default_image_size("fpn"), default_image_size("bifpn"), default_image_size("bifpn", {"preset": "d4"})
         ((640, 640), (512, 512), (1024, 1024))
     """
-    options = dict(options or {})
-    if name == "bifpn":
-        from necklace.necks.bifpn import BIFPN_PRESETS
-
-        preset = _preset(options, "d0")
-        size = BIFPN_PRESETS[preset].image_size if preset in BIFPN_PRESETS else 512
-        return (size, size)
-    return (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+    return neck_info(name).image_size_for(options)
 
 
 def _check_image_size(image_size: Sequence[int] | int) -> tuple[int, int]:

@@ -175,7 +175,7 @@ class GraphNeck(nn.Module):
 
     def _run(self, features: list[Tensor], keep: tuple[str, ...]) -> dict[str, Tensor]:
         """Execute the nodes; intermediates are freed after their last use unless listed in ``keep``."""
-        check_features(features, self.in_specs, type(self).__name__)
+        check_features(features, self.in_specs, type(self).__name__, neck=self)
         env: dict[str, Tensor] = {}
         sizes: dict[int, tuple[int, int]] = {}
         for spec, f in zip(self.in_specs, features, strict=True):

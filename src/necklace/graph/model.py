@@ -14,11 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from necklace.layers.blocks import BLOCKS
-from necklace.layers.conv import ConvCfg
+from necklace.checks import as_choice, as_float, as_int, check_keys, closest_hint, describe_value, is_int
+from necklace.layers.blocks import BLOCKS, check_block_args, check_block_channels
+from necklace.layers.conv import ACTS, NORMS, ConvCfg
 from necklace.layers.fuse import FUSE_MODES
 from necklace.layers.resample import DOWN_MODES, LEARNED_DOWN_MODES, UP_MODES
-from necklace.spec import MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, validate_in_specs
+from necklace.options import OptionRule, check_options, options_from_signature
+from necklace.spec import MAX_CHANNELS, MAX_LEVEL, MIN_LEVEL, FeatureSpec, as_feature_specs, validate_in_specs
 
 __all__ = ["ALIGN_MODES", "Edge", "NeckGraph", "Node", "input_name"]
 
@@ -29,6 +31,40 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def input_name(level: int) -> str:
     """Name of the backbone input at ``level`` inside a graph: ``C3`` for stride 8."""
     return f"C{level}"
+
+
+#: the fields of a conv / align configuration in a graph dict, typed by :class:`ConvCfg`'s own annotations
+_CONV_CFG = options_from_signature(
+    ConvCfg,
+    {
+        "norm": OptionRule(choices=NORMS),
+        "act": OptionRule(choices=tuple(ACTS)),
+        "norm_eps": OptionRule(gt=0),
+        "norm_momentum": OptionRule(ge=0, le=1),
+        "gn_groups": OptionRule(ge=1, le=MAX_CHANNELS),
+        "padding": OptionRule(choices=("symmetric", "same")),
+    },
+    skip=0,
+)
+
+
+def _conv_cfg(value: object, what: str) -> ConvCfg:
+    """A :class:`ConvCfg`, or a dict of its fields checked strictly (unknown keys, types, ranges)."""
+    if isinstance(value, ConvCfg):
+        data = value.to_dict()
+    elif isinstance(value, Mapping):
+        check_keys(value, [s.name for s in _CONV_CFG], what)
+        data = dict(value)
+    else:
+        raise TypeError(f"{what} must be a ConvCfg or a dict of its fields, got {describe_value(value)}.")
+    checked = check_options(what, _CONV_CFG, data)
+    return value if isinstance(value, ConvCfg) and checked == data else ConvCfg(**checked)
+
+
+def _mode(value: object, what: str, choices: Sequence[str], allow_none: bool) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{what} must be one of {list(choices)}, got {describe_value(value)}.")
+    return as_choice(value, what, choices, allow_none=allow_none)
 
 
 def _to_list(value: Any) -> Any:
@@ -63,14 +99,22 @@ class Edge:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
-            raise TypeError(f"Edge.source must be a node or input name (str), got {self.source!r}.")
-        for attr, choices in (("align", ALIGN_MODES), ("up", UP_MODES), ("down", DOWN_MODES)):
+            raise TypeError(f"Edge.source must be a node or input name (str), got {describe_value(self.source)}.")
+        for attr, choices in (("align", ALIGN_MODES), ("up", UP_MODES), ("down", DOWN_MODES), ("pre_act", ACTS)):
             v = getattr(self, attr)
-            if v is not None and v not in choices:
-                raise ValueError(f"Edge({self.source!r}).{attr}={v!r} is not one of {list(choices)}.")
+            if v is not None and (not isinstance(v, str) or v not in choices):
+                err = TypeError if not isinstance(v, str) else ValueError
+                raise err(
+                    f"Edge({self.source!r}).{attr}={v!r} is not one of {list(choices)}.{closest_hint(v, choices)}"
+                )
         k = self.kernel
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0):
-            raise ValueError(f"Edge({self.source!r}).kernel={k!r} must be a positive odd int (3, 5, ...).")
+        if k is not None and (not is_int(k) or not 1 <= k <= 31 or k % 2 == 0):
+            raise ValueError(
+                f"Edge({self.source!r}).kernel={k!r} must be an odd int in 1..31 (3, 5, ...: 'same' padding keeps the "
+                "map at its level's size)."
+            )
+        if k is not None:
+            object.__setattr__(self, "kernel", int(k))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source}
@@ -81,14 +125,26 @@ class Edge:
         return out
 
     @classmethod
-    def coerce(cls, value: Edge | str | Mapping[str, Any]) -> Edge:
+    def coerce(cls, value: Edge | str | Mapping[str, Any], what: str = "a node input") -> Edge:
+        """An :class:`Edge` from itself, a source name, or a dict of its fields (unknown keys refused).
+
+        Example:
+            >>> Edge.coerce({"source": "C4", "up": "nearest"})
+            Edge(source='C4', align=None, up='nearest', down=None, pre_act=None, kernel=None)
+        """
         if isinstance(value, Edge):
             return value
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, Mapping):
+            check_keys(value, [f.name for f in fields(cls)], what)
+            if "source" not in value:
+                raise ValueError(f"{what} {dict(value)!r} has no 'source'; name the tensor it reads, e.g. source: C4.")
             return cls(**value)
-        raise TypeError(f"a node input must be a name, an Edge or a dict, got {value!r}.")
+        raise TypeError(
+            f"{what} must be a name, an Edge or a dict, got {describe_value(value)}. Example: 'C4' or "
+            "{source: C4, up: nearest}."
+        )
 
 
 @dataclass(frozen=True)
@@ -115,20 +171,39 @@ class Node:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ValueError(f"node name {self.name!r} must be an identifier (letters, digits, '_').")
-        if not isinstance(self.level, int) or not MIN_LEVEL <= self.level <= MAX_LEVEL:
-            raise ValueError(f"node {self.name!r}: level {self.level!r} outside {MIN_LEVEL}..{MAX_LEVEL}.")
-        if isinstance(self.inputs, (str, Edge)):
-            raise TypeError(f"node {self.name!r}: inputs must be a list of names/Edges, got {self.inputs!r}.")
-        object.__setattr__(self, "inputs", tuple(Edge.coerce(e) for e in self.inputs))
+        what = f"node {self.name!r}"
+        level = as_int(self.level, f"{what}: level")
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
+            raise ValueError(
+                f"{what}: level {level!r} outside {MIN_LEVEL}..{MAX_LEVEL} (strides {2**MIN_LEVEL}..{2**MAX_LEVEL})."
+            )
+        object.__setattr__(self, "level", level)
+        if isinstance(self.inputs, (str, Edge, Mapping)) or not isinstance(self.inputs, Sequence):
+            raise TypeError(
+                f"{what}: inputs must be a list of names/Edges, got {describe_value(self.inputs)}. Example: "
+                "['C3', 'P4']."
+            )
+        inputs = tuple(Edge.coerce(e, f"{what}: inputs[{i}]") for i, e in enumerate(self.inputs))
+        object.__setattr__(self, "inputs", inputs)
         if not self.inputs:
             raise ValueError(f"node {self.name!r} has no inputs; give it at least one source name.")
-        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels <= 0:
-            raise ValueError(f"node {self.name!r}: channels must be a positive int, got {self.channels!r}.")
-        if self.fuse not in FUSE_MODES:
-            raise ValueError(f"node {self.name!r}: unknown fuse {self.fuse!r}; choose one of {list(FUSE_MODES)}.")
-        if self.block not in BLOCKS:
-            raise ValueError(f"node {self.name!r}: unknown block {self.block!r}; choose one of {sorted(BLOCKS)}.")
-        object.__setattr__(self, "block_args", _to_list(dict(self.block_args)))
+        object.__setattr__(self, "channels", as_int(self.channels, f"{what}: channels", ge=1, le=MAX_CHANNELS))
+        if not isinstance(self.fuse, str) or self.fuse not in FUSE_MODES:
+            raise ValueError(
+                f"{what}: unknown fuse {self.fuse!r}; choose one of {list(FUSE_MODES)}."
+                + closest_hint(self.fuse, FUSE_MODES)
+            )
+        if self.fuse == "gp" and len(inputs) != 2:
+            raise ValueError(
+                f"{what}: fuse 'gp' (x2 + sigmoid(GAP(x2)) * x1, NAS-FPN) takes exactly 2 inputs, got {len(inputs)}."
+            )
+        if not isinstance(self.block, str) or self.block not in BLOCKS:
+            raise ValueError(
+                f"{what}: unknown block {self.block!r}; choose one of {sorted(BLOCKS)}."
+                + closest_hint(self.block, BLOCKS)
+            )
+        args = check_block_args(self.block, self.block_args, what)
+        object.__setattr__(self, "block_args", _to_list(args))
 
     @property
     def edges(self) -> tuple[Edge, ...]:
@@ -149,15 +224,36 @@ class Node:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Node:
+    def from_dict(cls, data: Mapping[str, Any], what: str = "node") -> Node:
+        """The node a dict describes (as :meth:`to_dict` writes it); unknown or missing keys raise ``ValueError``.
+
+        Example:
+            >>> Node.from_dict({"name": "P3", "level": 3, "inputs": ["C3"], "channels": 8}).block
+            'identity'
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"{what} must be a dict with name, level, inputs, channels (and fuse, block, block_args), got "
+                f"{describe_value(data)}."
+            )
+        if isinstance(data.get("name"), str):
+            what = f"node {data['name']!r}"
+        check_keys(data, [f.name for f in fields(cls)], what)
+        missing = [k for k in ("name", "level", "inputs", "channels") if k not in data]
+        if missing:
+            raise ValueError(
+                f"{what} lacks the key(s) {missing}; a node needs name, level, inputs and channels, e.g. "
+                "{name: P3, level: 3, inputs: [C3, P4], channels: 256}."
+            )
+        block_args = data.get("block_args", {})
         return cls(
             name=data["name"],
-            level=int(data["level"]),
-            inputs=tuple(Edge.coerce(e) for e in data["inputs"]),
-            channels=int(data["channels"]),
+            level=data["level"],
+            inputs=data["inputs"],
+            channels=data["channels"],
             fuse=data.get("fuse", "sum"),
             block=data.get("block", "identity"),
-            block_args=dict(data.get("block_args", {})),
+            block_args={} if block_args is None else block_args,
         )
 
 
@@ -210,18 +306,24 @@ class NeckGraph:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "in_specs", validate_in_specs(as_feature_specs(self.in_specs)))
-        if isinstance(self.nodes, Node) or not isinstance(self.nodes, Sequence):
-            raise TypeError(f"NeckGraph.nodes must be a sequence of Node, got {type(self.nodes).__name__}.")
-        object.__setattr__(self, "nodes", tuple(n if isinstance(n, Node) else Node.from_dict(n) for n in self.nodes))
-        if isinstance(self.outputs, str):
-            raise TypeError(f"NeckGraph.outputs must be a list of node names, got the string {self.outputs!r}.")
+        if isinstance(self.nodes, (Node, str, Mapping)) or not isinstance(self.nodes, Sequence):
+            raise TypeError(f"NeckGraph.nodes must be a list of Node (or dicts), got {describe_value(self.nodes)}.")
+        nodes = tuple(n if isinstance(n, Node) else Node.from_dict(n, f"nodes[{i}]") for i, n in enumerate(self.nodes))
+        object.__setattr__(self, "nodes", nodes)
+        if isinstance(self.outputs, (str, Mapping)) or not isinstance(self.outputs, Sequence):
+            raise TypeError(
+                f"NeckGraph.outputs must be a list of node names, got {describe_value(self.outputs)}; e.g. [P3, P4]."
+            )
+        for i, o in enumerate(self.outputs):
+            if not isinstance(o, str):
+                raise TypeError(f"NeckGraph.outputs[{i}] must be a node name (str), got {describe_value(o)}.")
         object.__setattr__(self, "outputs", tuple(self.outputs))
-        if self.align_mode not in ALIGN_MODES:
-            raise ValueError(f"align_mode {self.align_mode!r} is not one of {list(ALIGN_MODES)}.")
-        if self.up not in UP_MODES:
-            raise ValueError(f"up {self.up!r} is not one of {list(UP_MODES)}.")
-        if self.down not in DOWN_MODES:
-            raise ValueError(f"down {self.down!r} is not one of {list(DOWN_MODES)}.")
+        object.__setattr__(self, "conv", _conv_cfg(self.conv, "NeckGraph.conv"))
+        object.__setattr__(self, "align", _conv_cfg(self.align, "NeckGraph.align"))
+        _mode(self.align_mode, "NeckGraph align_mode", ALIGN_MODES, allow_none=False)
+        _mode(self.up, "NeckGraph up", UP_MODES, allow_none=False)
+        _mode(self.down, "NeckGraph down", DOWN_MODES, allow_none=False)
+        object.__setattr__(self, "fuse_eps", as_float(self.fuse_eps, "NeckGraph.fuse_eps", gt=0))
         self.plan()  # validates wiring and channels
 
     # ------------------------------------------------------------------ wiring
@@ -285,6 +387,7 @@ class NeckGraph:
                     f"node {node.name!r}: block 'identity' receives {block_in} channels but the node declares "
                     f"{node.channels}. Use block 'conv' to map channels, or set channels={block_in}."
                 )
+            check_block_channels(node.block, block_in, node.channels, node.block_args, self.conv, f"node {node.name!r}")
             plans.append((node, edges, block_in))
             known[node.name] = (node.level, node.channels)
         if not self.outputs:
@@ -323,20 +426,47 @@ class NeckGraph:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NeckGraph:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """The graph a plain dict describes (as :meth:`to_dict` writes it, or by hand). Unknown keys (at any depth)
+        name the closest valid one; missing keys and wrong types raise ``ValueError`` / ``TypeError``.
+
+        Example:
+            >>> NeckGraph.from_dict({"in_specs": [{"channels": 8, "stride": 8}], "outputs": ["C3"]})
+            Traceback (most recent call last):
+            ...
+            ValueError: the graph lacks the key 'nodes' (a graph needs in_specs, nodes, outputs): ...
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                f"a graph must be a dict with in_specs, nodes and outputs, got {describe_value(data)}. See "
+                "NeckGraph.to_dict() for the layout."
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
-            raise ValueError(f"unknown NeckGraph keys {sorted(unknown)}; expected some of {sorted(known)}.")
+            raise ValueError(
+                f"unknown NeckGraph keys {unknown}.{closest_hint(unknown[0], known)} Valid keys: {', '.join(known)}."
+            )
+        for key in ("in_specs", "nodes", "outputs"):
+            if key not in data:
+                raise ValueError(
+                    f"the graph lacks the key {key!r} (a graph needs in_specs, nodes, outputs): got keys "
+                    f"{sorted(map(str, data))}. Example: in_specs: [{{channels: 256, stride: 8}}], nodes: [...], "
+                    "outputs: [P3]."
+                )
+        specs, nodes, outputs = data["in_specs"], data["nodes"], data["outputs"]
+        for key, value in (("in_specs", specs), ("nodes", nodes), ("outputs", outputs)):
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(f"the graph's {key} must be a list, got {describe_value(value)}.")
         return cls(
-            in_specs=tuple(FeatureSpec.from_dict(s) for s in data["in_specs"]),
-            nodes=tuple(Node.from_dict(n) for n in data["nodes"]),
-            outputs=tuple(data["outputs"]),
-            conv=ConvCfg.from_dict(data.get("conv", {})),
-            align=ConvCfg.from_dict(data.get("align", {})),
+            in_specs=tuple(FeatureSpec.from_dict(s) if isinstance(s, Mapping) else s for s in specs),
+            nodes=tuple(Node.from_dict(n, f"nodes[{i}]") for i, n in enumerate(nodes)),
+            outputs=tuple(outputs),
+            conv=_conv_cfg(data.get("conv", {}), "the graph's conv"),
+            align=_conv_cfg(data.get("align", {}), "the graph's align"),
             align_mode=data.get("align_mode", "auto"),
             up=data.get("up", "nearest"),
             down=data.get("down", "conv"),
-            fuse_eps=float(data.get("fuse_eps", 1e-4)),
+            fuse_eps=data.get("fuse_eps", 1e-4),
         )
 
     def save(self, path: str | Path) -> None:
@@ -355,18 +485,41 @@ class NeckGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> NeckGraph:
-        """Read a graph written by :meth:`save` (or by hand) from YAML or JSON."""
+        """Read a graph written by :meth:`save` (or by hand) from YAML (``.yaml``/``.yml``) or JSON (any other
+        suffix). Every problem (missing file, bad YAML/JSON, a top level that is not a mapping, a bad graph) raises
+        ``ValueError`` / ``TypeError`` naming the file."""
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"NeckGraph.load takes a file path (str or Path), got {describe_value(path)}.")
         path = Path(path)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "not found"
+            raise ValueError(f"graph file {str(path)!r} {what}; give the path of a .yaml/.yml or .json graph file.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"graph file {str(path)!r} cannot be read as text: {e}.") from None
+        yaml_file = path.suffix.lower() in (".yaml", ".yml")
+        try:
+            if yaml_file:
+                import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: say where, in one line
+            kind = "YAML" if yaml_file else "JSON (its suffix is not .yaml/.yml)"
+            detail = " ".join(str(e).split())
+            raise ValueError(f"graph file {str(path)!r} is not valid {kind}: {detail}") from None
         if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: expected a mapping with in_specs/nodes/outputs, got {type(data).__name__}.")
-        return cls.from_dict(data)
+            got = "an empty file" if data is None else f"a {type(data).__name__}"
+            raise ValueError(
+                f"graph file {str(path)!r}: expected a mapping with in_specs/nodes/outputs at the top level, got "
+                f"{got}. See NeckGraph.save for the layout."
+            )
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"graph file {str(path)!r}: {e}") from None
 
     # ------------------------------------------------------------- describing
     def describe(self) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from necklace.checks import check_keys, describe_value
 from necklace.layers.conv import (
+    ACTS,
+    NORMS,
     ConvCfg,
     ConvNormAct,
     DepthwiseSeparableConv,
@@ -17,8 +21,22 @@ from necklace.layers.conv import (
 )
 from necklace.layers.rep import BepC3, GhostConv, RepBlock, RepConv, require_bn
 from necklace.layers.rfa import ResidualFeatureAugmentation
+from necklace.options import OptionRule, OptionSpec, check_options, options_from_signature
+from necklace.spec import MAX_CHANNELS
 
-__all__ = ["BLOCKS", "Bottleneck", "C2f", "C3k2", "CSPBlock", "ELANBlock", "build_block"]
+__all__ = [
+    "BLOCKS",
+    "BLOCK_RULES",
+    "Bottleneck",
+    "C2f",
+    "C3k2",
+    "CSPBlock",
+    "ELANBlock",
+    "block_arg_specs",
+    "build_block",
+    "check_block_args",
+    "check_block_channels",
+]
 
 
 class Bottleneck(nn.Module):
@@ -354,11 +372,106 @@ BLOCKS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+_COUNT = OptionRule(ge=1, le=128)
+_KERNEL = OptionRule(ge=1, le=31, odd=True)
+_EXPANSION = OptionRule(gt=0, le=16)
+_WIDTH = OptionRule(ge=1, le=MAX_CHANNELS)
+#: choices and ranges of the blocks' arguments (their types come from the builders' signatures in :data:`BLOCKS`)
+BLOCK_RULES: dict[str, dict[str, OptionRule]] = {
+    "conv": {"kernel": _KERNEL},
+    "separable": {"kernel": _KERNEL},
+    "c2f": {"n": _COUNT, "expansion": _EXPANSION},
+    "c3k2": {"n": _COUNT, "expansion": _EXPANSION},
+    "csp": {"n": _COUNT, "expansion": _EXPANSION, "kernel": _KERNEL},
+    "repconv": {"groups": _WIDTH},
+    "rep_block": {"n": _COUNT},
+    "bep_c3": {"n": _COUNT, "expansion": _EXPANSION, "basic": OptionRule(choices=("repconv", "conv"))},
+    "ghost": {"kernel": _KERNEL},
+    "elan": {
+        "stages": _COUNT,
+        "depth": _COUNT,
+        "expansion": _EXPANSION,
+        "basic": OptionRule(choices=("conv", "repconv")),
+    },
+    "rfa": {"ratios": OptionRule(gt=0, le=1), "hidden": _WIDTH},
+}
+#: block_args every block takes: per-node overrides of the graph's conv ``norm`` / ``act``
+_OVERRIDES = (
+    OptionSpec("norm", "str | None", None, choices=NORMS, hint=str | None),
+    OptionSpec("act", "str | None", None, choices=tuple(ACTS), hint=str | None),
+)
+
+
+@functools.cache
+def block_arg_specs(name: str) -> tuple[OptionSpec, ...]:
+    """The typed ``block_args`` of block ``name`` (see :data:`BLOCKS`): its builder's keyword parameters with the
+    :data:`BLOCK_RULES` declared for them, plus the ``norm`` / ``act`` overrides.
+
+    Example:
+        >>> [s.describe() for s in block_arg_specs("conv")]
+        ['kernel: int = 3 (>= 1, odd)', 'act_first: bool = False', "norm: str | None = None ('bn' | 'gn')", ...]
+    """
+    if name not in BLOCKS:
+        raise _choices_error("block", name, list(BLOCKS))
+    return (*options_from_signature(BLOCKS[name], BLOCK_RULES.get(name), skip=3), *_OVERRIDES)
+
+
+def check_block_args(name: str, args: Mapping[str, Any], owner: str | None = None) -> dict[str, Any]:
+    """``args`` checked against :func:`block_arg_specs`: unknown keys (``kernal``) name the valid ones and the
+    closest; wrong types (``kernel: 3.0``, ``shortcut: "no"``) and values (an even ``kernel``, ``n: 0``) raise
+    ``TypeError`` / ``ValueError``. NumPy numbers become Python numbers.
+
+    Example:
+        >>> check_block_args("conv", {"kernel": 2}, "node 'P3'")
+        Traceback (most recent call last):
+        ...
+        ValueError: node 'P3' block 'conv' option kernel must be odd (1, 3, 5, ...: 'same' padding keeps each map ...
+    """
+    label = f"{owner} block {name!r}" if owner else f"block {name!r}"
+    if not isinstance(args, Mapping):
+        raise TypeError(f"{label}: block_args must be a dict, got {describe_value(args)}. Example: {{kernel: 3}}.")
+    specs = block_arg_specs(name)
+    check_keys(args, [s.name for s in specs], f"{label}: block_args")
+    return check_options(label, specs, args)
+
+
+def _hidden(out_channels: int, expansion: float) -> int:
+    return int(out_channels * expansion)
+
+
+def check_block_channels(
+    name: str, in_channels: int, out_channels: int, args: Mapping[str, Any], cfg: ConvCfg, owner: str
+) -> None:
+    """Refuse, before any module is built, a block that cannot map ``in_channels -> out_channels`` with ``args``
+    (checked by :func:`check_block_args`): no hidden channel left by ``expansion``, GhostConv's odd width, RepConv
+    groups that do not divide the channels, a re-parameterisable block without BatchNorm."""
+    label = f"{owner}: block {name!r} ({in_channels} -> {out_channels} channels)"
+    exp = float(args.get("expansion", 0.5))
+    need: list[tuple[str, int]] = []
+    if name in ("c2f", "c3k2", "csp", "bep_c3"):
+        need.append((f"hidden width int({out_channels} * expansion {exp:g})", _hidden(out_channels, exp)))
+    if name == "c3k2":
+        c = _hidden(out_channels, exp)
+        need.append((f"inner bottleneck width int({c} * 0.5)", _hidden(c, 0.5)))
+    for what, width in need:
+        if width < 1:
+            raise ValueError(
+                f"{label}: the {what} is {width}; widen the node (channels) or raise expansion so that it is >= 1."
+            )
+    if name == "ghost" and out_channels % 2:
+        raise ValueError(f"{label}: GhostConv makes two halves, so the node's channels must be even.")
+    groups = int(args.get("groups", 1))
+    if name == "repconv" and (in_channels % groups or out_channels % groups):
+        raise ValueError(f"{label}: groups={groups} must divide both channel counts.")
+    rep = name in ("repconv", "rep_block") or (name == "bep_c3" and args.get("basic", "repconv") == "repconv")
+    rep = rep or (name == "elan" and args.get("basic") == "repconv")
+    if rep:
+        require_bn(cfg.with_(**{k: args[k] for k in ("norm", "act") if k in args}), label)
+
+
 def build_block(name: str, in_channels: int, out_channels: int, cfg: ConvCfg, **args: Any) -> nn.Module:
     """Build the refine block ``name`` (see :data:`BLOCKS`) mapping ``in_channels`` -> ``out_channels``."""
     if name not in BLOCKS:
         raise _choices_error("block", name, list(BLOCKS))
-    try:
-        return BLOCKS[name](in_channels, out_channels, cfg, **args)
-    except TypeError as e:
-        raise TypeError(f"block {name!r} got bad arguments {args}: {e}") from None
+    checked = check_block_args(name, args)
+    return BLOCKS[name](in_channels, out_channels, cfg, **checked)

@@ -30,7 +30,9 @@ from torch import Tensor
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import extra_level_nodes, resolve_levels, resolve_widths
+from necklace.necks.common import COMPARE_OPTIONS, FPN_RULES, WIDTH, extra_level_nodes, resolve_levels, resolve_widths
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = [
@@ -170,6 +172,21 @@ def consistent_supervision_loss(
     return torch.as_tensor(weight, dtype=total.dtype, device=total.device) * total
 
 
+@register_neck(
+    "augfpn",
+    summary="FPN + residual feature augmentation (ratio-invariant adaptive pooling of C5, adaptive spatial fusion) "
+    "added to the top lateral; laterals exposed for consistent supervision",
+    paper="Guo et al., AugFPN: Improving Multi-scale Feature Learning for Object Detection, CVPR 2020",
+    knobs=AUGFPN_KNOBS,
+    options_from=augfpn_graph,
+    rules={
+        **FPN_RULES,
+        "ratios": OptionRule(gt=0, le=1),
+        "rfa_hidden": WIDTH,
+    },
+    small_options={"width": 16},
+    compare_options=COMPARE_OPTIONS,
+)
 def augfpn(in_specs: Sequence[FeatureSpec], **options: object) -> AugFPN:
     """Build an AugFPN neck (see :func:`augfpn_graph` for the options, :class:`AugFPN` for the laterals).
 

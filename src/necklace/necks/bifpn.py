@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import resolve_levels
+from necklace.necks.common import ACT, COMPARE_OPTIONS, COUNT, MOMENTUM, POSITIVE, UP, WIDTH, resolve_levels
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
-__all__ = ["BIFPN_KNOBS", "BIFPN_PRESETS", "BiFPNPreset", "bifpn", "bifpn_graph"]
+__all__ = [
+    "BIFPN_KNOBS",
+    "BIFPN_PRESETS",
+    "EFFICIENTNET_C3_C5",
+    "BiFPNPreset",
+    "bifpn",
+    "bifpn_graph",
+    "bifpn_in_specs",
+]
 
 BIFPN_KNOBS = (
     "preset (d0..d7)",
@@ -55,6 +66,33 @@ BIFPN_PRESETS: dict[str, BiFPNPreset] = {
     "d7": BiFPNPreset(384, 8, "sum", 1536),
 }
 
+#: EfficientDet Dx -> channels of its EfficientNet backbone at strides 8/16/32 (B0..B6; D7 reuses B6).
+EFFICIENTNET_C3_C5: dict[str, tuple[int, int, int]] = {
+    "d0": (40, 112, 320),
+    "d1": (40, 112, 320),
+    "d2": (48, 120, 352),
+    "d3": (48, 136, 384),
+    "d4": (56, 160, 448),
+    "d5": (64, 176, 512),
+    "d6": (72, 200, 576),
+    "d7": (72, 200, 576),
+}
+
+
+def bifpn_in_specs(options: Mapping[str, Any]) -> tuple[FeatureSpec, ...]:
+    """The EfficientNet C3-C5 of the EfficientDet whose ``preset`` the options name (d0 without a preset).
+
+    Example:
+        >>> [s.channels for s in bifpn_in_specs({"preset": "d3"})]
+        [48, 136, 384]
+    """
+    chans = EFFICIENTNET_C3_C5[options.get("preset") or "d0"]
+    return tuple(FeatureSpec(c, s) for c, s in zip(chans, (8, 16, 32), strict=True))
+
+
+def _bifpn_image_size(options: Mapping[str, Any]) -> int:
+    return BIFPN_PRESETS[options.get("preset") or "d0"].image_size
+
 
 def bifpn_graph(
     in_specs: Sequence[FeatureSpec],
@@ -96,9 +134,11 @@ def bifpn_graph(
     repeats = p.repeats if repeats is None else repeats
     fuse = ("sum" if lite else p.fuse) if fuse is None else fuse
     act = ("relu6" if lite else "swish") if act is None else act
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    if not isinstance(width, int) or width <= 0:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"BiFPN repeats must be an int >= 1, got {repeats!r}.")
+    if not isinstance(separable, bool):
+        raise TypeError(f"BiFPN separable must be True or False, got {separable!r}.")
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
         raise ValueError(
             f"BiFPN width must be one positive int (all levels are fused by weighted sums), got {width!r}."
         )
@@ -143,6 +183,29 @@ def bifpn_graph(
     )
 
 
+@register_neck(
+    "bifpn",
+    summary="repeated weighted bidirectional cells, single-input nodes removed, separable convs (EfficientDet D0-D7)",
+    paper="Tan et al., EfficientDet: Scalable and Efficient Object Detection, CVPR 2020",
+    knobs=BIFPN_KNOBS,
+    options_from=bifpn_graph,
+    rules={
+        "preset": OptionRule(choices=tuple(BIFPN_PRESETS), what="BiFPN preset"),
+        "width": WIDTH,
+        "repeats": COUNT,
+        "fuse": OptionRule(choices=("fast", "softmax", "sum")),
+        "act": ACT,
+        "upsample": UP,
+        "downsample": OptionRule(choices=("maxpool", "avgpool", "conv")),
+        "padding": OptionRule(choices=("symmetric", "same")),
+        "norm_eps": POSITIVE,
+        "norm_momentum": MOMENTUM,
+    },
+    default_in_specs=bifpn_in_specs,
+    image_size=_bifpn_image_size,
+    small_options={"width": 16, "repeats": 2},
+    compare_options={**COMPARE_OPTIONS, "repeats": 2},
+)
 def bifpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a BiFPN neck (see :func:`bifpn_graph`).
 

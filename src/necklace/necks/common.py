@@ -4,12 +4,58 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from necklace.checks import as_int, is_int
 from necklace.graph import Edge, Node, input_name
-from necklace.spec import MAX_LEVEL, FeatureSpec
+from necklace.layers.conv import ACTS, NORMS
+from necklace.layers.resample import UP_MODES
+from necklace.options import OptionRule
+from necklace.spec import MAX_CHANNELS, MAX_LEVEL, MIN_LEVEL, FeatureSpec
 
-__all__ = ["EXTRA_MODES", "extra_level_nodes", "resolve_levels", "resolve_widths"]
+__all__ = [
+    "ACT",
+    "COMPARE_OPTIONS",
+    "COUNT",
+    "EXTRA_MODES",
+    "FPN_RULES",
+    "LEVEL",
+    "MAX_REPEATS",
+    "MOMENTUM",
+    "MULTIPLIER",
+    "NORM",
+    "POSITIVE",
+    "UP",
+    "WIDTH",
+    "extra_level_nodes",
+    "resolve_levels",
+    "resolve_widths",
+]
 
 EXTRA_MODES = ("subsample", "maxpool", "conv")
+
+#: the most repeats / stages an option may ask for (published necks: 12 at most)
+MAX_REPEATS = 128
+#: option rules shared by the neck families (see :class:`necklace.options.OptionRule`)
+WIDTH = OptionRule(ge=1, le=MAX_CHANNELS)  # widths, channel counts
+COUNT = OptionRule(ge=1, le=MAX_REPEATS)  # repeats, stages
+MULTIPLIER = OptionRule(gt=0, le=4)  # depth / width multipliers (published presets: 0.25..1.5), expansions
+POSITIVE = OptionRule(gt=0, le=1)  # eps
+MOMENTUM = OptionRule(ge=0, le=1)
+LEVEL = OptionRule(ge=MIN_LEVEL, le=MAX_LEVEL)
+ACT = OptionRule(choices=tuple(ACTS))
+NORM = OptionRule(choices=NORMS)
+UP = OptionRule(choices=UP_MODES)
+#: the options a pyramid neck gets in a detection comparison: one width, the same levels (P3-P6), so the necks
+#: differ only in how they mix the levels (``NeckInfo.compare_options``)
+COMPARE_OPTIONS: dict[str, object] = {"width": 32, "levels": [3, 6]}
+#: the FPN-style options (fpn, pafpn, augfpn)
+FPN_RULES: dict[str, OptionRule] = {
+    "width": WIDTH,
+    "extra": OptionRule(choices=EXTRA_MODES),
+    "extra_source": OptionRule(choices=("input", "output")),
+    "upsample": UP,
+    "norm": NORM,
+    "act": ACT,
+}
 
 
 def resolve_levels(
@@ -19,9 +65,9 @@ def resolve_levels(
     in_levels = [s.level for s in in_specs]
     if levels is None:
         return min(in_levels), max(in_levels) + default_extra
-    if isinstance(levels, str) or len(levels) != 2:
+    if not isinstance(levels, (list, tuple)) or len(levels) != 2:
         raise ValueError(f"levels must be a (min_level, max_level) pair such as (3, 7), got {levels!r}.")
-    lo, hi = int(levels[0]), int(levels[1])
+    lo, hi = as_int(levels[0], "levels[0] (min_level)"), as_int(levels[1], "levels[1] (max_level)")
     if lo > hi:
         raise ValueError(f"levels {levels!r}: min_level {lo} is above max_level {hi}.")
     if lo < min(in_levels) or lo > max(in_levels):
@@ -38,10 +84,10 @@ def resolve_levels(
 def resolve_widths(width: int | Sequence[int], lo: int, hi: int) -> dict[int, int]:
     """Map each level ``lo..hi`` to its channel count: one ``C`` for all, or one value per level."""
     n = hi - lo + 1
-    if isinstance(width, int) and not isinstance(width, bool):
-        widths = [width] * n
-    elif isinstance(width, Sequence) and not isinstance(width, str) and len(width) == n:
-        widths = [int(w) for w in width]
+    if is_int(width):
+        widths = [as_int(width, "width")] * n
+    elif isinstance(width, (list, tuple)) and len(width) == n:
+        widths = [as_int(w, f"width[{i}]") for i, w in enumerate(width)]
     else:
         raise ValueError(
             f"width must be one int or a list of {n} ints (one per output level {lo}..{hi}), got {width!r}."
@@ -71,6 +117,8 @@ def extra_level_nodes(
     """
     if mode not in EXTRA_MODES:
         raise ValueError(f"extra {mode!r} is not one of {list(EXTRA_MODES)}.")
+    if not isinstance(relu_before_extra, bool):
+        raise TypeError(f"relu_before_extra must be True or False, got {relu_before_extra!r}.")
     if source not in ("input", "output"):
         raise ValueError(f"extra_source {source!r} must be 'input' (from C{top_in_level}) or 'output'.")
     nodes = []

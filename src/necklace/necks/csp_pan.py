@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from necklace.checks import as_bool, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
+from necklace.necks.common import ACT, COUNT, MOMENTUM, POSITIVE, UP, WIDTH
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import MAX_LEVEL, FeatureSpec, validate_in_specs
 
 __all__ = ["CSP_PAN_KNOBS", "CSP_PAN_PRESETS", "csp_pan", "csp_pan_graph"]
@@ -69,6 +73,12 @@ def csp_pan_graph(
         raise ValueError(f"CSP-PAN width must be one positive int (every level has the same width), got {width!r}.")
     if isinstance(num_csp_blocks, bool) or not isinstance(num_csp_blocks, int) or num_csp_blocks < 1:
         raise ValueError(f"num_csp_blocks must be an int >= 1, got {num_csp_blocks!r}.")
+    kernel = as_int(kernel, "CSP-PAN kernel", ge=1)
+    if kernel % 2 == 0:
+        raise ValueError(
+            f"CSP-PAN kernel must be odd (3, 5, 7: 'same' padding keeps every map at its level's size), got {kernel}."
+        )
+    depthwise, extra = as_bool(depthwise, "depthwise"), as_bool(extra, "extra")
     in_specs = validate_in_specs(in_specs)
     levels = [s.level for s in in_specs]
     lo, top = min(levels), max(levels)
@@ -106,6 +116,24 @@ def csp_pan_graph(
     )
 
 
+@register_neck(
+    "csp_pan",
+    summary="PP-PicoDet CSP-PAN: 1x1 to one width, depthwise CSP blocks, 5x5/2 depthwise downsampling, extra P6",
+    paper="Yu et al., PP-PicoDet: A Better Real-Time Object Detector on Mobile Devices, 2021",
+    knobs=CSP_PAN_KNOBS,
+    options_from=csp_pan_graph,
+    rules={
+        "preset": OptionRule(choices=tuple(CSP_PAN_PRESETS), what="CSP-PAN preset"),
+        "width": WIDTH,
+        "kernel": OptionRule(ge=1, le=31, odd=True),
+        "num_csp_blocks": COUNT,
+        "upsample": UP,
+        "act": ACT,
+        "norm_eps": POSITIVE,
+        "norm_momentum": MOMENTUM,
+    },
+    small_options={"width": 16},
+)
 def csp_pan(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a PP-PicoDet CSP-PAN neck (see :func:`csp_pan_graph`).
 

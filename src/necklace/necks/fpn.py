@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import extra_level_nodes, resolve_levels, resolve_widths
+from necklace.necks.common import COMPARE_OPTIONS, FPN_RULES, extra_level_nodes, resolve_levels, resolve_widths
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = ["FPN_KNOBS", "fpn", "fpn_graph", "top_down_nodes"]
@@ -84,6 +85,16 @@ def fpn_graph(
     )
 
 
+@register_neck(
+    "fpn",
+    summary="top-down pathway + 1x1 laterals + 3x3 outputs; extra P6/P7 by subsampling or stride-2 convs",
+    paper="Lin et al., Feature Pyramid Networks for Object Detection, CVPR 2017",
+    knobs=FPN_KNOBS,
+    options_from=fpn_graph,
+    rules=FPN_RULES,
+    small_options={"width": 16},
+    compare_options=COMPARE_OPTIONS,
+)
 def fpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build an FPN neck (see :func:`fpn_graph` for the options).
 

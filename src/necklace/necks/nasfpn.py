@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import resolve_levels
+from necklace.necks.common import COUNT, NORM, WIDTH, resolve_levels
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = ["NASFPN_CELLS", "NASFPN_KNOBS", "nasfpn", "nasfpn_graph", "nasfpn_input_name"]
@@ -111,6 +113,20 @@ def nasfpn_graph(
     )
 
 
+@register_neck(
+    "nasfpn",
+    summary="stacked NAS-searched merge cells (sum / global-pooling attention) over P3-P7, ReLU-conv-BN outputs",
+    paper="Ghiasi et al., NAS-FPN: Learning Scalable Feature Pyramid Architecture for Object Detection, CVPR 2019",
+    knobs=NASFPN_KNOBS,
+    options_from=nasfpn_graph,
+    rules={
+        "width": WIDTH,
+        "stack_times": COUNT,
+        "norm": NORM,
+        "upsample": OptionRule(choices=("nearest", "bilinear")),
+    },
+    small_options={"width": 16, "stack_times": 2},
+)
 def nasfpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a NAS-FPN neck (see :func:`nasfpn_graph` for the options).
 

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node
 from necklace.layers.conv import ConvCfg
-from necklace.necks.common import extra_level_nodes, resolve_levels, resolve_widths
+from necklace.necks.common import COMPARE_OPTIONS, FPN_RULES, WIDTH, extra_level_nodes, resolve_levels, resolve_widths
 from necklace.necks.fpn import FPN_KNOBS, top_down_nodes
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = ["PAFPN_KNOBS", "pafpn", "pafpn_graph"]
@@ -91,6 +93,16 @@ def pafpn_graph(
     )
 
 
+@register_neck(
+    "pafpn",
+    summary="FPN + bottom-up path augmentation (mmdet PAFPN or official PANet variant)",
+    paper="Liu et al., Path Aggregation Network for Instance Segmentation, CVPR 2018",
+    knobs=PAFPN_KNOBS,
+    options_from=pafpn_graph,
+    rules={**FPN_RULES, "variant": OptionRule(choices=("mmdet", "panet")), "gn_groups": WIDTH},
+    small_options={"width": 16},
+    compare_options=COMPARE_OPTIONS,
+)
 def pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a PAFPN neck (see :func:`pafpn_graph`).
 

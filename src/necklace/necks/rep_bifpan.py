@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from necklace.graph import GraphNeck, NeckGraph
-from necklace.necks.rep_pafpn import REP_PAFPN_KNOBS, yolov6_graph
+from necklace.necks.common import LEVEL
+from necklace.necks.rep_pafpn import REP_PAFPN_KNOBS, YOLOV6_RULES, yolov6_graph
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = ["REP_BIFPAN_KNOBS", "rep_bifpan", "rep_bifpan_graph"]
@@ -79,6 +81,15 @@ def rep_bifpan_graph(
     )
 
 
+@register_neck(
+    "rep_bifpan",
+    summary="YOLOv6 v3 RepBiFPAN: RepPAN with BiFusion (up + same level + 3x3/2 of the finer level) top-down",
+    paper="Li et al., YOLOv6 v3.0: A Full-Scale Reloading, 2023",
+    knobs=REP_BIFPAN_KNOBS,
+    options_from=rep_bifpan_graph,
+    rules={**YOLOV6_RULES, "min_level": LEVEL},
+    small_options={"width": 0.125, "repeats": 2},
+)
 def rep_bifpan(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a YOLOv6 v3 RepBiFPAN neck (see :func:`rep_bifpan_graph`).
 

@@ -13,13 +13,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from necklace.checks import as_float, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
+from necklace.necks.common import ACT, COUNT, MOMENTUM, MULTIPLIER, POSITIVE, UP, WIDTH
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = [
     "REP_PAFPN_KNOBS",
     "YOLOV6_PRESETS",
+    "YOLOV6_RULES",
     "YoloV6Preset",
     "rep_pafpn",
     "rep_pafpn_graph",
@@ -86,15 +91,17 @@ def _resolve_preset(
         raise ValueError(f"unknown YOLOv6 preset {preset!r}; choose one of {sorted(YOLOV6_PRESETS)} or None.")
     base = YOLOV6_PRESETS[preset] if preset is not None else YoloV6Preset(1.0, 1.0)
     p = YoloV6Preset(
-        base.depth if depth is None else depth,
-        base.width if width is None else width,
+        base.depth if depth is None else as_float(depth, "depth", gt=0),
+        base.width if width is None else as_float(width, "width", gt=0),
         base.block if block is None else block,
-        base.expansion if expansion is None else expansion,
+        base.expansion if expansion is None else as_float(expansion, "expansion", gt=0),
         base.basic if basic is None else basic,
         base.block_act if block_act is None else block_act,
     )
     if p.block not in ("rep_block", "bep_c3"):
         raise ValueError(f"YOLOv6 stage block must be 'rep_block' or 'bep_c3', got {p.block!r}.")
+    if p.basic not in ("repconv", "conv"):
+        raise ValueError(f"YOLOv6 basic block must be 'repconv' or 'conv', got {p.basic!r}.")
     if p.depth <= 0 or p.width <= 0:
         raise ValueError(f"depth and width multipliers must be positive, got depth={p.depth}, width={p.width}.")
     return p
@@ -106,14 +113,13 @@ def yolov6_widths(p: YoloV6Preset, lo: int, hi: int, channels: Sequence[int] | N
     if channels is not None:
         if isinstance(channels, (int, str)) or len(channels) != hi - lo + 1:
             raise ValueError(f"channels must list one width per output level {lo}..{hi}, got {channels!r}.")
-        if any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in channels):
-            raise ValueError(f"channels must be positive ints, got {channels!r}.")
-        return {lo + i: int(c) for i, c in enumerate(channels)}
+        return {lo + i: as_int(c, f"channels[{i}]", ge=1) for i, c in enumerate(channels)}
     return {level: math.ceil(_BASE[level] * p.width / 8) * 8 for level in range(lo, hi + 1)}
 
 
 def yolov6_block_args(p: YoloV6Preset, repeats: int) -> tuple[str, dict[str, Any]]:
     """The stage block and its arguments: ``n = max(round(repeats * depth), 1)`` (YOLOv6 ``num_repeats``)."""
+    repeats = as_int(repeats, "repeats", ge=1)
     n = max(round(repeats * p.depth), 1) if repeats > 1 else repeats
     if p.block == "rep_block":
         return "rep_block", {"n": n}
@@ -183,7 +189,7 @@ def yolov6_graph(
     in_specs = validate_in_specs(in_specs)
     in_levels = [s.level for s in in_specs]
     lo, top = min(in_levels), max(in_levels)
-    out_lo = lo if min_level is None else int(min_level)
+    out_lo = lo if min_level is None else as_int(min_level, "min_level")
     if out_lo not in in_levels or out_lo >= top:
         raise ValueError(
             f"min_level {out_lo} must be a backbone level below the coarsest one: one of {in_levels[:-1]} "
@@ -257,6 +263,33 @@ def rep_pafpn_graph(
     )
 
 
+#: the options YOLOv6's RepPAN and RepBiFPAN check (see :class:`necklace.options.OptionRule`)
+YOLOV6_RULES: dict[str, OptionRule] = {
+    "preset": OptionRule(choices=tuple(YOLOV6_PRESETS), what="YOLOv6 preset"),
+    "depth": MULTIPLIER,
+    "width": MULTIPLIER,
+    "repeats": COUNT,
+    "channels": WIDTH,
+    "block": OptionRule(choices=("rep_block", "bep_c3")),
+    "expansion": MULTIPLIER,
+    "basic": OptionRule(choices=("repconv", "conv")),
+    "block_act": ACT,
+    "upsample": UP,
+    "act": ACT,
+    "norm_eps": POSITIVE,
+    "norm_momentum": MOMENTUM,
+}
+
+
+@register_neck(
+    "rep_pafpn",
+    summary="YOLOv6 RepPAN: 1x1 reduce + transposed-conv up + concat + RepBlock, 3x3/2 conv + concat bottom-up",
+    paper="Li et al., YOLOv6: A Single-Stage Object Detection Framework for Industrial Applications, 2022",
+    knobs=REP_PAFPN_KNOBS,
+    options_from=rep_pafpn_graph,
+    rules=YOLOV6_RULES,
+    small_options={"width": 0.125, "repeats": 2},
+)
 def rep_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a YOLOv6 RepPAN neck (see :func:`rep_pafpn_graph`).
 

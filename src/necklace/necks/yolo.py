@@ -4,11 +4,16 @@ downsampling."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from necklace.checks import as_bool, as_float, as_int
 from necklace.graph import Edge, GraphNeck, NeckGraph, Node, input_name
 from necklace.layers.conv import ConvCfg
+from necklace.necks.common import ACT, COUNT, MOMENTUM, MULTIPLIER, POSITIVE, UP, WIDTH
+from necklace.options import OptionRule
+from necklace.registry import register_neck
 from necklace.spec import FeatureSpec, validate_in_specs
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "YoloPreset",
     "yolo11_pafpn",
     "yolo11_pafpn_graph",
+    "yolo_in_specs",
     "yolo_pafpn",
     "yolo_pafpn_graph",
 ]
@@ -67,6 +73,39 @@ def _scale_ch(c: int, p: YoloPreset) -> int:
     return math.ceil(min(c, p.max_channels) * p.width / 8) * 8
 
 
+#: the backbone's P3-P5 outputs at width 1.0: YOLOv8 256/512/1024, YOLO11 512/512/1024 (its C3k2 stages)
+_BACKBONE = {"yolo_pafpn": (256, 512, 1024), "yolo11_pafpn": (512, 512, 1024)}
+
+
+def yolo_in_specs(name: str, options: Mapping[str, Any]) -> tuple[FeatureSpec, ...]:
+    """The P3-P5 ``in_specs`` of the YOLOv8 (``name='yolo_pafpn'``) or YOLO11 backbone of the same scale as the
+    options (``preset``, ``width``, ``max_channels``).
+
+    Example:
+        >>> [s.channels for s in yolo_in_specs("yolo_pafpn", {"preset": "s"})]
+        [128, 256, 512]
+        >>> [s.channels for s in yolo_in_specs("yolo11_pafpn", {"preset": "m"})]
+        [512, 512, 512]
+    """
+    presets = YOLO_PRESETS if name == "yolo_pafpn" else YOLO11_PRESETS
+    p = _preset(presets, options.get("preset", "n"), None, options.get("width"), options.get("max_channels"))
+    chans = [_scale_ch(c, p) for c in _BACKBONE[name]]
+    return tuple(FeatureSpec(c, s) for c, s in zip(chans, (8, 16, 32), strict=True))
+
+
+#: the options both YOLO PAFPNs check (see :class:`necklace.options.OptionRule`)
+_RULES: dict[str, OptionRule] = {
+    "depth": MULTIPLIER,
+    "width": MULTIPLIER,
+    "max_channels": WIDTH,
+    "repeats": COUNT,
+    "upsample": UP,
+    "act": ACT,
+    "norm_eps": POSITIVE,
+    "norm_momentum": MOMENTUM,
+}
+
+
 def yolo_pafpn_graph(
     in_specs: Sequence[FeatureSpec],
     preset: str | None = "n",
@@ -95,7 +134,7 @@ def yolo_pafpn_graph(
     if block not in ("c2f", "csp"):
         raise ValueError(f"yolo_pafpn block must be 'c2f' or 'csp', got {block!r}.")
     p = _preset(YOLO_PRESETS, preset, depth, width, max_channels)
-    n = _repeats(repeats, p)
+    n = _repeats(as_int(repeats, "repeats", ge=1), p)
     args: dict[str, object] = {"n": n, "shortcut": False}
     return _yolo_graph(
         "yolo_pafpn", in_specs, p, block, lambda name, last: args, upsample, act, norm_eps, norm_momentum
@@ -114,9 +153,9 @@ def _preset(
         raise ValueError(f"unknown YOLO preset {preset!r}; choose one of {sorted(presets)} or None.")
     base = presets[preset] if preset is not None else YoloPreset(1.0, 1.0, 1024)
     return YoloPreset(
-        base.depth if depth is None else depth,
-        base.width if width is None else width,
-        base.max_channels if mc is None else mc,
+        base.depth if depth is None else as_float(depth, "depth", gt=0),
+        base.width if width is None else as_float(width, "width", gt=0),
+        base.max_channels if mc is None else as_int(mc, "max_channels", ge=1),
     )
 
 
@@ -192,8 +231,8 @@ def yolo11_pafpn_graph(
         ([(64, 8), (128, 16), (256, 32)], [False, False, False, True])
     """
     p = _preset(YOLO11_PRESETS, preset, depth, width, max_channels)
-    n = _repeats(repeats, p)
-    every = c3k if c3k is not None else preset in ("m", "l", "x")
+    n = _repeats(as_int(repeats, "repeats", ge=1), p)
+    every = as_bool(c3k, "c3k") if c3k is not None else preset in ("m", "l", "x")
 
     def args(name: str, last: bool) -> dict[str, object]:
         return {"n": n, "c3k": bool(every or (c3k is None and last)), "shortcut": True}
@@ -201,6 +240,16 @@ def yolo11_pafpn_graph(
     return _yolo_graph("yolo11_pafpn", in_specs, p, "c3k2", args, upsample, act, norm_eps, norm_momentum)
 
 
+@register_neck(
+    "yolo11_pafpn",
+    summary="YOLO11 PAFPN: YOLOv8's topology with C3k2 blocks (residual half-width bottlenecks / C3k in the last)",
+    paper="Jocher & Qiu, Ultralytics YOLO11, 2024 (PAN neck of Liu et al., 2018)",
+    knobs=YOLO11_KNOBS,
+    options_from=yolo11_pafpn_graph,
+    rules={**_RULES, "preset": OptionRule(choices=tuple(YOLO11_PRESETS), what="YOLO preset")},
+    default_in_specs=lambda options: yolo_in_specs("yolo11_pafpn", options),
+    small_options={"width": 0.0625},
+)
 def yolo11_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a YOLO11 PAFPN neck (see :func:`yolo11_pafpn_graph`).
 
@@ -213,6 +262,20 @@ def yolo11_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNec
     return GraphNeck(yolo11_pafpn_graph(in_specs, **options))  # type: ignore[arg-type]
 
 
+@register_neck(
+    "yolo_pafpn",
+    summary="YOLOv8-style PAFPN: upsample + concat + C2f top-down, stride-2 conv + concat + C2f bottom-up",
+    paper="Jocher et al., Ultralytics YOLOv8, 2023 (PAN neck of Liu et al., 2018)",
+    knobs=YOLO_KNOBS,
+    options_from=yolo_pafpn_graph,
+    rules={
+        **_RULES,
+        "preset": OptionRule(choices=tuple(YOLO_PRESETS), what="YOLO preset"),
+        "block": OptionRule(choices=("c2f", "csp")),
+    },
+    default_in_specs=lambda options: yolo_in_specs("yolo_pafpn", options),
+    small_options={"width": 0.0625},
+)
 def yolo_pafpn(in_specs: Sequence[FeatureSpec], **options: object) -> GraphNeck:
     """Build a YOLOv8-style PAFPN neck (see :func:`yolo_pafpn_graph`).
 
