@@ -15,7 +15,7 @@ Timing method (used by every script here):
   caused; each callable's minor page faults per call are recorded (``--malloc default`` to see them).
 
 ``interleaved``, ``stats_ms`` and ``ratio_stats`` are ``necklace.bench``'s, ``max_abs_diff`` and the mmcv-lite
-shim (``install_mmcv_ext_shim``, ``import_mmdet_necks``, ``import_mmyolo_necks``) ``necklace.peers``' (the
+shim (``install_mmcv_ext_shim``, ``import_mmdet_necks``, ``import_mmyolo_necks``) ``necklace.bench.peers``' (the
 ``necklace bench --vs PEER`` command uses them too); they are re-exported here for the scripts.
 """
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from necklace.bench import interleaved, minor_faults, peak_memory_bytes, ratio_stats, stats_ms
-from necklace.peers import import_mmdet_necks, import_mmyolo_necks, install_mmcv_ext_shim, max_abs_diff
+from necklace.bench.peers import import_mmdet_necks, import_mmyolo_necks, install_mmcv_ext_shim, max_abs_diff
 
 __all__ = [
     "ROOFLINE_CHANNELS",

@@ -2,10 +2,10 @@
 
 For every config the peer's neck is built with random weights, the necklace neck is built with the options that
 reproduce it and loaded with the peer's weights through necklace's converters (``necklace.convert``; the
-ultralytics neck is mapped key by key by ``necklace.peers.ultralytics_to_necklace``), the outputs are checked
+ultralytics neck is mapped key by key by ``necklace.bench.peers.ultralytics_to_necklace``), the outputs are checked
 equal (max abs diff printed), then both are timed interleaved in this process together with the roofline conv.
 The pairs (peer builders, converted weights, equality checks, the peers' deploy forms) are those of
-``necklace.peers``, which ``necklace bench NAME --vs PEER`` runs one pair at a time; this script groups them into
+``necklace.bench.peers``, which ``necklace bench NAME --vs PEER`` runs one pair at a time; this script groups them into
 configs and adds the roofline, train-mode timing and memory:
 
 - eval: ``eval()`` + ``no_grad`` forward, float32, batch 1, ``--threads`` threads; median of ``--repeats``;
@@ -80,17 +80,18 @@ if __package__ in (None, ""):  # run as a script: make the sibling module import
 else:  # imported as benchmarks.vs_peers
     from benchmarks import common  # type: ignore[no-redef]
 
-from necklace import CompileReport, FeatureSpec, compile_model, peers
+from necklace import CompileReport, FeatureSpec, compile_model
 from necklace.bench import (
     EFFICIENTNET_B0_C3_C5,
     RESNET50_C3_C5,
     count_call_flops,
     count_params,
     default_in_specs,
+    peers,
     random_features,
     train_step,
 )
-from necklace.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
+from necklace.bench.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIGS = ("r50_fpn", "r50_pafpn", "bifpn_d0", "yolov8n")
@@ -101,7 +102,7 @@ Call = Callable[[list[Tensor]], list[Tensor]]
 
 
 # ----------------------------------------------------------------------------------------------- cases
-# the pairs (peer builders, weights carried over by necklace.convert) are necklace.peers'; a case groups them
+# the pairs (peer builders, weights carried over by necklace.convert) are necklace.bench.peers'; a case groups them
 @dataclass
 class Case:
     name: str

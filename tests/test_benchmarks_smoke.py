@@ -241,12 +241,12 @@ def test_steady_allocator_stops_page_faults_of_repeated_large_blocks() -> None:
 
 
 def test_missing_peer_is_skipped_with_a_note(vs_peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from necklace import peers
+    from necklace.bench import peers
 
     def no_mmdet():
         raise ImportError("No module named 'mmdet'")
 
-    monkeypatch.setattr(peers, "import_mmdet_necks", no_mmdet)  # the pair builders live in necklace.peers
+    monkeypatch.setattr(peers.pairs, "import_mmdet_necks", no_mmdet)  # the pair builders: necklace.bench.peers.pairs
     md = tmp_path / "RESULTS.md"
     argv = ["--configs", "r50_pafpn", "--repeats", "1", "--out", str(tmp_path), "--results-md", str(md)]
     assert vs_peers.main(argv) == 0
@@ -280,10 +280,10 @@ def test_ultralytics_import_leaves_pil_open_and_torch_save_alone() -> None:
     _require_ultralytics()
     import PIL.Image
 
-    from necklace import peers
+    from necklace.bench import peers
 
     before = (PIL.Image.open, torch.save)
-    tasks = peers._ultralytics_tasks()
+    tasks = peers.ultralytics._ultralytics_tasks()
     assert hasattr(tasks, "DetectionModel")
     assert PIL.Image.open is before[0] and torch.save is before[1]
 

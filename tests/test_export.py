@@ -345,9 +345,9 @@ def test_openvino_ir_is_checked_and_written_atomically(tmp_path: Path) -> None:
     assert report.max_abs_diff_second is not None and report.second_image_size is not None  # checked at 2 sizes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neck.bin", "neck.xml"]  # nothing else left behind
 
-    from necklace.deploy.sessions import _openvino_core
+    from necklace.deploy.ov import openvino_core  # (one Core per process: see its docstring)
 
-    compiled = _openvino_core().compile_model(str(tmp_path / "neck.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(str(tmp_path / "neck.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     feats = [torch.randn(1, c, 40 // s, 56 // s) for c, s in ((16, 8), (32, 16), (64, 32))]
     out = compiled([f.numpy() for f in feats])
     with torch.no_grad():

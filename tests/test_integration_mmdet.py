@@ -3,7 +3,7 @@
 Detectors come from the config files mmdet / mmyolo ship (``<package>/.mim/configs``), shrunk (ResNet-18, width
 64, few classes, no pretrained weights: ``init_cfg=None``) so that a training step takes about a second on CPU.
 With ``mmcv-lite`` (no compiled ops) ``mmdet.models`` imports through necklace's test shim
-(:func:`necklace.peers.install_mmcv_ext_shim`); the inference test with NMS needs the compiled ops and runs only
+(:func:`necklace.bench.peers.install_mmcv_ext_shim`); the inference test with NMS needs the compiled ops and runs only
 where the full mmcv is installed (marker ``mmcv_full``).
 """
 
@@ -26,7 +26,7 @@ pytest.importorskip("mmcv")
 
 HAS_MMCV_OPS = importlib.util.find_spec("mmcv._ext") is not None
 if not HAS_MMCV_OPS:  # mmcv-lite: mmdet.models imports mmcv.ops, whose compiled ops no training step calls
-    from necklace.peers import install_mmcv_ext_shim
+    from necklace.bench.peers import install_mmcv_ext_shim
 
     install_mmcv_ext_shim()
 

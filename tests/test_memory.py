@@ -206,7 +206,7 @@ def test_yolov8n_eval_peak_at_most_ultralytics() -> None:
     ultralytics' (holding them regressed it by 22% at 640x640: 17.2 vs 14.1 MB)."""
     if importlib.util.find_spec("ultralytics") is None:  # not imported here: it patches PIL/torch.save
         pytest.skip("ultralytics is not installed (pip install -e '.[parity]')")
-    from necklace.peers import ultralytics_yolov8_pair
+    from necklace.bench.peers import ultralytics_yolov8_pair
 
     specs = (FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32))
     pair = ultralytics_yolov8_pair("n", specs)

@@ -1,4 +1,5 @@
-"""necklace.peers.compare and ``necklace bench NAME --vs PEER``: same weights, equal outputs, interleaved timing."""
+"""necklace.bench.peers.compare and ``necklace bench NAME --vs PEER``: same weights, equal outputs, interleaved
+timing."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ import pytest
 import torch
 
 import necklace
-from necklace import FeatureSpec, peers
+from necklace import FeatureSpec
+from necklace.bench import peers
+from necklace.bench.peers import PeerComparison, compare
 from necklace.cli import main
-from necklace.peers import PeerComparison, compare
 
 FAST = {"repeats": 2, "warmup": 0}
 
 
 def _require(*modules: str) -> None:
     """Skip unless the peer is installed, *without importing it* (ultralytics patches PIL.Image.open and
-    torch.save when imported; necklace.peers restores both, a bare import here would not)."""
+    torch.save when imported; necklace.bench.peers restores both, a bare import here would not)."""
     for name in modules:
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed (pip install -e '.[parity]' / '.[parity-mmdet]')")
@@ -166,7 +168,7 @@ def test_missing_peer_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> 
     def no_mmdet() -> None:
         raise ImportError("No module named 'mmdet'")
 
-    monkeypatch.setattr(peers, "import_mmdet_necks", no_mmdet)
+    monkeypatch.setattr(peers.pairs, "import_mmdet_necks", no_mmdet)  # (where the pair builders look it up)
     with pytest.raises(ImportError, match=r"mmdet .*not importable.*pip install -e '\.\[parity-mmdet\]'"):
         compare("pafpn", "mmdet", image_size=64)
 

@@ -127,7 +127,7 @@ def _vs_table(results: Sequence[Any]) -> str:
 
 
 def _bench_vs(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from necklace import peers
+    from necklace.bench import peers
     from necklace.registry import neck_info
 
     if args.batch != 1 or args.device != "cpu":

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -48,14 +47,14 @@ from torch import nn
 from necklace.deploy.passes import (
     EXAMPLE_IMAGE_SIZE,
     _auto_inputs,
-    _compare,
     _flatten,
-    _fold_all,
     _require_eval,
+    check_outputs,
     example_pyramid,
     freeze_fusions,
     fuse_conv_bn,
     reparameterize,
+    torch_deploy,
 )
 
 __all__ = [
@@ -174,13 +173,6 @@ def _inputs_of(model: nn.Module, example_inputs: Any) -> tuple[Any, ...] | None:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
 
 
-def _torch_deploy(model: nn.Module) -> tuple[nn.Module, tuple[int, int, int]]:
-    deployed = copy.deepcopy(model)
-    with torch.no_grad():
-        counts = (reparameterize(deployed), _fold_all(deployed), freeze_fusions(deployed))
-    return deployed.eval(), counts
-
-
 def _neck_inputs(runtime: str, inputs: tuple[Any, ...] | None) -> list[Any]:
     if inputs is None or len(inputs) != 1 or not isinstance(inputs[0], (list, tuple)):
         raise ValueError(
@@ -192,7 +184,7 @@ def _neck_inputs(runtime: str, inputs: tuple[Any, ...] | None) -> list[Any]:
 
 def _build(runtime: str, model: nn.Module, inputs: tuple[Any, ...] | None, channels_last: bool | None) -> Any:
     """The deployed model for one named runtime, with its torch-step counts and runtime-specific report."""
-    deployed, counts = _torch_deploy(model)
+    deployed, counts = torch_deploy(model)
     native_report = None
     cl = False
     if runtime == "torch":
@@ -222,18 +214,6 @@ def _build(runtime: str, model: nn.Module, inputs: tuple[Any, ...] | None, chann
     else:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {[*RUNTIMES, 'auto']}.")
     return deployed, counts, native_report, cl
-
-
-def _check(model: nn.Module, deployed: Any, inputs: tuple[Any, ...], rtol: float, runtime: str) -> tuple[float, float]:
-    with torch.no_grad():
-        max_abs, max_rel = _compare(model(*inputs), deployed(*inputs))
-    if not max_rel <= rtol:
-        raise RuntimeError(
-            f"deploy(runtime={runtime!r}): the deployed model differs from the original: max abs diff {max_abs:.3g}, "
-            f"max relative diff {max_rel:.3g} > rtol {rtol:g}. A block may change behaviour when fused (e.g. a "
-            "custom reparameterize()), or the precision is too low for this rtol."
-        )
-    return max_abs, max_rel
 
 
 def _median_ms(calls: dict[str, Any], inputs: tuple[Any, ...], rounds: int, budget_s: float) -> dict[str, float]:
@@ -316,7 +296,9 @@ def deploy(
             stacklevel=2,
         )
     elif check and inputs is not None:
-        max_abs, max_rel = _check(model, deployed, inputs, DEFAULT_RTOL[runtime] if rtol is None else rtol, runtime)
+        max_abs, max_rel = check_outputs(
+            model, deployed, inputs, DEFAULT_RTOL[runtime] if rtol is None else rtol, f"deploy(runtime={runtime!r})"
+        )
     report = DeployReport(
         runtime, n_rep, n_bn, n_frozen, cl, max_abs, max_rel, native_report, seconds=time.perf_counter() - start
     )

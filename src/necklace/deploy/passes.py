@@ -23,7 +23,15 @@ from necklace.layers.fold import fold_bn_into_conv
 from necklace.layers.fuse import Fuse
 from necklace.spec import FeatureSpec
 
-__all__ = ["EXAMPLE_IMAGE_SIZE", "example_pyramid", "freeze_fusions", "fuse_conv_bn", "reparameterize"]
+__all__ = [
+    "EXAMPLE_IMAGE_SIZE",
+    "check_outputs",
+    "example_pyramid",
+    "freeze_fusions",
+    "fuse_conv_bn",
+    "reparameterize",
+    "torch_deploy",
+]
 
 #: Image size the automatic example pyramid is derived from: odd in both directions on purpose.
 EXAMPLE_IMAGE_SIZE = (97, 131)
@@ -175,4 +183,34 @@ def _compare(ref: Any, got: Any) -> tuple[float, float]:
         scale = x64.abs().max().item()
         max_abs = max(max_abs, diff)
         max_rel = max(max_rel, diff / scale if scale > 0 else diff)
+    return max_abs, max_rel
+
+
+def torch_deploy(model: nn.Module) -> tuple[nn.Module, tuple[int, int, int]]:
+    """The torch runtime's steps on a deep copy of ``model`` (in ``eval()``): :func:`reparameterize`, Conv+BN
+    folding, :func:`freeze_fusions`; returns the copy and how many modules each step changed.
+
+    Example:
+        >>> m = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)).eval()
+        >>> torch_deploy(m)[1]
+        (0, 1, 0)
+    """
+    _require_eval(model, "deploy")
+    deployed = copy.deepcopy(model)
+    with torch.no_grad():
+        counts = (reparameterize(deployed), _fold_all(deployed), freeze_fusions(deployed))
+    return deployed.eval(), counts
+
+
+def check_outputs(model: Any, deployed: Any, inputs: tuple[Any, ...], rtol: float, what: str) -> tuple[float, float]:
+    """Compare ``deployed(*inputs)`` with ``model(*inputs)``: ``(max abs, max relative)`` difference, and a
+    ``RuntimeError`` naming both when the relative one exceeds ``rtol``."""
+    with torch.no_grad():
+        max_abs, max_rel = _compare(model(*inputs), deployed(*inputs))
+    if not max_rel <= rtol:
+        raise RuntimeError(
+            f"{what}: the deployed model differs from the original: max abs diff {max_abs:.3g}, max relative diff "
+            f"{max_rel:.3g} > rtol {rtol:g}. A block may change behaviour when fused (e.g. a custom "
+            "reparameterize()), or the precision is too low for this rtol."
+        )
     return max_abs, max_rel

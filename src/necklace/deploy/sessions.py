@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from necklace.deploy.ov import openvino_core
 from necklace.spec import FeatureSpec
 
 __all__ = ["SESSION_RUNTIMES", "SessionNeck", "export_session", "runtime_available"]
@@ -42,19 +43,6 @@ def runtime_available(runtime: str) -> str | None:
     except ImportError as e:
         return f"{runtime} is not installed ({e}); pip install {package}"
     return None
-
-
-_OV_CORE: list[Any] = []
-
-
-def _openvino_core() -> Any:
-    """One ``openvino.Core`` for the process: a Core that goes away unloads its device plugins, and a plugin
-    unloaded while its threads or handlers are still referenced crashed a later signal in the same process."""
-    if not _OV_CORE:
-        import openvino as ov
-
-        _OV_CORE.append(ov.Core())
-    return _OV_CORE[0]
 
 
 class SessionNeck(nn.Module):
@@ -103,7 +91,7 @@ class SessionNeck(nn.Module):
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
-        core = _openvino_core()
+        core = openvino_core()
         model = core.read_model(self.onnx_bytes)
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads}
         return core.compile_model(model, "CPU", config).create_infer_request()

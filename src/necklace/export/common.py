@@ -18,8 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy import deploy
-from necklace.deploy.passes import EXAMPLE_IMAGE_SIZE, _first_tensor, _flatten, _require_eval, example_pyramid
+from necklace.deploy.passes import (
+    EXAMPLE_IMAGE_SIZE,
+    _first_tensor,
+    _flatten,
+    _require_eval,
+    check_outputs,
+    example_pyramid,
+    torch_deploy,
+)
 from necklace.spec import FeatureSpec, as_feature_specs
 
 __all__ = ["SECOND_IMAGE_SIZES", "ExportError", "ExportReport"]
@@ -238,7 +245,10 @@ def _prepare(
     else:
         out_names = [f"out{i}" for i in range(len(reference))]
 
-    exported = deploy(model, (inputs,), check=True) if deploy_first else model
+    exported = model
+    if deploy_first:  # the torch runtime's copy (BN folded, re-parameterised, fusions frozen), checked
+        exported = torch_deploy(model)[0]
+        check_outputs(model, exported, (inputs,), 1e-4, what)
     return _Job(
         model=model,
         export_model=exported,

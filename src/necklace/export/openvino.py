@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from necklace.deploy.ov import openvino_core
 from necklace.export.common import (
     ExportReport,
     _prepare,
@@ -62,7 +63,6 @@ def export_openvino(
         import openvino as ov
     except ImportError as e:
         raise ImportError(f"{what} needs openvino: pip install 'necklace[runtimes]' ({e}).") from e
-    from necklace.deploy.sessions import _openvino_core
     from necklace.export.onnx import export_onnx
 
     job = _prepare(
@@ -80,7 +80,7 @@ def export_openvino(
             deploy_first=False,
             verify=False,
         )
-        core = _openvino_core()
+        core = openvino_core()
         ov_model = core.read_model(str(onnx_path))
         export_seconds = time.perf_counter() - t_export
         diff = diff2 = None
