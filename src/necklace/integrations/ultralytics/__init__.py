@@ -37,6 +37,7 @@ from necklace.integrations.ultralytics.build import (  # noqa: E402
     build_yolo,
     from_ultralytics,
     source_model,
+    synthetic_yolo_dataset,
     train_yolo,
 )
 from necklace.integrations.ultralytics.model import (  # noqa: E402  (after the version check)
@@ -61,6 +62,7 @@ __all__ = [
     "probe_backbone",
     "source_model",
     "supported_range",
+    "synthetic_yolo_dataset",
     "train_yolo",
     "ultralytics_version",
 ]

@@ -296,9 +296,9 @@ def from_ultralytics(model: ModelSource, neck: str | None = None) -> NecklaceYOL
 @dataclass(frozen=True)
 class YoloRun:
     """What :func:`train_yolo` returns: the trained ``model`` (Ultralytics loads ``best.pt`` / ``last.pt`` into
-    it), Ultralytics' final validation ``metrics`` (``metrics/mAP50-95(B)``, ``metrics/mAP50(B)``,
-    ``metrics/precision(B)``, ``metrics/recall(B)``, ``fitness``), the run directory and checkpoints, and the
-    per-epoch rows of its ``results.csv``.
+    it; ``model.trainer`` is the trainer), Ultralytics' final validation ``metrics`` of ``best.pt``
+    (``metrics/mAP50-95(B)``, ``metrics/mAP50(B)``, ``metrics/precision(B)``, ``metrics/recall(B)``), the run
+    directory and checkpoints, and the per-epoch rows of its ``results.csv`` (losses and metrics per epoch).
 
     Example:
         >>> YoloRun(model=None, metrics={"fitness": 0.5}, save_dir=Path("runs/x")).best

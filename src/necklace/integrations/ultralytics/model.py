@@ -367,23 +367,19 @@ def _levels_message(
 ) -> str:
     name = section.get("neck") or "the neck graph"
     got = [s.level for s in out_specs]
-    fix = "make the graph's outputs those levels"
-    if section.get("graph") is None and isinstance(name, str):
-        knobs = neck_info(name).knobs
-        takes_levels = any(k.split()[0] == "levels" for k in knobs)
-        fix = (
-            f"pass levels={tuple(levels)} in its options"
-            if takes_levels
-            else f"{name} outputs one map per backbone level it reads (P{in_specs[0].level}-P{in_specs[-1].level} "
-            f"here), so ask for levels=({got[0]}, {got[-1]}) or use a neck that makes extra levels (fpn, pafpn, "
-            "bifpn, augfpn)"
-        )
-        fix += f"; {name}'s options: {', '.join(knobs)}"
+    fixes = [f"ask for levels=({got[0]}, {got[-1]})"]
+    if section.get("graph") is not None or not isinstance(section.get("neck"), str):
+        fixes.append("make the graph's outputs those levels")
+    else:
+        knobs = neck_info(str(name)).knobs
+        if levels[1] > got[-1] and not any(k.split()[0] in ("levels", "extra") for k in knobs):
+            fixes.append("use a neck that makes levels above the backbone's (fpn, pafpn, bifpn, augfpn, nasfpn)")
+        fixes.append(f"change {name}'s options ({', '.join(knobs)})")
     return (
         f"{name} built on the backbone maps P{in_specs[0].level}-P{in_specs[-1].level} "
         f"(strides {[s.stride for s in in_specs]}) outputs levels {got} (strides {[s.stride for s in out_specs]}), "
         f"but the detector asks for levels {levels[0]}..{levels[1]} "
-        f"(strides {[2**lv for lv in range(levels[0], levels[1] + 1)]}). Fix: {fix}."
+        f"(strides {[2**lv for lv in range(levels[0], levels[1] + 1)]}). Fix: {', or '.join(fixes)}."
     )
 
 

@@ -66,8 +66,9 @@ class NecklaceDetectionTrainer(DetectionTrainer):
         if isinstance(cfg, (str, Path)) and str(cfg).lower().endswith((".yaml", ".yml")):
             cfg = _load_cfg(cfg)  # a necklace model YAML file (ValueError when it has no necklace section)
         if not is_necklace_cfg(cfg):
+            what = cfg.get("yaml_file", "a model YAML dict") if isinstance(cfg, Mapping) else repr(cfg)
             raise ValueError(
-                f"NecklaceDetectionTrainer builds necklace-necked models; got model {cfg!r}, which has no 'necklace' "
+                f"NecklaceDetectionTrainer builds necklace-necked models; got {what}, which has no 'necklace' "
                 "section. Train a necklace model (NecklaceYOLO(...).train(...) or build_yolo(...).train(...)), or a "
                 "stock model with ultralytics.YOLO."
             )
@@ -92,8 +93,9 @@ class NecklaceYOLO(YOLO):
     holding one. A model built from a YAML trains from its current weights (as after Ultralytics'
     ``YOLO.load(module)``), so converted or pretrained weights carry into training.
 
-    ``export()`` defaults to ``simplify=False`` when ``onnxslim`` is not installed (Ultralytics would pip-install
-    it during the export); pass ``simplify=True`` to let it.
+    ``export()`` defaults to ``simplify=False`` for the formats that take it (ONNX, TensorRT, ...) when
+    ``onnxslim`` is not installed (Ultralytics would pip-install it during the export); pass ``simplify=True`` to
+    let it.
 
     Example:
         >>> from ultralytics.nn.tasks import yaml_model_load
@@ -162,6 +164,11 @@ class NecklaceYOLO(YOLO):
     def export(self, **kwargs: Any) -> str:
         """Ultralytics' ``export``; ``simplify`` defaults to whether ``onnxslim`` is installed (no install at
         export time)."""
-        if "simplify" not in kwargs and importlib.util.find_spec("onnxslim") is None:
+        from ultralytics.engine.exporter import export_formats
+
+        fmt = str(kwargs.get("format", self.overrides.get("format", DEFAULT_CFG_DICT["format"]))).lower()
+        table = export_formats()
+        takes = dict(zip(table["Argument"], table["Arguments"], strict=True)).get(fmt, [])
+        if "simplify" in takes and "simplify" not in kwargs and importlib.util.find_spec("onnxslim") is None:
             kwargs["simplify"] = False
         return str(super().export(**kwargs))
