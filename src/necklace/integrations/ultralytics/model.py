@@ -275,9 +275,9 @@ class NecklaceDetectionModel(DetectionModel):
         >>> model = NecklaceDetectionModel(cfg, verbose=False)
         >>> type(model.model[10]).__name__, model.model[10].f, model.model[-1].f, model.stride.tolist()
         ('NeckLayer', [4, 6, 9], [11, 12, 13], [8.0, 16.0, 32.0])
-        >>> boxes, raw = model.eval()(torch.zeros(1, 3, 64, 96))  # eval: decoded boxes + the raw head outputs
-        >>> tuple(boxes.shape), [tuple(f.shape) for f in raw["feats"]]  # 4 + 80 rows; the neck's maps Detect read
-        ((1, 84, 126), [(1, 32, 8, 12), (1, 32, 4, 6), (1, 32, 2, 3)])
+        >>> boxes, _ = model.eval()(torch.zeros(1, 3, 64, 96))  # eval: decoded boxes (4 + 80 rows per anchor)
+        >>> tuple(boxes.shape)  # anchors: 8x12 + 4x6 + 2x3
+        (1, 84, 126)
     """
 
     def __init__(

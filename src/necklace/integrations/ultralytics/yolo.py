@@ -108,7 +108,7 @@ class NecklaceYOLO(YOLO):
 
     def __init__(
         self,
-        model: str | Path | Mapping[str, Any] | Model = "yolov8n.yaml",
+        model: str | Path | Mapping[str, Any] | Model,
         task: str | None = None,
         verbose: bool = False,
     ) -> None:
