@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,14 @@ class Trainer:
         self.batches = batches
         self.i = 0
         self.losses: list[list[float]] = []
+        self.cpu_s: list[float] = []  #: process CPU time of each step (all threads)
 
     def step(self) -> None:
+        start = time.process_time()
+        self._step()
+        self.cpu_s.append(time.process_time() - start)
+
+    def _step(self) -> None:
         batch = self.batches[self.i % len(self.batches)]
         self.i += 1
         loss, items = self.model.loss(batch)  # type: ignore[operator]
@@ -139,6 +146,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         )
         memory = {name: peak_memory_bytes(fn) for name, fn in fns.items()}  # one more step each, same batch index
     ratio = ratio_stats(times["necklace"], times["stock"])
+    timed = slice(args.warmup, args.warmup + args.repeats)  # the timed rounds' steps (warm-up first)
+    cpu = {name: t.cpu_s[timed] for name, t in trainers.items()}
+    cpu_ratio = ratio_stats(cpu["necklace"], cpu["stock"])
     abs_diff, rel_diff = _max_diff(trainers["stock"].losses, trainers["necklace"].losses)
     sa, sb = trainers["stock"].model.state_dict(), trainers["necklace"].model.state_dict()
     nb = len(stock.yaml["backbone"])  # type: ignore[index,arg-type]
@@ -166,6 +176,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             "necklace": stats_ms(times["necklace"]),
             "ratio_necklace_over_stock": ratio,
             "minor_faults": faults,
+            "cpu_time": {
+                "note": "process CPU time of the same steps (all threads): less sensitive to other processes' load",
+                "stock": stats_ms(cpu["stock"]),
+                "necklace": stats_ms(cpu["necklace"]),
+                "ratio_necklace_over_stock": cpu_ratio,
+            },
         },
         "peak_memory": {**memory, "ratio_necklace_over_stock": mem_ratio},
         "loss_curves": {
@@ -184,7 +200,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     log(
         f"time/step: stock {result['time_per_step']['stock']['median_ms']:.1f} ms, necklace "
         f"{result['time_per_step']['necklace']['median_ms']:.1f} ms, ratio {ratio['median']:.3f} "
-        f"[{ratio['p25']:.3f}, {ratio['p75']:.3f}]; peak memory ratio {mem_ratio:.4f}; "
+        f"[{ratio['p25']:.3f}, {ratio['p75']:.3f}] (CPU time {cpu_ratio['median']:.3f}); "
+        f"peak memory ratio {mem_ratio:.4f}; "
         f"losses over {steps} steps: max abs diff {abs_diff:.3g} (rel {rel_diff:.3g}), weights {weight_diff:.3g}"
     )
     return result
@@ -200,7 +217,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"## Ultralytics training step: {s['model']} stock neck vs necklace `{s['neck'].split('.')[-1]}` "
         "(converted weights)",
         "",
-        f"{env['date_utc']}, {env['cpu']['model']}, {s['threads']} threads, torch {env['versions'].get('torch')}, "
+        f"{env['date_utc']}, {env['cpu']['model']}, {s['threads']} threads (load average at start "
+        f"{env['load_avg_1_5_15']}), torch {env['versions'].get('torch')}, "
         f"ultralytics {env['versions'].get('ultralytics')}; batch {s['batch']} x {s['imgsz']}x{s['imgsz']}, "
         f"{s['repeats']} interleaved rounds after {s['warmup']} warm-up rounds; step = {s['step']}.",
         "",
@@ -208,6 +226,10 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
         f"| time per step, median (ms) | {t['stock']['median_ms']:.1f} | {t['necklace']['median_ms']:.1f} | "
         f"{ratio['median']:.3f} (p25 {ratio['p25']:.3f}, p75 {ratio['p75']:.3f}) | <= 1.02 |",
+        f"| CPU time per step, median (ms) | {t['cpu_time']['stock']['median_ms']:.1f} | "
+        f"{t['cpu_time']['necklace']['median_ms']:.1f} | {t['cpu_time']['ratio_necklace_over_stock']['median']:.3f} "
+        f"(p25 {t['cpu_time']['ratio_necklace_over_stock']['p25']:.3f}, "
+        f"p75 {t['cpu_time']['ratio_necklace_over_stock']['p75']:.3f}) | |",
         f"| peak memory of a step (MB) | {m['stock']['peak_bytes'] / 1e6:.1f} | "
         f"{m['necklace']['peak_bytes'] / 1e6:.1f} | {m['ratio_necklace_over_stock']:.4f} | <= 1.02 |",
         "",

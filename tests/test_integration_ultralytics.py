@@ -256,6 +256,8 @@ def test_build_from_a_graph_and_a_graph_file(tmp_path: Path) -> None:
     b = build_yolo("yolov8n.yaml", tmp_path / "neck.yaml")
     assert a.model.yaml["necklace"]["graph"] == b.model.yaml["necklace"]["graph"] == graph.to_dict()
     assert a.model.neck.graph == graph and [s.channels for s in b.model.neck_layer.out_specs] == [16, 16, 16]
+    p3p6 = necklace.build_neck("pafpn", specs, width=16, levels=(3, 6)).graph  # the graph decides the levels
+    assert build_yolo("yolov8n.yaml", p3p6).model.stride.tolist() == [8.0, 16.0, 32.0, 64.0]
 
 
 def test_checkpoint_load_keeps_out_of_place_activations(tmp_path: Path) -> None:
@@ -581,6 +583,26 @@ def test_cli_builds_and_reports_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert cli_main(["yolov8n.yaml", "yolo_pafpn", "--levels", "3", "6"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("necklace: error: yolo_pafpn built on") and len(err.strip().splitlines()) == 1
+
+
+def test_benchmark_script_smoke(tmp_path: Path) -> None:
+    """benchmarks/ultralytics_train.py on a tiny setting: it writes its JSON / Markdown and the curves agree."""
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        module = importlib.import_module("ultralytics_train")
+    finally:
+        sys.path.remove(str(bench))
+    argv = ["--repeats", "2", "--warmup", "1", "--batch", "2", "--imgsz", "64", "--pool", "2", "--threads", "1"]
+    assert module.main([*argv, "--malloc", "default", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ultralytics_train.json").read_text())
+    curves = result["loss_curves"]
+    # 1 warm-up + 2 timed rounds + 1 step under the memory profiler, each model
+    assert curves["steps"] == 4 and len(curves["stock"]) == len(curves["necklace"]) == 4
+    assert curves["equal_bit_for_bit"] is True and curves["backbone_weight_max_abs_diff_after"] == 0.0
+    assert result["time_per_step"]["ratio_necklace_over_stock"]["n"] == 2
+    assert result["peak_memory"]["stock"]["peak_bytes"] > 0 and result["peak_memory"]["ratio_necklace_over_stock"] > 0
+    assert "necklace / stock" in (tmp_path / "ultralytics_train.md").read_text()
 
 
 def test_nothing_was_downloaded(network: list[str]) -> None:

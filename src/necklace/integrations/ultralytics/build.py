@@ -110,22 +110,27 @@ def _detection(model: nn.Module, what: str) -> nn.Module:
     return model
 
 
-def _neck_section(neck: NeckSource, options: Mapping[str, Any], levels: tuple[int, int], scale: str) -> dict[str, Any]:
-    """The YAML ``necklace`` section for ``neck`` with ``options`` at ``levels``."""
-    graph: NeckGraph | None = None
+def _as_graph(neck: NeckSource) -> NeckGraph | None:
+    """``neck`` as a NeckGraph (a NeckGraph, a GraphNeck's graph, a graph file), ``None`` for a neck name."""
     if isinstance(neck, NeckGraph):
-        graph = neck
-    elif isinstance(neck, GraphNeck):
-        graph = neck.graph
-    elif isinstance(neck, Path) or (isinstance(neck, str) and Path(neck).suffix.lower() in (".yaml", ".yml", ".json")):
+        return neck
+    if isinstance(neck, GraphNeck):
+        return neck.graph
+    if isinstance(neck, Path) or (isinstance(neck, str) and Path(neck).suffix.lower() in (".yaml", ".yml", ".json")):
         if not Path(neck).is_file():
             raise ValueError(f"neck graph file {str(neck)!r} not found; give a registered neck name or a graph file.")
-        graph = NeckGraph.load(neck)
-    elif not isinstance(neck, str):
+        return NeckGraph.load(neck)
+    if not isinstance(neck, str):
         raise TypeError(
             f"neck must be a registered neck name ({', '.join(necklace.list_necks())}), a NeckGraph or a graph "
             f"YAML/JSON file, got {type(neck).__name__}."
         )
+    return None
+
+
+def _neck_section(neck: NeckSource, options: Mapping[str, Any], levels: tuple[int, int], scale: str) -> dict[str, Any]:
+    """The YAML ``necklace`` section for ``neck`` with ``options`` at ``levels``."""
+    graph = _as_graph(neck)
     section: dict[str, Any] = {"levels": list(levels), "scale": scale, "necklace_version": necklace.__version__}
     if graph is not None:
         if options:
@@ -197,7 +202,8 @@ def build_yolo(
     ``model``: see :func:`source_model`. ``neck``: a registered neck name with its ``options`` (``levels`` is
     passed for you to necks that take it; ``yolo_pafpn`` / ``yolo11_pafpn`` get the model's scale as ``preset``),
     a ``NeckGraph`` or a graph YAML/JSON file. ``levels``: the ``(finest, coarsest)`` pyramid levels of the
-    neck's outputs and of the ``Detect`` head (default: the model's own, P3-P5 for YOLOv8 / YOLO11): ``(2, 5)``
+    neck's outputs and of the ``Detect`` head (default: a graph's own, else the model's, P3-P5 for YOLOv8 /
+    YOLO11): ``(2, 5)``
     adds the stride-4 map (layer 2 of YOLOv8 / YOLO11), ``(3, 6)`` a level the neck makes above the backbone.
     The backbone's maps at those levels (the last backbone layer at each stride) are read off a dummy forward.
     ``nc``: number of classes (default: the model's; training sets it from the data). ``pretrained``: keep the
@@ -217,7 +223,13 @@ def build_yolo(
     check_ultralytics_version()
     src, weighted = source_model(model)
     cfg = copy.deepcopy(dict(cast(Any, src).yaml))
-    lv = detect_levels(src) if levels is None else _pair(levels)
+    graph = _as_graph(neck)
+    if levels is not None:
+        lv = _pair(levels)
+    elif graph is not None:  # a graph's own output levels
+        lv = (graph.out_specs[0].level, graph.out_specs[-1].level)
+    else:  # the model's own Detect levels
+        lv = detect_levels(src)
     scale = str((cfg.get(NECKLACE_KEY) or {}).get("scale") or cfg.get("scale") or "")
     cfg[NECKLACE_KEY] = _neck_section(neck, options, lv, scale)
     label = cfg[NECKLACE_KEY]["neck"] or "graph"
