@@ -20,7 +20,12 @@ def _public_classes() -> list[tuple[str, type]]:
     for mod in pkgutil.walk_packages(necklace.__path__, "necklace."):
         if mod.name.endswith("__main__"):
             continue
-        module = importlib.import_module(mod.name)
+        try:
+            module = importlib.import_module(mod.name)
+        except ImportError:
+            if mod.name.startswith("necklace.integrations."):
+                continue  # an adapter whose host library (an optional extra) is not installed
+            raise
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
             if inspect.isclass(obj) and obj.__module__ == module.__name__:
