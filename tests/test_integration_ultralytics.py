@@ -386,12 +386,13 @@ def test_trained_validated_and_exported_to_onnx(key: str, trained: dict[str, Any
 
 
 @pytest.mark.slow
-def test_checkpoints_reload_in_a_fresh_process(trained: dict[str, Any], tmp_path: Path) -> None:
+def test_checkpoints_reload_in_a_fresh_process(trained: dict[str, Any], data: Path, tmp_path: Path) -> None:
     saved = tmp_path / "saved.pt"
     trained["v8-bifpn"].model.save(saved)  # YOLO.save(): the in-memory model as a checkpoint
     files = {key: str(run.best) for key, run in trained.items()} | {"saved": str(saved)}
     x = torch.rand(1, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(2))
     torch.save(x, tmp_path / "x.pt")
+    image = next((data.parent / "images" / "val").glob("*.png"))
     out = _run_python(
         f"""
         import json, torch
@@ -405,10 +406,18 @@ def test_checkpoints_reload_in_a_fresh_process(trained: dict[str, Any], tmp_path
                 a, b = stock.model.eval()(x)[0], ours.model.eval()(x)[0]
             torch.save(a, {str(tmp_path)!r} + f"/{{key}}.out.pt")
             report[key] = [type(stock.model).__name__, stock.model.neck_layer.type, bool(torch.equal(a, b))]
+        # Ultralytics' stock class predicts, validates and exports a necklace checkpoint (P2-P5 YOLOv8n here)
+        stock = YOLO({files["v8-yolo-p2"]!r})
+        boxes = stock.predict({str(image)!r}, imgsz={IMGSZ}, conf=0.0, verbose=False)[0].boxes
+        metrics = stock.val(data={str(data)!r}, imgsz={IMGSZ}, batch=4, plots=False, device="cpu", verbose=False)
+        onnx_file = stock.export(format="onnx", imgsz={IMGSZ}, simplify=False)  # no onnxslim to install here
+        report["stock_yolo"] = [len(boxes), float(metrics.box.map), onnx_file]
         print(json.dumps(report))
         """
     )
     report = json.loads(out.strip().splitlines()[-1])
+    n_boxes, box_map, onnx_file = report.pop("stock_yolo")
+    assert n_boxes > 0 and 0.0 <= box_map <= 1.0 and Path(onnx_file).is_file() and onnx_file.endswith(".onnx")
     for key, path in files.items():
         kind, neck, same = report[key]
         assert kind == "NecklaceDetectionModel" and same, (key, report[key])  # YOLO(path) == NecklaceYOLO(path)
