@@ -226,6 +226,10 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
         f"| time per step, median (ms) | {t['stock']['median_ms']:.1f} | {t['necklace']['median_ms']:.1f} | "
         f"{ratio['median']:.3f} (p25 {ratio['p25']:.3f}, p75 {ratio['p75']:.3f}) | <= 1.02 |",
+        f"| time per step, mean / min (ms) | {t['stock']['mean_ms']:.1f} / {t['stock']['min_ms']:.1f} | "
+        f"{t['necklace']['mean_ms']:.1f} / {t['necklace']['min_ms']:.1f} | "
+        f"{t['necklace']['mean_ms'] / t['stock']['mean_ms']:.3f} / "
+        f"{t['necklace']['min_ms'] / t['stock']['min_ms']:.3f} | |",
         f"| CPU time per step, median (ms) | {t['cpu_time']['stock']['median_ms']:.1f} | "
         f"{t['cpu_time']['necklace']['median_ms']:.1f} | {t['cpu_time']['ratio_necklace_over_stock']['median']:.3f} "
         f"(p25 {t['cpu_time']['ratio_necklace_over_stock']['p25']:.3f}, "
