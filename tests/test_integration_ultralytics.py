@@ -8,6 +8,7 @@ non-local connection, in the subprocesses too) and checks that nothing was downl
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import necklace
 
@@ -32,7 +34,7 @@ ultralytics = pytest.importorskip("ultralytics")
 import PIL.Image  # noqa: E402  (after ultralytics, which replaces PIL.Image.open at import; restored below)
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
-from ultralytics.utils import WEIGHTS_DIR, YAML  # noqa: E402
+from ultralytics.utils import WEIGHTS_DIR  # noqa: E402
 
 from necklace.integrations.ultralytics import (  # noqa: E402
     NecklaceDetectionModel,
@@ -278,7 +280,7 @@ def test_checkpoint_load_keeps_out_of_place_activations(tmp_path: Path) -> None:
 
 def test_model_yaml_file_round_trip(tmp_path: Path) -> None:
     yolo = build_yolo("yolo11n.yaml", "bifpn", levels=(2, 5), width=32, repeats=1)
-    YAML.save(tmp_path / "yolo11n-bifpn-p2.yaml", yolo.model.yaml)  # a necklace model YAML file, as Ultralytics writes
+    (tmp_path / "yolo11n-bifpn-p2.yaml").write_text(yaml.safe_dump(yolo.model.yaml, sort_keys=False))
     again = NecklaceYOLO(tmp_path / "yolo11n-bifpn-p2.yaml")
     assert again.model.yaml["necklace"] == yolo.model.yaml["necklace"]
     shapes = {k: v.shape for k, v in yolo.model.state_dict().items()}
@@ -324,12 +326,14 @@ def test_from_ultralytics_trains_like_the_stock_model(model: str, data: Path, tm
     necklace twin. YOLOv8n: the same weights, bit for bit. YOLO11n: its C3k2 / C2PSA blocks read some maps three
     times, and autograd sums those gradients in another order in each model (~1e-7 relative); batch-of-4 BN
     training amplifies that over the steps, to ~1e-4 of the loss and < 1% of what the weights moved."""
-    # Ultralytics 8.3 draws a session id from Python's global `random` when this module is first imported (during
-    # the first training of a process), which would shift that run's augmentations: import it before both runs
-    importlib.import_module("ultralytics.utils.callbacks.hub")
+    # Ultralytics draws a session id from Python's global `random` when its events module is first imported (8.3:
+    # during the first training of a process), which would shift that run's augmentations: import it before both
+    for name in ("ultralytics.utils.events", "ultralytics.hub.utils"):  # where it lives in 8.4 / older 8.3
+        with contextlib.suppress(ModuleNotFoundError):
+            importlib.import_module(name)
     cfg = yaml_model_load(model)
     cfg["nc"] = 3  # the data's classes: no class-head re-initialisation when training starts
-    YAML.save(tmp_path / model, cfg)
+    (tmp_path / model).write_text(yaml.safe_dump(cfg, sort_keys=False))
     YOLO(tmp_path / model).save(tmp_path / "stock.pt")  # both start from this checkpoint's weights
     stock, ours = YOLO(tmp_path / "stock.pt"), from_ultralytics(tmp_path / "stock.pt")
     init = {k: v.float().clone() for k, v in stock.model.state_dict().items()}
@@ -519,11 +523,11 @@ def test_export_onnx_of_a_model_built_in_memory(in_tmp: Path) -> None:
 # ----------------------------------------------------------------------------------------------- errors
 def test_unsupported_ultralytics_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     assert check_ultralytics_version() == ultralytics.__version__
-    for version in ("8.2.103", "8.5.0", "9.0.0", "nightly"):
-        with pytest.raises(ImportError, match=rf"supports ultralytics>=8\.3\.0,<8\.5\.0, found {version}\. "):
+    for version in ("8.2.103", "8.3.0", "8.5.0", "9.0.0", "nightly"):
+        with pytest.raises(ImportError, match=rf"supports ultralytics>=8\.3\.150,<8\.5\.0, found {version}\. "):
             check_ultralytics_version(version)
     monkeypatch.setattr(compat, "ultralytics_version", lambda: "8.2.0")  # as if 8.2.0 were installed
-    with pytest.raises(ImportError, match=r"supports ultralytics>=8\.3\.0,<8\.5\.0, found 8\.2\.0.*pip install"):
+    with pytest.raises(ImportError, match=r"supports ultralytics>=8\.3\.150,<8\.5\.0, found 8\.2\.0.*pip install"):
         build_yolo("yolov8n.yaml", "fpn")
     with pytest.raises(ImportError, match=r"found 8\.2\.0"):
         NecklaceYOLO({"backbone": [], "necklace": {}})

@@ -24,8 +24,9 @@ from typing import Any, cast
 
 from torch import nn
 from ultralytics.engine.model import Model
+from ultralytics.nn import tasks as _tasks
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint, yaml_model_load
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
 import necklace
 from necklace.graph import GraphNeck, NeckGraph
@@ -41,6 +42,8 @@ from necklace.registry import neck_info
 
 __all__ = ["YoloRun", "build_yolo", "from_ultralytics", "source_model", "synthetic_yolo_dataset", "train_yolo"]
 
+#: Ultralytics' checkpoint loader (``attempt_load_one_weight`` before 8.3.2xx): ``(model, checkpoint dict)``
+load_checkpoint = getattr(_tasks, "load_checkpoint", None) or getattr(_tasks, "attempt_load_one_weight")  # noqa: B009
 #: necks whose ``preset`` defaults to the source model's scale (n / s / m / l / x)
 SCALE_PRESET_NECKS = ("yolo_pafpn", "yolo11_pafpn")
 ModelSource = Model | nn.Module | str | Path

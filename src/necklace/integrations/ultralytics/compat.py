@@ -12,9 +12,10 @@ from importlib import metadata
 
 __all__ = ["SUPPORTED_ULTRALYTICS", "check_ultralytics_version", "ultralytics_version"]
 
-#: ``(lowest supported, first unsupported)`` Ultralytics versions: ``>=8.3.0,<8.5.0``
-SUPPORTED_ULTRALYTICS: tuple[tuple[int, int, int], tuple[int, int, int]] = ((8, 3, 0), (8, 5, 0))
-_PIP = "pip install 'necklace[ultralytics]'  (or: pip install 'ultralytics>=8.3,<8.5')"
+#: ``(lowest supported, first unsupported)`` Ultralytics versions: ``>=8.3.150,<8.5.0`` (tested: 8.3.150, 8.3.253,
+#: 8.4.0, 8.4.190; 8.3.0 lacks the ``Index`` layer the model is built with)
+SUPPORTED_ULTRALYTICS: tuple[tuple[int, int, int], tuple[int, int, int]] = ((8, 3, 150), (8, 5, 0))
+_PIP = "pip install 'necklace[ultralytics]'  (or: pip install 'ultralytics>=8.3.150,<8.5')"
 
 
 def _fmt(v: tuple[int, int, int]) -> str:
@@ -26,7 +27,7 @@ def supported_range() -> str:
 
     Example:
         >>> supported_range()
-        '>=8.3.0,<8.5.0'
+        '>=8.3.150,<8.5.0'
     """
     lo, hi = SUPPORTED_ULTRALYTICS
     return f">={_fmt(lo)},<{_fmt(hi)}"
@@ -59,7 +60,7 @@ def check_ultralytics_version(version: str | None = None) -> str:
         >>> check_ultralytics_version("8.2.103")
         Traceback (most recent call last):
         ...
-        ImportError: necklace's Ultralytics integration supports ultralytics>=8.3.0,<8.5.0, found 8.2.103. ...
+        ImportError: necklace's Ultralytics integration supports ultralytics>=8.3.150,<8.5.0, found 8.2.103. ...
     """
     found = ultralytics_version() if version is None else version
     if found is None:
