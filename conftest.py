@@ -4,6 +4,8 @@ from pathlib import Path
 
 import importlib.util
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -12,6 +14,8 @@ from necklace import FeatureSpec
 
 # adapters whose host library is absent are not imported for their doctests (their tests importorskip it)
 collect_ignore = [] if importlib.util.find_spec("mmdet") else ["src/necklace/integrations/mmdet.py"]
+#: optional integrations whose modules (and doctests) need their host library
+collect_ignore_glob = [] if importlib.util.find_spec("ultralytics") else ["src/necklace/integrations/ultralytics/*"]
 
 torch.set_num_threads(1)  # tiny test tensors: one thread avoids OpenMP spin-waits on a busy 2-core box
 

@@ -24,7 +24,7 @@ def _public_classes() -> list[tuple[str, type]]:
             module = importlib.import_module(mod.name)
         except ImportError:
             if mod.name.startswith("necklace.integrations."):
-                continue  # an adapter whose host library is not installed
+                continue  # an adapter whose host library (an optional extra) is not installed
             raise
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
