@@ -105,6 +105,7 @@ def add_search_parser(sub: Any) -> None:
         "--handmade", metavar="A,B,...", help="hand-made necks in the race (default fpn,pafpn,bifpn,yolo_pafpn)"
     )
     p.add_argument("--free-cells", action="store_true", help="add the free space of mutated merging-cell graphs")
+    p.add_argument("--no-anchors", action="store_true", help="do not enqueue the plain fpn at every finest level")
     p.add_argument("--rung-steps", type=int, metavar="N", help="steps before the first evaluation (60)")
     p.add_argument("--rungs", type=int, metavar="N", help="evaluations per short training (3)")
     p.add_argument("--reduction-factor", type=int, metavar="N", help="keep the top 1/N at each rung (3)")
@@ -185,6 +186,8 @@ def search_config_from_args(args: argparse.Namespace) -> Any:
         kw["free_cells"] = True
     if args.no_verdict:
         kw["verdict"] = False
+    if args.no_anchors:
+        kw["anchors"] = False
     return SearchConfig(base=TrainConfig.from_dict(base), **kw)
 
 

@@ -87,6 +87,7 @@ class SearchConfig:
         space: the search space (``None``: :meth:`SearchSpace.for_backbone` on the backbone's maps);
             ``free_cells``: add the mutated merging-cell space.
         handmade: registered necks always in the race (with ``necklace compare``'s default options).
+        anchors: also enqueue the plainest candidate at every finest level (:meth:`SearchSpace.anchors`).
         metric: what is maximised and tested (one of compare's ``METRICS``).
         rung_steps, reduction_factor, rungs: the short training: evaluations after ``rung_steps * factor**k``
             steps, ``k < rungs``; a trial goes on past a rung only when in the top ``1 / factor`` there.
@@ -125,6 +126,7 @@ class SearchConfig:
     space: SearchSpace | None = None
     free_cells: bool = False
     handmade: tuple[str, ...] = DEFAULT_HANDMADE
+    anchors: bool = True
     metric: str = "ap"
     rung_steps: int = 60
     reduction_factor: int = 3

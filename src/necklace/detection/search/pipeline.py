@@ -107,8 +107,8 @@ class _Sizer:
         base_trials = [
             t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and "rungs" in t.user_attrs
         ]
-        if not base_trials:
-            return 1  # run the baseline (the first hand-made neck within the budget) first
+        if not base_trials:  # no trial has finished every rung yet: keep going until one has (the baseline)
+            return cfg.max_trials
         full = float(base_trials[0].user_attrs.get("seconds", 60.0))
         fraction = max(expected_trial_fraction(cfg.rung_schedule(), cfg.reduction_factor), 1 / cfg.rungs)
         per_trial = full * fraction + 3.5  # + timing it and, say, one rejected candidate per trained one

@@ -459,6 +459,42 @@ class SearchSpace:
         kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kw)
 
+    def anchors(self) -> list[dict[str, Any]]:
+        """The plainest candidate at every finest level of the space, as trial parameters (enqueued after the
+        hand-made necks, so that each level is measured at full fidelity early and the sampler learns from it):
+        the ``fpn`` template to P6 (or the nearest coarsest level), width 32 (or the middle width), sum fusion,
+        the first up/down modes, conv blocks.
+
+        Example:
+            >>> [(a["min_level"], a["max_level"], a["width"]) for a in SearchSpace(min_levels=(2, 3)).anchors()]
+            [(2, 6, 32), (3, 6, 32)]
+        """
+        template = "fpn" if "fpn" in self.templates else self.templates[0]
+        width = 32 if 32 in self.widths else self.widths[len(self.widths) // 2]
+        out = []
+        for lo in self.min_levels:
+            above = [hi for hi in self.max_levels if hi > lo]
+            if not above or template in ("nasfpn", "cells"):
+                continue
+            hi = min(above, key=lambda h: (abs(h - 6), h))
+            params: dict[str, Any] = {"template": template, "min_level": lo, "max_level": hi}
+            if self.uniform_width:
+                params["width"] = width
+            else:
+                params.update({f"width_p{lv}": width for lv in range(lo, hi + 1)})
+            params.update(
+                {
+                    "fusion": "sum" if "sum" in self.fusions else self.fusions[0],
+                    "upsample": self.upsamples[0],
+                    "downsample": self.downsamples[0],
+                    "block": "conv" if "conv" in self.blocks else self.blocks[0],
+                }
+            )
+            if params["block"] in ("csp", "c2f"):
+                params["repeats"] = self.repeats[0]
+            out.append(params)
+        return out
+
     def suggest(
         self,
         ask: Callable[[str, Sequence[Any]], Any],

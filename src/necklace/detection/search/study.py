@@ -3,6 +3,7 @@
 - **Storage**: an Optuna journal file (``study.journal``) in the output folder; the search's configuration is
   stored with the study, and reopening it with another configuration is an error (another folder, or delete it).
 - **Trials**: the hand-made necks are enqueued first (the first is the baseline that sizes the study), then the
+  plainest candidate at every finest level of the space (level anchors: each level measured early), then the
   sampler (TPE, seeded per trial from the number of trials already finished, so a resumed study draws what an
   uninterrupted one would) proposes candidates. Each trial builds its neck, times it
   (:class:`~necklace.detection.search.latency.LatencyProbe`) and is **rejected** when over the budget, in seconds,
@@ -105,15 +106,23 @@ def _pruner(config: SearchConfig) -> optuna.pruners.BasePruner:
     )
 
 
-def _sampler(config: SearchConfig, finished: int, n_trials: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: SearchConfig, finished: int, n_trials: int, limit_ms: float) -> optuna.samplers.BaseSampler:
+    """TPE seeded from the number of finished trials; a rejected trial is *infeasible* (by how much it is over the
+    budget), so the sampler ranks it apart from trained-but-weak ones rather than as the worst of them."""
+
+    def over_budget(t: optuna.trial.FrozenTrial) -> list[float]:
+        lat = t.user_attrs.get("latency") or {}
+        return [float(lat["ms"]) - limit_ms] if "ms" in lat else [0.0]
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate / group TPE are "experimental" in Optuna
+        warnings.simplefilter("ignore")  # multivariate / group TPE and constraints are "experimental" in Optuna
         return optuna.samplers.TPESampler(
             seed=config.seed * 100_003 + finished,
             n_startup_trials=max(4, n_trials // 4),
             multivariate=True,
             group=True,
             warn_independent_sampling=False,
+            constraints_func=over_budget,
         )
 
 
@@ -171,7 +180,8 @@ class TrialRunner:
         cand = self.space.suggest(
             lambda n, choices: trial.suggest_categorical(n, list(choices)), self._parent_cells(trial.study)
         )
-        return "searched", "searched", cand.to_options(), cand.label, cand.finest_stride
+        label = cand.label + (" (level anchor)" if trial.user_attrs.get("anchor") else "")
+        return "searched", "searched", cand.to_options(), label, cand.finest_stride
 
     def _build(self, neck: str, options: Mapping[str, Any]) -> nn.Module:
         if neck == "searched":
@@ -226,6 +236,9 @@ class TrialRunner:
         )
         try:
             results = train_short(lambda: self._build(neck, options), self.cache, settings, on_rung)
+        except (_Stop, FloatingPointError, ValueError, RuntimeError):
+            ckpt.unlink(missing_ok=True)  # the trial ends here (pruned / failed): its checkpoint is not needed
+            raise  # (an interruption, KeyboardInterrupt, leaves it for the rerun)
         finally:
             trial.set_user_attr("seconds", time.perf_counter() - t0)
         ckpt.unlink(missing_ok=True)
@@ -301,7 +314,10 @@ def run_study(
     if not study.user_attrs.get("enqueued"):
         for name in runner.handmade:
             study.enqueue_trial({"handmade": name}, user_attrs={"handmade": name}, skip_if_exists=False)
-        study.set_user_attr("enqueued", list(runner.handmade))
+        anchors = runner.space.anchors() if runner.config.anchors else []
+        for params in anchors:
+            study.enqueue_trial(params, user_attrs={"anchor": True}, skip_if_exists=False)
+        study.set_user_attr("enqueued", [*runner.handmade, *(f"anchor P{p['min_level']}" for p in anchors)])
 
     def done(t: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
@@ -309,7 +325,7 @@ def run_study(
 
     for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # left by an interruption
         _say(runner.progress, f"[trial {ft.number}] resuming the trial an interruption left running")
-        study.sampler = _sampler(runner.config, ft.number, n_trials(study))
+        study.sampler = _sampler(runner.config, ft.number, n_trials(study), runner.limit_ms)
         trial = optuna.trial.Trial(study, ft._trial_id)  # the same trial (number, params) continues
         _tell(study, runner, trial, f"[trial {ft.number}]")
         done(ft)
@@ -323,7 +339,7 @@ def run_study(
             study.set_user_attr("stopped_by_time", True)
             _say(runner.progress, f"search: out of time for trials after {_trained(finished)} trained ones")
             break
-        study.sampler = _sampler(runner.config, len(finished), target)
+        study.sampler = _sampler(runner.config, len(finished), target, runner.limit_ms)
         trial = study.ask()
         _tell(study, runner, trial, f"[trial {trial.number} | {_trained(finished) + 1}/{target}]")
         done(study.get_trials(deepcopy=False)[trial.number])
