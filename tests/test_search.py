@@ -289,6 +289,10 @@ def test_weak_trials_are_pruned_at_a_rung(uninterrupted: Any) -> None:
     for r in pruned:
         assert r.pruned_at is not None and len(r.rungs) == r.pruned_at + 1 < 3
         assert r.outcome.startswith(f"pruned at rung {r.pruned_at + 1}")
+    hand = [r for r in uninterrupted.records if r.kind == "hand-made"]
+    assert [r.status for r in hand] == ["complete", "complete"]  # the bar is never pruned
+    anchors = [r for r in uninterrupted.records if "(level anchor)" in r.label]
+    assert [r.options["levels"][0] for r in anchors] == [2, 3, 4]  # the plain fpn at every finest level
     complete = [r for r in uninterrupted.records if r.status == "complete"]
     assert complete and all([d["step"] for d in r.rungs] == [2, 4, 8] for r in complete)
     assert uninterrupted.counts["trained"] == 7  # the study ran the trials it was sized for

@@ -90,7 +90,9 @@ class _Sizer:
         steps = base.steps or (base.epochs or 1) * 64
         step_s = self.step_seconds if math.isfinite(self.step_seconds) else 0.5
         runs = (cfg.verdict_top + 1) * len(cfg.verdict_seeds)
-        return runs * (1.15 * steps * step_s + 0.06 * val_images) + 30.0
+        # x1.5: the finalists' necks (often with a stride-4 level) and a busier machine make steps slower than the
+        # warm-up's, and evaluation + profiling come on top
+        return runs * (1.5 * steps * step_s + 0.1 * val_images) + 60.0
 
     def __call__(self, study: Any, val_images: int) -> int:
         cfg = self.config

@@ -8,7 +8,8 @@
   uninterrupted one would) proposes candidates. Each trial builds its neck, times it
   (:class:`~necklace.detection.search.latency.LatencyProbe`) and is **rejected** when over the budget, in seconds,
   before any training; otherwise a short training (:func:`~necklace.detection.search.fidelity.train_short`)
-  reports the metric after each rung and the pruner (successive halving by default) stops the weak ones.
+  reports the metric after each rung and the pruner (successive halving by default) stops the weak ones (never a
+  hand-made neck: they are the bar, so they train to the end while their values count in every rung).
   A candidate identical to an earlier trial reuses its result.
 - **Resume**: a trial left running by an interruption is continued first (from its last rung checkpoint), under
   the same trial number, so the rest of the study is the one an uninterrupted run makes.
@@ -226,7 +227,9 @@ class TrialRunner:
             _say(self.progress, f"{label_prefix}   step {r.step}: {metric} {value:.4f} ({r.seconds:.0f} s)")
             if self.on_rung is not None:
                 self.on_rung(trial.number, r)
-            if r.rung < last_rung and trial.should_prune():
+            # the hand-made necks are the bar: their values enter every rung's competition (should_prune records
+            # them) but they always train to the end, so the verdict's baseline is never a victim of early noise
+            if r.rung < last_rung and trial.should_prune() and kind != "hand-made":
                 trial.set_user_attr("pruned_at", r.rung)
                 raise _Stop(TrialState.PRUNED)
 
