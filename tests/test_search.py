@@ -371,3 +371,18 @@ def test_the_command_runs_a_search_with_a_verdict_and_a_winner_yaml(tmp_path: Pa
         assert (tmp_path / name).is_file(), name
     report = (tmp_path / "report.md").read_text()
     assert "## Verdict" in report and "## Every trial" in report and "winner.yaml" in report
+
+
+def test_the_free_space_mutates_merging_cells(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from necklace.detection.search import search
+
+    space = SearchSpace(templates=("cells",), min_levels=(3,), max_levels=(5,), widths=(8,), free_cells=True)
+    result = search(tiny(tmp_path, space=space, n_trials=4, handmade=("fpn",), rungs=1), progress=False)
+    cells = [r for r in result.records if r.options.get("template") == "cells" and r.duplicate_of is None]
+    assert len(cells) >= 3 and all(r.status == "complete" for r in cells)
+    lists = {json.dumps(r.options["cells"]) for r in cells}
+    assert len(lists) == len(cells)  # every trial a different mutation
+    for r in cells:  # each builds, and is saved / rebuilt as a graph like any candidate
+        g = Candidate.from_options(r.options).graph(SPECS)
+        assert [s.stride for s in g.out_specs] == [8, 16, 32]

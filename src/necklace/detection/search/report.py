@@ -128,54 +128,70 @@ def plot_search(
     scope: str = "neck",
     highlight: Sequence[int] = (),
 ) -> Path:
-    """The metric after each trial's last rung against its latency: filled = finished every rung, hollow = pruned
-    (at its last rung), crosses on the bottom axis = rejected on latency (never trained); colour = finest stride;
-    hand-made necks labelled, ``highlight`` trials (the finalists) ringed, the Pareto front of the finished trials
-    dashed, the budget a vertical line."""
+    """The metric after each trial's last rung against its latency (log scale): filled = finished every rung,
+    hollow = pruned (at its last rung), crosses in the band below zero = rejected on latency (never trained);
+    colour = finest stride, stars = hand-made necks (labelled), ``highlight`` trials (the finalists) ringed, the
+    Pareto front of the finished trials dashed, the budget a vertical line."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     name = _LABELS[metric]
-    fig, ax = plt.subplots(figsize=(9.5, 5.2))
-    strides = sorted({r.finest_stride for r in records if r.finest_stride})
-    cmap = plt.get_cmap("viridis")
-    colour = {s: cmap(i / max(len(strides) - 1, 1)) for i, s in enumerate(strides)}
-    seen: set[str] = set()
-    for r in records:
-        if r.latency_ms is None or r.duplicate_of is not None:
-            continue
+    fig, ax = plt.subplots(figsize=(10, 5.4))
+    shown = [r for r in records if r.latency_ms is not None and r.duplicate_of is None]
+    strides = sorted({r.finest_stride for r in shown if r.finest_stride})
+    cmap = plt.get_cmap("plasma")
+    colour = {s: cmap(0.85 * i / max(len(strides) - 1, 1)) for i, s in enumerate(strides)}
+    top = max([100 * (r.metric(metric) or 0.0) for r in shown] + [1.0])
+    band = -0.06 * top  # rejected trials sit in a band below zero
+    for r in shown:
         c = colour.get(r.finest_stride, "grey")
-        key = f"finest stride {r.finest_stride}"
-        lab = key if key not in seen else None
-        seen.add(key)
         if r.status == "rejected":
-            ax.scatter([r.latency_ms], [0], marker="x", color=c, s=30, alpha=0.7, label=lab, clip_on=False)
+            ax.scatter([r.latency_ms], [band], marker="x", color=c, s=28, alpha=0.8)
             continue
         y = r.metric(metric)
         if y is None:
             continue
-        filled = r.status == "complete"
-        ax.scatter([r.latency_ms], [100 * y], s=70 if r.kind == "hand-made" else 40,
-                   marker="*" if r.kind == "hand-made" else "o", facecolors=c if filled else "none",
-                   edgecolors=c, linewidths=1.3, label=lab, zorder=3)  # fmt: skip
-        if r.kind == "hand-made":
-            ax.annotate(r.label, (r.latency_ms, 100 * y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        hand = r.kind == "hand-made"
+        ax.scatter([r.latency_ms], [100 * y], s=110 if hand else 38, marker="*" if hand else "o",
+                   facecolors=c if r.status == "complete" else "none", edgecolors=c, linewidths=1.3,
+                   zorder=3)  # fmt: skip
+        if hand:
+            ax.annotate(r.label, (r.latency_ms, 100 * y), textcoords="offset points", xytext=(-8, 8), fontsize=8,
+                        ha="right")  # fmt: skip
         if r.number in highlight:
-            ax.scatter([r.latency_ms], [100 * y], s=220, facecolors="none", edgecolors="black", zorder=4)
-            ax.annotate(f"#{r.number}", (r.latency_ms, 100 * y), textcoords="offset points", xytext=(6, -12),
-                        fontsize=8)  # fmt: skip
-    done = [r for r in records if r.status == "complete" and r.latency_ms is not None and r.duplicate_of is None]
+            ax.scatter([r.latency_ms], [100 * y], s=230, facecolors="none", edgecolors="black", zorder=4)
+            if not hand:
+                ax.annotate(f"#{r.number}", (r.latency_ms, 100 * y), textcoords="offset points", xytext=(-8, -13),
+                            fontsize=8, ha="right")  # fmt: skip
+    done = [r for r in shown if r.status == "complete"]
     pts = [(r.latency_ms or 0.0, r.metric(metric) or 0.0) for r in done]
     front = pareto_front(pts)
     if len(front) > 1:
         ax.step([pts[i][0] for i in front], [100 * pts[i][1] for i in front], where="post", ls="--", color="black",
-                lw=1, alpha=0.6, label="Pareto front (finished trials)")  # fmt: skip
-    ax.axvline(limit_ms, color="crimson", ls="-.", lw=1.2, label=f"budget {limit_ms:.3g} ms")
-    ax.set_xlabel(f"{scope} latency, ms (lower quartile, timed against the reference neck)")
+                lw=1, alpha=0.6)  # fmt: skip
+    ax.axvline(limit_ms, color="crimson", ls="-.", lw=1.2)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_ylim(2 * band, top * 1.12)
+    ax.text(0.01, band, "rejected (over budget)", transform=ax.get_yaxis_transform(), fontsize=7, color="grey",
+            va="center")  # fmt: skip
+    handles = [Line2D([], [], ls="", marker="s", color=colour[s], label=f"finest stride {s}") for s in strides]
+    handles += [
+        Line2D([], [], ls="", marker="*", color="grey", ms=10, label="hand-made neck"),
+        Line2D([], [], ls="", marker="o", color="grey", label="finished every rung"),
+        Line2D(
+            [], [], ls="", marker="o", markerfacecolor="none", color="grey", label="pruned (value at its last rung)"
+        ),
+        Line2D([], [], ls="", marker="x", color="grey", label="rejected: over the budget"),
+        Line2D([], [], ls="", marker="o", ms=12, markerfacecolor="none", color="black", label="finalist (verdict)"),
+        Line2D([], [], ls="--", color="black", alpha=0.6, label="Pareto front (finished trials)"),
+        Line2D([], [], ls="-.", color="crimson", label=f"budget {limit_ms:.3g} ms"),
+    ]
+    ax.legend(handles=handles, fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlabel(f"{scope} latency, ms, log scale (lower quartile, timed against the reference neck)")
     ax.set_ylabel(f"{name} x 100 after the trial's last rung (held-out images)")
-    ax.set_title(f"necklace search: {name} vs latency ({len(records)} trials; hollow = pruned, x = rejected)",
-                 fontsize=10)  # fmt: skip
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"necklace search: {name} vs latency, {len(records)} trials", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -158,6 +158,10 @@ def report_markdown(result: SearchResult) -> str:
             "",
             result.compare.table(),
             "",
+            "compare's latency columns time the eager neck (BatchNorm not folded) and take the median under this "
+            "machine's load; the budget was judged on the deployed neck (`necklace.deploy`, runtime "
+            f"`{cfg.runtime}`) against the reference, as in the trials table.",
+            "",
         ]
     lines += [
         "## Every trial",
