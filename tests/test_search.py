@@ -340,6 +340,7 @@ def test_a_budget_below_every_handmade_neck_trains_nothing_over_it(tmp_path: Pat
     rejected = [r for r in result.records if r.status == "rejected"]
     assert all(r.latency_ms > result.limit_ms and r.seconds < 30 for r in rejected)
     assert "rejected: over the latency budget" in (tmp_path / "trials.md").read_text()
+    assert result.verdict is None and result.winner_path is None  # no verdict, no winner file
 
 
 def test_the_command_runs_a_search_with_a_verdict_and_a_winner_yaml(tmp_path: Path) -> None:

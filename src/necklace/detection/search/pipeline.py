@@ -270,11 +270,7 @@ def search(
 
     files: dict[str, Path] = {}
     by_label = {finalist_label(r): r for r in records if r.duplicate_of is None}
-    pick = None
-    if verdict is not None:
-        pick = by_label.get(verdict.recommended)
-    elif searched or best_hand:
-        pick = searched[0] if searched else best_hand
+    pick = by_label.get(verdict.recommended) if verdict is not None else None  # no verdict: no winner file
     if pick is not None:
         _graph_of(pick, specs).save(out / "winner.yaml")
         files["winner"] = out / "winner.yaml"
