@@ -55,6 +55,17 @@ from necklace.detection.search.command import add_search_parser, run, search_con
 SPECS = (FeatureSpec(8, 4), FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _searched_leaves_the_registry() -> Any:
+    """These tests register the `searched` neck (as a search does); take it out again afterwards, so that tests
+    comparing the registry with a fresh process (`necklace list` in a subprocess, the README table) see the
+    built-in necks only, whatever order the files run in."""
+    yield
+    from necklace import registry
+
+    registry._REGISTRY.pop("searched", None)
+
+
 # ------------------------------------------------------------------------------------------------ the space
 @pytest.mark.parametrize("template", ["fpn", "pafpn", "bifpn", "nasfpn", "yolo_pan", "cells"])
 def test_every_template_builds_a_neck_with_its_levels(template: str) -> None:
