@@ -398,3 +398,15 @@ def test_the_free_space_mutates_merging_cells(tmp_path: Path) -> None:
     for r in cells:  # each builds, and is saved / rebuilt as a graph like any candidate
         g = Candidate.from_options(r.options).graph(SPECS)
         assert [s.stride for s in g.out_specs] == [8, 16, 32]
+
+
+def test_the_whole_detector_can_be_what_is_timed(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from necklace.detection.search import search
+
+    cfg = tiny(tmp_path, latency_scope="detector", n_trials=2, handmade=("fpn",), anchors=False, pruner="hyperband")
+    result = search(cfg, progress=False)
+    fpn = next(r for r in result.records if r.kind == "hand-made")
+    assert fpn.latency["runtime"] == "torch (eager detector)" and fpn.latency["ratio"] == pytest.approx(1, rel=0.5)
+    assert result.reference_ms > 1.0  # a whole Faster R-CNN, not a neck: milliseconds
+    assert result.counts["trained"] == 2
