@@ -3,11 +3,12 @@
 For every config the neck is built with random weights (random BatchNorm statistics), deployed to each runtime
 (``torch``, ``native``, ``onnxruntime``, ``openvino`` with the f32 precision hint, optionally ``inductor``), each
 checked against the plain neck, then all are timed *interleaved* in this process (``necklace.bench.interleaved``:
-balanced round orders), float32, batch 1, ``--threads`` threads, together with the plain (eager, not deployed)
-neck. Reported per config: median ms of each runtime, the per-round ratios ``native / best of ONNX Runtime and
-OpenVINO`` (the #19 target: <= 0.8 on FPN, PAFPN, NAS-FPN and the YOLO necks), ``auto / best of the others`` (<= 1.0
-by construction: ``runtime="auto"`` keeps the fastest), and what ``runtime="auto"`` picked when deployed on the same
-inputs.
+balanced round orders; each timed call right after an untimed call of the same runtime, ``settle=1``, since the
+runtimes' thread pools keep the cores busy for a while after a call and would otherwise slow the next runtime by up to
+2-3x), float32, batch 1, ``--threads`` threads, together with the plain (eager, not deployed) neck. Reported per
+config: median ms of each runtime, the per-round ratios ``native / best of ONNX Runtime and OpenVINO`` (the #19
+target: <= 0.8 on FPN, PAFPN, NAS-FPN and the YOLO necks), ``auto / best of the others`` (<= 1.0 by construction:
+``runtime="auto"`` keeps the fastest), and what ``runtime="auto"`` picked when deployed on the same inputs.
 
 Run (from the repository root)::
 
@@ -124,7 +125,7 @@ def run_config(cfg: Config, args: argparse.Namespace, log: Any) -> dict[str, Any
         log(f"  [{cfg.name}] {rt}: deployed in {time.perf_counter() - t0:.1f} s, max rel diff {r.max_rel_diff:.2g}")
     fns = {k: (lambda m=m: m(feats)) for k, m in calls.items()}
     with torch.no_grad():
-        times = interleaved(fns, repeats=args.repeats, warmup=args.warmup)
+        times = interleaved(fns, repeats=args.repeats, warmup=args.warmup, settle=1)
     entry["ms"] = {k: stats_ms(v) for k, v in times.items()}
     sessions = [k for k in SESSION if k in times]
     if "native" in times and sessions:
@@ -150,11 +151,16 @@ def run_config(cfg: Config, args: argparse.Namespace, log: Any) -> dict[str, Any
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
+        "## necklace's runtimes against each other (`benchmarks/runtimes.py`)",
+        "",
+        f"`{result.get('command', 'benchmarks/runtimes.py')}`. "
         f"Measured {result['measured_utc']} on {env.get('cpu', {}).get('model', '?')} "
-        f"({result['threads']} threads, load {env.get('load_avg_1_5_15')}), {result['repeats']} interleaved rounds; "
+        f"({result['threads']} threads, load {env.get('load_avg_1_5_15')}), {result['repeats']} interleaved rounds "
+        "(each timed call after an untimed call of the same runtime); "
         "median ms, batch 1, float32. Ratio: median of per-round ratios [IQR].",
         "",
-        "| config | eager | torch | native | onnxruntime | openvino | native / best session | target | auto picked |",
+        "| config | eager | torch | native | onnxruntime | openvino | native / best session | target | auto picked "
+        "(fastest here) |",
         "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for c in result["configs"]:
@@ -168,7 +174,7 @@ def markdown(result: dict[str, Any]) -> str:
         target = f"<= {c['target_native_over_session']}" if c["target_native_over_session"] else "report"
         lines.append(
             f"| {c['config']} | {cell('eager')} | {cell('torch')} | {cell('native')} | {cell('onnxruntime')} | "
-            f"{cell('openvino')} | {ratio} | {target} | {c['auto']['picked']} |"
+            f"{cell('openvino')} | {ratio} | {target} | {c['auto']['picked']} ({c.get('fastest', '-')}) |"
         )
     errors = [f"{c['config']} {k}: {v}" for c in result["configs"] for k, v in c["errors"].items()]
     if errors:
@@ -203,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "measured_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "threads": args.threads,
         "repeats": args.repeats,
+        "command": "benchmarks/runtimes.py " + " ".join(sys.argv[1:]),
         "malloc": malloc,
         "environment": common.environment(args.threads),
         "configs": [],

@@ -445,7 +445,10 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
     fns["roofline"] = roof_fn
     t0 = time.perf_counter()
     faults: dict[str, int] = {}
-    times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup, faults=faults)
+    # a deployed neck may run on another thread pool (native OpenMP, ONNX Runtime, OpenVINO), whose workers keep the
+    # cores busy after a call: each timed call then comes right after an untimed call of the same callable
+    settle = 1 if args.deployed else 0
+    times = common.interleaved(fns, repeats=args.repeats, warmup=args.warmup, faults=faults, settle=settle)
     entry["minor_faults_per_call"] = {k: v / args.repeats for k, v in faults.items()}
     roof = common.stats_ms(times["roofline"])
     roof_gmac_s = roof_macs / 1e9 / (roof["median_ms"] / 1e3)
@@ -688,7 +691,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"3x3 conv 256->256 at {s['roofline_hw']}x{s['roofline_hw']} timed in the same rounds",
         "- train = train() forward + backward of sum(outputs), inputs requiring grad; peak MB = peak of new "
         "tensor memory in torch's CPU allocator during one step (torch.profiler allocation events)",
-        f"- rounds in balanced Latin-square orders (every callable follows every other equally often); malloc "
+        "- rounds in balanced Latin-square orders (every callable follows every other equally often)"
+        + ("; each timed eval call right after an untimed call of the same neck" if s.get("deployed") else "")
+        + "; malloc "
         f"{_malloc_what(s.get('malloc', 'default'))}",
     ]
     has_dep = any("eval_deployed" in p or "deployed_note" in p for c in result["configs"] for p in c["pairs"])

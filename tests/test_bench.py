@@ -94,6 +94,16 @@ def test_interleaved_varies_the_predecessor() -> None:
         round_orders(0)
 
 
+def test_interleaved_settles_each_callable_before_timing_it() -> None:
+    calls: list[str] = []
+    times = interleaved({k: (lambda k=k: calls.append(k)) for k in "ab"}, 4, warmup=0, settle=2)
+    assert [len(t) for t in times.values()] == [4, 4]
+    # every timed call comes right after two untimed calls of the same callable: runs of 3
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    with pytest.raises(ValueError, match="settle must be an int >= 0"):
+        interleaved({"a": lambda: None}, 1, settle=-1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"repeats": 0}, "repeats must be an int >= 1"), ({"warmup": -1}, "warmup"), ({"threads": 0}, "threads")],

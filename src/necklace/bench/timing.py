@@ -201,6 +201,7 @@ def interleaved(
     warmup: int = 2,
     progress: Progress | None = None,
     faults: dict[str, int] | None = None,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Time every callable ``repeats`` times, interleaved; returns ``{name: [seconds per call, ...]}``.
 
@@ -212,7 +213,11 @@ def interleaved(
     paused during them (like ``timeit``), so a collection never lands inside a timed call.
     ``progress(done, repeats)`` is called before the first and after every timed round. A ``faults`` dict is
     filled with each callable's minor page faults over its timed calls (:func:`minor_faults`, counted outside
-    the timed region; left empty where the platform has no count).
+    the timed region; left empty where the platform has no count). ``settle`` untimed calls of the same callable
+    come right before each timed one: use it when the callables run on different thread pools (ONNX Runtime,
+    OpenVINO, a native library's OpenMP, torch's), whose workers keep spinning for a while after a call and take
+    the cores from the next callable (measured: torch's YOLOv8n neck right after an ONNX Runtime call took
+    2-3x its time alone); a real deployment runs one runtime, which ``settle=1`` reproduces.
 
     Example:
         >>> calls = []
@@ -222,6 +227,8 @@ def interleaved(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    if isinstance(settle, bool) or not isinstance(settle, int) or settle < 0:
+        raise ValueError(f"settle must be an int >= 0 (untimed calls before each timed one), got {settle!r}.")
     names = list(callables)
     fns = [callables[n] for n in names]
     for _ in range(warmup):
@@ -242,6 +249,8 @@ def interleaved(
     try:
         for i in range(repeats):
             for j in orders[i % len(orders)]:
+                for _ in range(settle):
+                    fns[j]()
                 before = minor_faults() if counts is not None else None
                 start = time.perf_counter()
                 fns[j]()

@@ -217,18 +217,24 @@ def _build(runtime: str, model: nn.Module, inputs: tuple[Any, ...] | None, chann
 
 
 def _median_ms(calls: dict[str, Any], inputs: tuple[Any, ...], rounds: int, budget_s: float) -> dict[str, float]:
-    """Median forward time of each callable, in interleaved rounds (the order reversed every other round)."""
+    """Median forward time of each callable, in interleaved rounds (the order reversed every other round): two
+    warm-up calls each (first-call allocations, lazily built kernels), then ``rounds`` rounds, cut short after
+    ``budget_s`` once 5 rounds are in. In a round each callable runs twice and its second call is timed: the
+    runtimes use different thread pools (torch's, ONNX Runtime's, OpenVINO's, the native library's OpenMP), whose
+    workers keep the cores busy for a while after a call, so the first call after a switch measures the neighbour
+    (with one call each, a 1.7x slower runtime was picked on FPN)."""
     times: dict[str, list[float]] = {k: [] for k in calls}
     names = list(calls)
     start = time.perf_counter()
     cuda = any(t.is_cuda for t in _flatten(list(inputs)))
     with torch.no_grad():
-        for name in names:  # warm-up
+        for name in names * 2:  # warm-up
             calls[name](*inputs)
         for r in range(rounds):
-            if r >= 3 and time.perf_counter() - start > budget_s:
+            if r >= 5 and time.perf_counter() - start > budget_s:
                 break
             for name in names if r % 2 == 0 else names[::-1]:
+                calls[name](*inputs)  # settles this runtime's threads
                 if cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
@@ -264,7 +270,7 @@ def deploy(
     difference exceeds ``rtol`` (default :data:`DEFAULT_RTOL` of the runtime); without any inputs it warns.
 
     ``candidates`` / ``rounds`` (``"auto"``): the runtimes to try (default :data:`AUTO_CANDIDATES` that are
-    available) and the most timing rounds (interleaved, about 3 s at most).
+    available) and the most timing rounds (interleaved; at least 5, about 10 s at most).
 
     Raises ``ValueError`` for a model in training mode or an unknown runtime, ``RuntimeError`` for a runtime that
     cannot run here (the message says why and how to get it) or outputs that differ.
@@ -337,7 +343,7 @@ def _deploy_auto(
         built[name] = d
     if not built:
         raise RuntimeError(f"deploy(runtime='auto'): no candidate runtime worked: {errors}.")
-    latency = _median_ms(built, inputs, max(3, rounds), budget_s=3.0)
+    latency = _median_ms(built, inputs, max(5, rounds), budget_s=10.0)
     best = min(latency, key=latency.__getitem__)
     chosen = built[best]
     r = DeployReport.of(chosen)

@@ -90,6 +90,11 @@ class SessionNeck(nn.Module):
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+            # no spinning workers: the neck runs inside a PyTorch model whose next ops use torch's threads, which
+            # ONNX Runtime's spinning workers would take the cores from (measured on 2 cores: torch's YOLOv8n neck
+            # right after an ONNX Runtime call 2-3x its time alone; ONNX Runtime itself within noise without them)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
             return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
         core = openvino_core()
         model = core.read_model(self.onnx_bytes)
