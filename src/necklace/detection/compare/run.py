@@ -246,6 +246,8 @@ def _compare(
         for n in config.necks
     }
     result = _assemble(config, runs, profiles, time.perf_counter() - t0, command)
+    if session is not None:
+        result = dataclasses.replace(result, notes=(session.chance_note(progress),))
     files, notes = _write_outputs(result, command)
     wall = time.perf_counter() - t0
     result = dataclasses.replace(result, files=files, notes=result.notes + tuple(notes), wall_time=wall)

@@ -174,7 +174,8 @@ def _learning_line(result: CompareResult) -> str:
     lo = min(r.metrics.ap50 for r in runs)
     return (
         f"Learning signal: the training loss fell from {first:.2f} to {last:.2f} on average (first vs last 10 % of "
-        f"the steps); AP50 is {100 * ap50:.1f} on average (lowest run {100 * lo:.1f}), where a detector that has "
-        f"learnt nothing scores about 0; runs below AP50 {100 * result.config.learned_ap50:.1f} count as not "
-        "learned and are not ranked."
+        f"the {'epochs' if result.config.yolo else 'steps'}); AP50 is {100 * ap50:.1f} on average (lowest run "
+        f"{100 * lo:.1f}), where a detector that has learnt nothing scores about 0"
+        + (" (the chance level of this YOLO model, measured, is in the notes below)" if result.config.yolo else "")
+        + f"; runs below AP50 {100 * result.config.learned_ap50:.1f} count as not learned and are not ranked."
     )

@@ -323,10 +323,36 @@ class YoloSession:
         model, _ = load_checkpoint(last)
         return model.float().eval()
 
+    def chance_note(self, progress: bool) -> str:
+        """What a randomly initialised model of the first neck scores on the evaluation data: the chance level the
+        trained runs are to be read against (on small images, boxes covering most of the image match the large
+        objects by chance)."""
+        from necklace.integrations.ultralytics.evaluate import coco_evaluate, read_split
+
+        neck = self.config.necks[0]
+        nc = len(read_split(self.data(), "val").names)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            yolo = self.ul.build_yolo(self.base.model_yaml, neck.name, levels=self.base.levels, nc=nc, **neck.options)
+        m = coco_evaluate(
+            yolo, self.data(), imgsz=self.base.image_size, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET
+        )
+        floor = 100 * self.config.learned_ap50
+        text = (
+            f"chance level: {self.base.detector} with `{neck.label}` and random weights (untrained) scores AP "
+            f"{100 * m.ap:.1f}, AP50 {100 * m.ap50:.1f} on this evaluation data (boxes that cover most of an image "
+            f"match its large objects); the learning floor is AP50 {floor:.1f}"
+        )
+        if m.ap50 >= self.config.learned_ap50:
+            text += " (below the chance level: read 'learned' with care)"
+        _say(progress, f"{text}.")
+        return text
+
     # -------------------------------------------------------------------------------------------- profile
     def profile(self, run: RunResult, progress: bool) -> NeckProfile:
         """Params, FLOPs and latency of the neck (``model.neck`` on the backbone's maps of a validation image) and
-        of the whole detector (backbone, neck, Detect and NMS) at the profile size, batch 1, eval mode."""
+        of the whole detector (backbone, neck, Detect and NMS) at the profile size, batch 1, eval mode, on CPU with
+        Ultralytics' CPU thread count (and on CUDA when asked or available)."""
         from necklace.integrations.ultralytics.evaluate import Letterbox, _load_image, read_split
 
         config = self.config
@@ -344,8 +370,12 @@ class YoloSession:
             hook.remove()
         neck: nn.Module = model.neck
         detector = _WithNms(model)
+        from ultralytics.utils import NUM_THREADS
+
+        # CPU latency at the thread count Ultralytics itself runs CPU work with (its select_device sets it for
+        # training and prediction: cores - 1, at most 8), which also keeps timings sane on a busy machine
         kw: dict[str, Any] = {"warmup": config.latency_warmup, "repeats": config.latency_repeats}
-        torch.set_num_threads(self.threads)
+        kw["threads"] = int(NUM_THREADS)
         neck_cpu = measure_latency(neck, feats, **kw)
         det_cpu = measure_latency(detector, x, **kw)
         neck_gpu = det_gpu = None
@@ -365,7 +395,7 @@ class YoloSession:
             detector_gflops=count_flops(model, x) / 1e9,
             neck_cpu=neck_cpu,
             detector_cpu=det_cpu,
-            threads=torch.get_num_threads(),
+            threads=int(NUM_THREADS),
             neck_gpu=neck_gpu,
             detector_gpu=det_gpu,
             gpu_name=gpu_name,
