@@ -150,7 +150,10 @@ def block_args(draw: st.DrawFn, block: str) -> dict[str, Any]:
 def graph_dicts(draw: st.DrawFn) -> dict[str, Any]:
     """A graph dict, valid by construction most of the time; ``mutate`` then breaks one thing in some."""
     specs = draw(in_specs())
-    levels = [int(math.log2(s["stride"])) if isinstance(s["stride"], int) and s["stride"] > 0 else 3 for s in specs]
+    levels = [
+        min(max(int(math.log2(s["stride"])), 1), 8) if isinstance(s["stride"], int) and s["stride"] > 0 else 3
+        for s in specs
+    ]
     known = [(f"C{lv}", lv) for lv in levels]
     nodes = []
     for i in range(draw(st.integers(1, 5))):
@@ -305,7 +308,16 @@ def feature_lists(draw: st.DrawFn, specs: Sequence[FeatureSpec]) -> dict[str, An
     dtype = draw(st.sampled_from(DTYPES))
     feats: list[Any] = maps(specs, image, batch, draw(st.integers(0, 3)))
     feats = [f.to(dtype) for f in feats]
-    fault = draw(st.sampled_from(["none"] * 6 + ["channels", "drop", "mixed", "nan", "inf", "numpy", "5d", "swap"]))
+    fault = draw(
+        st.sampled_from(
+            ["none"] * 6
+            + ["channels_last", "strided", "channels", "drop", "mixed", "nan", "inf", "numpy", "5d", "swap"]
+        )
+    )
+    if fault == "channels_last":  # layouts a backbone may hand over: valid, must give the same shapes
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    elif fault == "strided":
+        feats = [torch.cat([f, f], dim=-1)[..., ::2] for f in feats]
     if fault == "channels":
         i = draw(st.integers(0, len(feats) - 1))
         feats[i] = torch.zeros(batch, feats[i].shape[1] + 1, *feats[i].shape[2:], dtype=dtype)

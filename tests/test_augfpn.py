@@ -188,6 +188,9 @@ def test_forward_with_validates_names() -> None:
         neck.forward_with(feats, ["M4"])
     with pytest.raises(TypeError, match="list of node names"):
         neck.forward_with(feats, "L4")  # type: ignore[arg-type]
+    for bad in (5, [4], None):
+        with pytest.raises(TypeError, match=r"list of node or input names \(str\), got .*known: \["):
+            neck.forward_with(feats, bad)  # type: ignore[arg-type]
 
 
 def test_rfa_gates_in_float32_under_autocast() -> None:

@@ -43,6 +43,10 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert [d["name"] for d in data] == list_necks()
     assert all(d["summary"] and d["paper"] and isinstance(d["knobs"], list) for d in data)
+    fpn = next(d for d in data if d["name"] == "fpn")  # the typed options read off the graph function
+    assert any(o.startswith("width: ") for o in fpn["options"]) and any(
+        o.startswith("upsample: ") for o in fpn["options"]
+    )
 
 
 def test_console_script_subprocess() -> None:

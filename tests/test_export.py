@@ -356,3 +356,13 @@ def test_openvino_ir_is_checked_and_written_atomically(tmp_path: Path) -> None:
         assert np.allclose(out[port], r.numpy(), atol=1e-4 * max(1.0, float(r.abs().max())))
     with pytest.raises(ValueError, match=r"OpenVINO IR is an .xml file"):
         export_openvino(neck, tmp_path / "neck.onnx")
+
+
+def test_cli_exports_openvino_from_the_suffix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("openvino")
+    out = tmp_path / "neck.xml"
+    argv = ["export", "fpn", "--in-channels", "16,32,64", "--width", "8", "--image-size", "64", "64", "--output"]
+    assert main([*argv, str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "openvino" in text and "check: max |loaded file - torch|" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neck.bin", "neck.xml"]

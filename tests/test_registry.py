@@ -217,3 +217,12 @@ def test_absurd_sizes_are_refused_before_allocating(name: str, options: dict[str
         necklace.build_neck(name, SPECS, **options)
     with pytest.raises(ValueError, match=r"FeatureSpec.channels must be <= 16384, got 100000"):
         FeatureSpec(100_000, 8)
+
+
+@pytest.mark.parametrize("name", ["fpn", "pafpn", "augfpn"])
+def test_fpn_levels_stopping_below_the_backbone_are_refused(name: str) -> None:
+    # levels=(2, 2) on C2-C3 inputs used to fail with a bare KeyError: 3
+    specs = [FeatureSpec(8, 4), FeatureSpec(8, 8)]
+    with pytest.raises(ValueError, match=r"max_level 2 is below the coarsest backbone level 3 \(stride 8\)"):
+        necklace.build_neck(name, specs, width=8, levels=[2, 2])
+    assert [s.stride for s in necklace.build_neck(name, specs, width=8, levels=[2, 3]).out_specs] == [4, 8]

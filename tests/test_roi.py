@@ -304,8 +304,8 @@ def test_adaptive_feature_pooling_identity_layers_is_max() -> None:
 def test_adaptive_feature_pooling_variants() -> None:
     specs = [FeatureSpec(C, s) for s in STRIDES]
     feats, boxes = list(tv_features(pool=False).values()), image_boxes()
-    fc = AdaptiveFeaturePooling(specs, hidden=32, norm="gn")
-    assert fc(feats, boxes).shape == (74, 32) and fc.out_channels == 32
+    fc = AdaptiveFeaturePooling(specs, hidden=64, norm="gn")  # (hidden=32: 32 groups of one, refused)
+    assert fc(feats, boxes).shape == (74, 64) and fc.out_channels == 64
     assert sorted(fc.state_dict())[:2] == ["level_layers.0.0.bias", "level_layers.0.0.weight"]  # AugFPN fcs.{i}.0
     conv = AdaptiveFeaturePooling(specs, layer="conv", out_channels=12, norm="gn", output_size=(5, 4))
     assert conv(feats, boxes).shape == (74, 12, 5, 4)

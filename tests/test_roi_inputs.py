@@ -163,3 +163,13 @@ def test_fc_norms_that_cannot_normalise_are_refused() -> None:
     assert bn.eval()(_feats(1), [torch.tensor([[0, 0, 30, 30.0]])]).shape == (1, 16)
     gn = AdaptiveFeaturePooling(STRIDES, channels=C, hidden=64, norm="gn")
     assert gn(_feats(1), [torch.tensor([[0, 0, 30, 30.0]])]).shape == (1, 64)
+
+
+def test_int_and_half_boxes_together_do_not_overflow_to_inf() -> None:
+    # int64 boxes next to float16 ones used to be concatenated as float16, where 1e6 is inf: a crash in roi_align
+    pool = AdaptiveFeaturePooling(STRIDES, channels=C, layer="conv")
+    boxes = [torch.tensor([[1_000_000, 5, -1_000_000, 5]]), torch.tensor([[6.7, 0.1, 1.5, 12.2]], dtype=torch.float16)]
+    assert pool(_feats(), boxes).shape == (2, C, 7, 7)
+    half = [f.half() for f in _feats()]
+    with pytest.raises(ValueError, match=r"box \[1000000\.0, 5\.0, -1000000\.0, 5\.0\] of image 0 does not fit in"):
+        MultiLevelRoIPool(STRIDES)(half, boxes)

@@ -417,6 +417,10 @@ def test_rfp_errors() -> None:
         RecursiveFPN(_tiny_resnet(), neck=fpn([FeatureSpec(128, 8)], width=8), width=8)
     with pytest.raises(TypeError, match="from_resnet"):
         RecursiveFPN(nn.Conv2d(3, 3, 1))
+    with pytest.raises(TypeError, match=r"fpn got an unexpected keyword argument 'widht'\. Did you mean 'width'\?"):
+        RecursiveFPN(_tiny_resnet(), widht=8)
+    with pytest.raises(TypeError, match=r"fpn option levels\[1\] must be an int, got 5\.5"):
+        RecursiveFPN(_tiny_resnet(), width=8, levels=(2, 5.5))
 
 
 def test_detectors_r50_parameter_count_matches_mmdet() -> None:

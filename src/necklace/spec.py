@@ -10,6 +10,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -268,9 +269,22 @@ def check_features(
         _check_norms(features, neck, owner, int(first.shape[0]))
 
 
+def _first_weight(module: nn.Module) -> Tensor | None:
+    """The first floating-point parameter, depth first (a few dict lookups; ``parameters()`` costs ~20 us here)."""
+    for p in module._parameters.values():
+        if p is not None and p.is_floating_point():
+            return p
+    for child in module._modules.values():
+        if child is not None:
+            found = _first_weight(child)
+            if found is not None:
+                return found
+    return None
+
+
 def _check_weights(x: Tensor, neck: nn.Module, owner: str) -> None:
     """The maps' device and dtype against the neck's first floating-point weight."""
-    weight = next((p for p in neck.parameters() if p.is_floating_point()), None)
+    weight = _first_weight(neck)
     if weight is None:
         return
     if x.device != weight.device:
@@ -317,11 +331,20 @@ def _check_norms(features: Sequence[Tensor], neck: nn.Module, owner: str, batch:
     with batch 1 (one value per channel), GroupNorm with one channel per group (in any mode), naming the node.
     Duck-typed on :class:`~necklace.graph.GraphNeck` (``graph`` + ``nodes``); other modules pass. Cheap unless a
     level is 1x1 and such a norm may be present."""
-    graph, modules = getattr(neck, "graph", None), getattr(neck, "nodes", None)
-    if graph is None or modules is None or not hasattr(graph, "plan") or batch == 0:
+    graph: Any = neck.__dict__.get("graph")
+    level_range = getattr(graph, "level_range", None)
+    if level_range is None or batch == 0:
         return
+    # the coarsest map is the smallest (the maps were checked to halve level to level); the extra levels above it
+    # ceil-halve it, so some level is 1x1 exactly when its longer side is at most 2**(extra levels)
     in_levels = [s.level for s in graph.in_specs]
-    sizes = _level_sizes(features, in_levels, max([n.level for n in graph.nodes] + in_levels))
+    h, w = int(features[-1].shape[-2]), int(features[-1].shape[-1])
+    if max(h, w) > 2 ** max(level_range[1] - in_levels[-1], 0):
+        return
+    modules = getattr(neck, "nodes", None)
+    if modules is None or not hasattr(graph, "plan"):
+        return
+    sizes = _level_sizes(features, in_levels, level_range[1])
     tiny = {level for level, (h, w) in sizes.items() if h * w == 1}
     batch_norm = neck.training and batch == 1
     if not tiny or not (batch_norm or _uses_group_norm(graph)):

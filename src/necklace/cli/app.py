@@ -13,6 +13,7 @@ from necklace.cli.bench import add_bench_parser
 from necklace.cli.compare import add_compare_parser
 from necklace.cli.features import add_features_parser
 from necklace.cli.necks import add_export_parser, add_list_parser, add_show_parser
+from necklace.cli.search import add_search_parser
 from necklace.cli.train import add_eval_parser, add_train_parser
 
 __all__ = ["build_parser", "main"]
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_parser,
         add_eval_parser,
         add_compare_parser,
+        add_search_parser,
         add_features_parser,
     ):
         add(sub)

@@ -61,11 +61,8 @@ def _in_specs(args: argparse.Namespace, name: str, options: dict[str, Any]) -> t
 
 
 def _with_knobs(name: str, err: TypeError) -> _UsageError:
-    from necklace.registry import neck_info
-
-    knobs = neck_info(name).knobs
-    hint = f" Options of {name}: {', '.join(knobs)}." if knobs else ""
-    return _UsageError(f"{name}: {err}.{hint}")
+    """A builder's ``TypeError`` as a usage error (``build_neck``'s own message lists the valid options)."""
+    return _UsageError(f"{name}: {err}")
 
 
 def _build(name: str, in_specs: Sequence[FeatureSpec] | None, options: dict[str, Any]) -> Any:
@@ -87,7 +84,16 @@ def _cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     infos = [neck_info(n) for n in list_necks()]
     if args.format == "json":
-        data = [{"name": i.name, "summary": i.summary, "paper": i.paper, "knobs": list(i.knobs)} for i in infos]
+        data = [
+            {
+                "name": i.name,
+                "summary": i.summary,
+                "paper": i.paper,
+                "knobs": list(i.knobs),
+                "options": [o.describe() for o in i.options],  # typed: name, type, default, choices / range
+            }
+            for i in infos
+        ]
         out.write(json.dumps(data, indent=2) + "\n")
         return 0
     width = max(len(i.name) for i in infos)
@@ -177,13 +183,9 @@ def _load_graph(path: Path) -> Any:
     import yaml
 
     try:
-        return NeckGraph.load(path)
-    except KeyError as e:
-        raise _UsageError(
-            f"graph file {str(path)!r} lacks the key {e.args[0]!r} (needs in_specs, nodes, outputs)."
-        ) from e
+        return NeckGraph.load(path)  # (its errors name the file and the fix)
     except (yaml.YAMLError, ValueError, TypeError) as e:
-        raise _UsageError(f"graph file {str(path)!r}: {e}") from e
+        raise _UsageError(str(e)) from e
 
 
 # ------------------------------------------------------------------------------------------------ export

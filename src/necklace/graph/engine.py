@@ -166,6 +166,11 @@ class GraphNeck(nn.Module):
         """
         if isinstance(names, str):
             raise TypeError(f"names must be a list of node names, got the string {names!r}; use [{names!r}].")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise TypeError(
+                f"names must be a list of node or input names (str), got {names!r}; e.g. ['L4'] "
+                f"(known: {sorted(self.graph.sources())})."
+            )
         known = self.graph.sources()
         unknown = [n for n in names if n not in known]
         if unknown:

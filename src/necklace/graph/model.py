@@ -7,6 +7,7 @@ plain dicts, YAML and JSON. :mod:`necklace.graph.engine` runs it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -110,8 +111,8 @@ class Edge:
         k = self.kernel
         if k is not None and (not is_int(k) or not 1 <= k <= 31 or k % 2 == 0):
             raise ValueError(
-                f"Edge({self.source!r}).kernel={k!r} must be an odd int in 1..31 (3, 5, ...: 'same' padding keeps the "
-                "map at its level's size)."
+                f"Edge({self.source!r}).kernel={k!r} must be a positive odd int up to 31 (3, 5, ...: 'same' padding "
+                "keeps the map at its level's size)."
             )
         if k is not None:
             object.__setattr__(self, "kernel", int(k))
@@ -402,6 +403,17 @@ class NeckGraph:
                 "resolution (lowest level) first."
             )
         return plans
+
+    @functools.cached_property
+    def level_range(self) -> tuple[int, int]:
+        """The finest and coarsest level of any input or node: ``(lo, hi)``.
+
+        Example:
+            >>> NeckGraph((FeatureSpec(8, 8),), (Node("P4", 4, ("C3",), 8),), ("C3", "P4")).level_range
+            (3, 4)
+        """
+        levels = [s.level for s in self.in_specs] + [n.level for n in self.nodes]
+        return (min(levels), max(levels))
 
     @property
     def out_specs(self) -> tuple[FeatureSpec, ...]:

@@ -409,7 +409,7 @@ def block_arg_specs(name: str) -> tuple[OptionSpec, ...]:
 
     Example:
         >>> [s.describe() for s in block_arg_specs("conv")]
-        ['kernel: int = 3 (>= 1, odd)', 'act_first: bool = False', "norm: str | None = None ('bn' | 'gn')", ...]
+        ['kernel: int = 3 (>= 1, <= 31, odd)', 'act_first: bool = False', "norm: str | None = None ('bn' | 'gn')", ...]
     """
     if name not in BLOCKS:
         raise _choices_error("block", name, list(BLOCKS))

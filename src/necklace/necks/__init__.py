@@ -14,6 +14,7 @@ from necklace.necks.pafpn import pafpn, pafpn_graph
 from necklace.necks.rep_bifpan import rep_bifpan, rep_bifpan_graph
 from necklace.necks.rep_pafpn import YOLOV6_PRESETS, rep_pafpn, rep_pafpn_graph
 from necklace.necks.rfp import FeedbackBackbone, RecursiveFPN, register_feedback_block, sac_backbone
+from necklace.necks.searched import Candidate, searched, searched_graph
 from necklace.necks.yolo import (
     YOLO11_PRESETS,
     YOLO_PRESETS,
@@ -30,6 +31,7 @@ __all__ = [
     "YOLOV6_PRESETS",
     "YOLO_PRESETS",
     "AugFPN",
+    "Candidate",
     "FeedbackBackbone",
     "RecursiveFPN",
     "augfpn",
@@ -50,6 +52,8 @@ __all__ = [
     "rep_pafpn",
     "rep_pafpn_graph",
     "sac_backbone",
+    "searched",
+    "searched_graph",
     "yolo11_pafpn",
     "yolo11_pafpn_graph",
     "yolo_pafpn",

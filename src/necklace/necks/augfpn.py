@@ -88,7 +88,7 @@ def augfpn_graph(
         ['M5', 'M4', 'M3', 'M2', 'R5', 'L5']
     """
     in_specs = validate_in_specs(in_specs)
-    lo, hi = resolve_levels(in_specs, levels, default_extra=1)
+    lo, hi = resolve_levels(in_specs, levels, default_extra=1, cover_inputs=True)
     widths = resolve_widths(width, lo, hi)
     top = max(s.level for s in in_specs)
     nodes: list[Node] = []

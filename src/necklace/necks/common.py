@@ -59,9 +59,10 @@ FPN_RULES: dict[str, OptionRule] = {
 
 
 def resolve_levels(
-    in_specs: Sequence[FeatureSpec], levels: Sequence[int] | None, default_extra: int
+    in_specs: Sequence[FeatureSpec], levels: Sequence[int] | None, default_extra: int, cover_inputs: bool = False
 ) -> tuple[int, int]:
-    """Return the output level range ``(lo, hi)``; default: the input levels plus ``default_extra`` coarser ones."""
+    """Return the output level range ``(lo, hi)``; default: the input levels plus ``default_extra`` coarser ones.
+    ``cover_inputs``: the neck's top-down path starts at the coarsest input, so ``hi`` may not stop below it."""
     in_levels = [s.level for s in in_specs]
     if levels is None:
         return min(in_levels), max(in_levels) + default_extra
@@ -78,6 +79,12 @@ def resolve_levels(
         )
     if hi > MAX_LEVEL:
         raise ValueError(f"levels {levels!r}: max_level {hi} is above the supported {MAX_LEVEL}.")
+    if cover_inputs and hi < max(in_levels):
+        raise ValueError(
+            f"levels {levels!r}: max_level {hi} is below the coarsest backbone level {max(in_levels)} (stride "
+            f"{2 ** max(in_levels)}), where the top-down path starts. Use max_level >= {max(in_levels)}, or pass "
+            "only the backbone maps the neck should read as in_specs."
+        )
     return lo, hi
 
 

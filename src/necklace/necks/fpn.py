@@ -68,7 +68,7 @@ def fpn_graph(
         [(256, 8), (256, 16), (256, 32), (256, 64), (256, 128)]
     """
     in_specs = validate_in_specs(in_specs)
-    lo, hi = resolve_levels(in_specs, levels, default_extra=1)
+    lo, hi = resolve_levels(in_specs, levels, default_extra=1, cover_inputs=True)
     widths = resolve_widths(width, lo, hi)
     top = max(s.level for s in in_specs)
     nodes, outs = top_down_nodes(in_specs, lo, widths, upsample)

@@ -50,7 +50,7 @@ def pafpn_graph(
     if variant not in ("mmdet", "panet"):
         raise ValueError(f"pafpn variant {variant!r} must be 'mmdet' (pre-conv sum) or 'panet' (post-conv).")
     in_specs = validate_in_specs(in_specs)
-    lo, hi = resolve_levels(in_specs, levels, default_extra=1)
+    lo, hi = resolve_levels(in_specs, levels, default_extra=1, cover_inputs=True)
     widths = resolve_widths(width, lo, hi)
     top = max(s.level for s in in_specs)
     nodes, _ = top_down_nodes(in_specs, lo, widths, upsample)

@@ -30,9 +30,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from necklace.checks import is_int
 from necklace.layers.aspp import ASPP
 from necklace.layers.sac import convert_to_aws, convert_to_sac
 from necklace.necks.fpn import fpn
+from necklace.registry import neck_info
 from necklace.spec import FeatureSpec
 
 __all__ = [
@@ -415,15 +417,16 @@ class RecursiveFPN(nn.Module):
         **fpn_options: Any,
     ) -> None:
         super().__init__()
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ValueError(f"RecursiveFPN steps must be an int >= 1 (DetectoRS: 2), got {steps!r}.")
+        steps = int(steps)
         bb = backbone if isinstance(backbone, FeedbackBackbone) else FeedbackBackbone.from_resnet(backbone)
         if use_sac:
             sac_backbone(bb, use_deform=sac_deform, aws=aws)
         elif aws:
             convert_to_aws(bb, skip_names=("rfp_conv",))
-        if neck is None:
-            neck = fpn(bb.out_specs, **fpn_options)
+        if neck is None:  # (the options checked against FPN's typed options, as build_neck does)
+            neck = fpn(bb.out_specs, **neck_info("fpn").check_options(fpn_options))
         elif fpn_options:
             raise TypeError(f"RecursiveFPN: FPN options {sorted(fpn_options)} given together with a built neck.")
         in_specs = getattr(neck, "in_specs", None)

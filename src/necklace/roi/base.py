@@ -201,6 +201,7 @@ class _RoIPoolerBase(MultiScaleRoIAlign):
             if boxes.dim() == 2 and boxes.shape[-1] == 5:
                 rows = _real_boxes(boxes, f"{owner}: boxes", device)
                 _check_finite(rows, f"{owner}: boxes", rows=True)
+                rows = rows.to(torch.promote_types(rows.dtype, torch.float32))
                 ids = rows[:, 0]
                 bad = (ids != ids.round()) | (ids < 0) | (ids >= batch)
                 if bool(bad.any()):
@@ -231,6 +232,9 @@ class _RoIPoolerBase(MultiScaleRoIAlign):
             raise ValueError(f"{owner}: boxes is empty; pass one Tensor[N, 4] per image.")
         for i, b in enumerate(checked):
             _check_finite(b, f"{owner}: boxes[{i}]", rows=False)
+        # one float dtype of at least float32 before concatenating: int64 boxes next to float16 ones would otherwise
+        # be cast to float16, where 1e6 is inf (and roi_align crashes on it)
+        checked = [b.to(torch.promote_types(b.dtype, torch.float32)) for b in checked]
         flat = torch.cat(checked, dim=0)
         ids = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(checked)], dim=0)
         return torch.cat([ids, flat], dim=1)
@@ -288,9 +292,17 @@ class _RoIPoolerBase(MultiScaleRoIAlign):
     def _align(self, feat: Tensor, rois: Tensor, scale: float) -> Tensor:
         if self.sampling_ratio <= 0 and rois.shape[0] > 0:
             _check_adaptive_samples(rois, scale, self.output_size, type(self).__name__)
+        rois_in = rois.to(feat.dtype)
+        if feat.element_size() < 4 and rois.numel() and not bool(torch.isfinite(rois_in).all()):
+            k = int(torch.nonzero(~torch.isfinite(rois_in).all(dim=1))[0, 0])
+            raise ValueError(
+                f"{type(self).__name__}: box {[round(v, 1) for v in rois[k, 1:].tolist()]} of image {int(rois[k, 0])} "
+                f"does not fit in the {feat.dtype} feature maps' range (RoIAlign computes in the maps' dtype). Clip "
+                "the boxes to the image (torchvision.ops.clip_boxes_to_image) or pool float32 maps."
+            )
         return roi_align(
             feat,
-            rois.to(feat.dtype),
+            rois_in,
             output_size=self.output_size,
             spatial_scale=scale,
             sampling_ratio=self.sampling_ratio,

@@ -32,13 +32,6 @@ _METRIC_LABELS = {
 }
 #: Options each built-in pyramid neck gets in a comparison unless overridden: one width, the same levels (P3-P6),
 #: so the necks differ only in how they mix the levels. Other necks use their own defaults.
-_SHARED = {"width": 32, "levels": [3, 6]}
-_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "fpn": dict(_SHARED),
-    "pafpn": dict(_SHARED),
-    "bifpn": {**_SHARED, "repeats": 2},
-    "augfpn": dict(_SHARED),
-}
 #: Faster R-CNN settings that keep a CPU step short (smaller box head, fewer proposals and sampled boxes).
 _CPU_FASTER_RCNN = {
     "representation_size": 128,
@@ -72,15 +65,15 @@ _RUN_FIELDS = ("neck", "neck_options", "seed", "output", "eval")  # set per run 
 
 
 def default_neck_options(name: str) -> dict[str, Any]:
-    """Options a neck gets in a comparison unless overridden (``fpn``/``pafpn``/``augfpn``: width 32, P3-P6;
-    ``bifpn``: the same, 2 cells); other necks: ``{}`` (their own defaults).
+    """Options a neck gets in a comparison unless overridden: its registry entry's ``compare_options``
+    (``fpn``/``pafpn``/``augfpn``: width 32, P3-P6; ``bifpn``: the same, 2 cells; others ``{}``, their own defaults).
 
     Example:
         >>> default_neck_options("bifpn"), default_neck_options("yolo_pafpn")
         ({'width': 32, 'levels': [3, 6], 'repeats': 2}, {})
     """
-    neck_info(name)  # unknown names fail here, with the known ones listed
-    return {k: list(v) if isinstance(v, list) else v for k, v in _DEFAULT_OPTIONS.get(name, {}).items()}
+    options = neck_info(name).compare_options  # unknown names fail here, with the known ones listed
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in (options or {}).items()}
 
 
 # ------------------------------------------------------------------------------------------------ config

@@ -21,7 +21,9 @@ __all__ = ["IMAGE_EXTS", "probe_image", "read_image"]
 #: File suffixes the loaders treat as images.
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes for 16-bit (and 32-bit int) grayscale
-_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # what Pillow raises on damaged files
+#: what Pillow raises on damaged files; ImportError too: a host library may wrap ``PIL.Image.open`` process-wide
+#: and, on a file Pillow cannot identify, try to import an optional plugin (Ultralytics imports ``pi_heif`` there)
+_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, ImportError)
 
 
 def read_image(path: str | Path) -> Tensor:

@@ -1,0 +1,241 @@
+"""``necklace search``: the argparse side of :func:`necklace.detection.search.search` (a thin layer).
+
+    necklace search [--data tiny_shapes|synthetic|coco:IMAGES_DIR,ANN_FILE|yolo:...] [--latency-budget 3x|5ms]
+                    [--runtime torch|native|onnxruntime|openvino|auto] [--time-budget 30m | --trials N]
+                    [--detector D] [--backbone NAME] [--image-size N] [--steps N] [--metric ap|ap_small|...]
+                    [--verdict-top N] [--verdict-seeds 0,1,2] [--output DIR] ...
+
+Wire it into a CLI with ``add_search_parser(subparsers)``; the sub-parser's ``func`` is :func:`run`
+(``run(args, out, err) -> exit status``, the signature the other commands' functions have).
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser(); sub = p.add_subparsers(dest="command"); add_search_parser(sub)
+    >>> cfg = search_config_from_args(p.parse_args(["search", "--latency-budget", "5ms", "--trials", "6",
+    ...                                             "--metric", "ap_small", "--verdict-seeds", "0,1"]))
+    >>> cfg.latency_budget, cfg.n_trials, cfg.metric, cfg.verdict_seeds, cfg.preset
+    ('5ms', 6, 'ap_small', (0, 1), 'tiny_shapes')
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any, TextIO
+
+__all__ = ["add_search_parser", "run", "search_config_from_args"]
+
+#: flag attribute -> field of the base TrainConfig (the full recipe)
+_BASE_FIELDS = {
+    "detector": "detector",
+    "backbone": "backbone",
+    "image_size": "image_size",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "pretrained": "pretrained",
+    "workers": "num_workers",
+}
+#: flag attribute -> SearchConfig field
+_FIELDS = {
+    "latency_budget": "latency_budget",
+    "runtime": "runtime",
+    "device": "device",
+    "latency_scope": "latency_scope",
+    "latency_threads": "latency_threads",
+    "time_budget": "time_budget",
+    "trials": "n_trials",
+    "max_trials": "max_trials",
+    "metric": "metric",
+    "rung_steps": "rung_steps",
+    "rungs": "rungs",
+    "reduction_factor": "reduction_factor",
+    "pruner": "pruner",
+    "warmup_steps": "warmup_steps",
+    "holdout": "holdout",
+    "fidelity_images": "fidelity_images",
+    "verdict_top": "verdict_top",
+    "seed": "seed",
+    "output": "output",
+}
+
+
+def add_search_parser(sub: Any) -> None:
+    """Register ``search`` on an argparse sub-parser collection (``parser.add_subparsers()``)."""
+    from necklace.detection.compare import METRICS
+    from necklace.detection.detectors import DETECTOR_KINDS
+    from necklace.detection.search.config import PRUNERS
+    from necklace.detection.search.latency import LATENCY_SCOPES
+
+    p = sub.add_parser(
+        "search",
+        help="find the neck for your data under a latency budget; verdict against the hand-made necks",
+        description="Search necklace graphs (FPN / PAFPN / BiFPN / NAS-FPN cells / YOLO PAN templates x levels, "
+        "widths, fusion, resampling, blocks, repeats) for the neck that does best on your data within a latency "
+        "budget: every candidate is timed first (over budget: rejected in seconds), the rest get short trainings "
+        "on cached maps of a frozen backbone with successive-halving pruning; the best ones and the best hand-made "
+        "neck are then retrained at the full recipe over seeds (necklace compare), and a winner is declared only "
+        "beyond the seed noise. Writes report.md, trials.md/.csv, search.png, winner.yaml under --output. Without "
+        "arguments: the CPU-sized search on tiny_shapes (about 30 minutes on 2 cores). Interrupted? Run the same "
+        "command again: it continues where it stopped.",
+    )
+    p.add_argument("--data", metavar="SPEC", help="tiny_shapes (default) | synthetic | coco:IMAGES,ANN | yolo:...")
+    p.add_argument("--val-data", metavar="SPEC", help="validation data of the verdict (default: see TrainConfig)")
+    p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="e.g. num_images=512 (repeatable)")
+    p.add_argument("--latency-budget", metavar="BUDGET", help="'5ms' / 5 (milliseconds) or '3x' the reference neck")
+    p.add_argument("--runtime", help="necklace.deploy runtime to time on: torch (default), native, onnxruntime, auto")
+    p.add_argument("--device", help="where candidates are timed and trained: cpu (default), cuda")
+    p.add_argument("--latency-scope", choices=LATENCY_SCOPES, help="time the neck (default) or the whole detector")
+    p.add_argument("--latency-threads", type=int, metavar="N", help="torch threads while timing")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--time-budget", metavar="T", help="wall clock for everything, e.g. 30m, 2h (sizes the study)")
+    budget.add_argument("--trials", type=int, metavar="N", help="trained trials (hand-made ones included)")
+    p.add_argument("--max-trials", type=int, metavar="N", help="cap of a study sized by --time-budget (80)")
+    p.add_argument("--detector", choices=DETECTOR_KINDS, help="detector (default faster_rcnn)")
+    p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
+    p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="e.g. levels=2,5 (repeatable)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone")
+    p.add_argument("--detector-option", action="append", metavar="KEY=VALUE", help="build_detector option")
+    p.add_argument("--image-size", type=int, metavar="N", help="image size (default 128)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default 4)")
+    p.add_argument("--steps", type=int, metavar="N", help="steps of the full recipe the verdict retrains (500)")
+    p.add_argument("--lr", type=float, help="learning rate (default per detector)")
+    p.add_argument("--metric", choices=METRICS, help="metric to maximise and test (default ap)")
+    p.add_argument(
+        "--handmade", metavar="A,B,...", help="hand-made necks in the race (default fpn,pafpn,bifpn,yolo_pafpn)"
+    )
+    p.add_argument("--free-cells", action="store_true", help="add the free space of mutated merging-cell graphs")
+    p.add_argument("--no-anchors", action="store_true", help="do not enqueue the plain fpn at every finest level")
+    p.add_argument("--rung-steps", type=int, metavar="N", help="steps before the first evaluation (60)")
+    p.add_argument("--rungs", type=int, metavar="N", help="evaluations per short training (3)")
+    p.add_argument("--reduction-factor", type=int, metavar="N", help="keep the top 1/N at each rung (3)")
+    p.add_argument("--pruner", choices=PRUNERS, help="successive_halving (default), hyperband, none")
+    p.add_argument("--warmup-steps", type=int, metavar="N", help="steps of the backbone warm-up (300; 0: pretrained)")
+    p.add_argument("--holdout", type=float, metavar="F", help="fraction of training images held out (0.2)")
+    p.add_argument("--fidelity-images", type=int, metavar="N", help="training images cached (1024)")
+    p.add_argument("--verdict-top", type=int, metavar="N", help="searched necks retrained by the verdict (2)")
+    p.add_argument("--verdict-seeds", metavar="S,S,...", help="seeds of the verdict (0,1,2)")
+    p.add_argument("--no-verdict", action="store_true", help="stop after the study (no retraining)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the sampler and the short trainings (0)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads for the whole run")
+    p.add_argument("--workers", type=int, metavar="N", help="data-loader workers of the verdict's runs")
+    p.add_argument("--output", metavar="DIR", help="output folder (default runs/search)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. {flag} 0,1,2") from None
+    if not values:
+        raise ValueError(f"{flag} is empty: give comma-separated integers, e.g. {flag} 0,1,2")
+    return values
+
+
+def search_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~necklace.detection.search.SearchConfig` a ``search`` command line describes."""
+    from necklace.cli import parse_options
+    from necklace.detection.search.config import SearchConfig
+    from necklace.detection.search.data import PRESETS
+    from necklace.detection.train import DataSpec, TrainConfig
+
+    default = SearchConfig()
+    base = default.base.to_dict()
+    kw: dict[str, Any] = {}
+    if args.data is not None:
+        if args.data in PRESETS:
+            kw["preset"] = args.data
+        else:
+            DataSpec.parse(args.data)
+            kw["preset"] = None
+            base["data"] = args.data
+            base["data_options"] = {}
+    if args.val_data is not None:
+        if kw.get("preset", default.preset) is not None:
+            raise ValueError(f"--val-data {args.val_data!r} goes with --data SPEC (the built-in data has its own).")
+        base["val_data"] = args.val_data
+    for flag, name in _BASE_FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            base[name] = value
+    if args.steps is not None:
+        base["steps"], base["epochs"] = args.steps, None
+    if args.detector is not None and args.detector != default.base.detector:
+        base["detector_options"] = {}  # the default's Faster R-CNN proposal counts do not apply to FCOS
+    if args.backbone is not None and args.backbone != default.base.backbone:
+        base["backbone_options"] = {}
+    for flag, name in (
+        ("backbone_option", "backbone_options"),
+        ("detector_option", "detector_options"),
+        ("data_option", "data_options"),
+    ):
+        extra = parse_options(getattr(args, flag))
+        if extra:
+            base[name] = {**dict(base.get(name) or {}), **extra}
+    for flag, name in _FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            kw[name] = value
+    if args.handmade is not None:
+        kw["handmade"] = tuple(n.strip() for n in args.handmade.split(",") if n.strip())
+    if args.verdict_seeds is not None:
+        kw["verdict_seeds"] = _ints("--verdict-seeds", args.verdict_seeds)
+    if args.free_cells:
+        kw["free_cells"] = True
+    if args.no_verdict:
+        kw["verdict"] = False
+    if args.no_anchors:
+        kw["anchors"] = False
+    return SearchConfig(base=TrainConfig.from_dict(base), **kw)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["necklace", "search"]
+    for name, value in vars(args).items():
+        if name in ("command", "func", "debug", "quiet") or value in (None, False):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                parts += [flag, v]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run ``necklace search`` for parsed ``args``; print the verdict and the files; return the exit status
+    (0 done; 128 + signal number after an interruption: run the same command again to continue)."""
+    import torch
+
+    from necklace.detection.search.pipeline import search
+    from necklace.detection.train import TrainingInterrupted
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    config = search_config_from_args(args)
+    try:
+        result = search(config, progress=not args.quiet, command=_command_line(args))
+    except TrainingInterrupted as e:
+        err.write(f"necklace: {e}. Run the same command again to continue where it stopped.\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.write("\nnecklace: search interrupted. Run the same command again to continue where it stopped.\n")
+        return 130
+    c = result.counts
+    lines = [f"- {line}" for line in result.verdict.lines] if result.verdict else ["- no verdict"]
+    out.write("\n".join(lines) + "\n\n")
+    out.write(
+        f"trials: {c['started']} started, {c['rejected']} rejected on latency, {c['trained']} trained "
+        f"({c['complete']} finished, {c['pruned']} pruned), {c['reused']} reused, {c['failed']} failed\n"
+    )
+    for name, path in result.files.items():
+        out.write(f"{name}: {path}\n")
+    out.write(f"wall time: {result.wall_time / 60:.1f} min\n")
+    return 0
