@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 ultralytics = pytest.importorskip("ultralytics")
 
 from PIL import Image  # noqa: E402
+from tests.helpers import block_network  # noqa: E402
 
 from necklace.cli import main  # noqa: E402
 from necklace.cli.compare import add_compare_parser, compare_config_from_args  # noqa: E402
@@ -47,23 +47,9 @@ NECKS = (NeckChoice("yolo_pafpn"), NeckChoice("pafpn", {"width": 16}))
 @pytest.fixture(scope="module", autouse=True)
 def no_network() -> Iterator[list[str]]:
     """Refuse every non-local connection (Ultralytics' online check and font download) for the whole module."""
-    attempts: list[str] = []
-    getaddrinfo = socket.getaddrinfo
-
-    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in ("localhost", "127.0.0.1", "::1", None):
-            attempts.append(str(host))
-            raise OSError("network blocked by the test")
-        return getaddrinfo(host, *args, **kwargs)
-
-    def refuse(self: socket.socket, address: Any) -> None:
-        attempts.append(str(address))
-        raise OSError("network blocked by the test")
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("YOLO_OFFLINE", "1")
-        mp.setattr(socket, "getaddrinfo", local_only)
-        mp.setattr(socket.socket, "connect", refuse)
+        attempts = block_network(mp)
         yield attempts
 
 

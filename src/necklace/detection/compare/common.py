@@ -10,7 +10,13 @@ import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
+from torch import nn
+
+from necklace.bench import count_flops, count_params, measure_latency
+from necklace.detection.compare.results import NeckProfile
 from necklace.detection.evaluate import CocoMetrics
 
 __all__: list[str] = []
@@ -50,3 +56,63 @@ def _write_text(path: Path, text: str) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    """``value`` (a tensor, or a list / tuple of them) on ``device``."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, device) for v in value)
+    return value.to(device)
+
+
+def _measure_profile(
+    *,
+    label: str,
+    size: int,
+    model: nn.Module,
+    neck: nn.Module,
+    feats: Any,
+    detector: nn.Module,
+    detector_input: Any,
+    warmup: int,
+    repeats: int,
+    gpu: bool | None,
+    threads: int | None,
+    progress: bool,
+) -> NeckProfile:
+    """Params, FLOPs and latency of ``neck`` on ``feats`` and of ``detector`` on ``detector_input`` (``model`` is
+    what ``detector`` runs: its params and FLOPs are the detector's), on CPU at ``threads`` threads (``None``: the
+    current count) and on CUDA when ``gpu`` is true or, with ``None``, when CUDA is there."""
+    kw: dict[str, Any] = {"warmup": warmup, "repeats": repeats}
+    if threads is not None:
+        kw["threads"] = threads
+    neck_cpu = measure_latency(neck, feats, **kw)
+    det_cpu = measure_latency(detector, detector_input, **kw)
+    neck_gpu = det_gpu = None
+    gpu_name = None
+    if gpu or (gpu is None and torch.cuda.is_available()):
+        dev = torch.device("cuda")
+        model.to(dev)
+        neck_gpu = measure_latency(neck, _to(feats, dev), **kw)
+        det_gpu = measure_latency(detector, _to(detector_input, dev), **kw)
+        gpu_name = torch.cuda.get_device_name(dev)
+        model.to("cpu")
+    profile = NeckProfile(
+        image_size=size,
+        neck_params=count_params(neck),
+        neck_gflops=count_flops(neck, feats) / 1e9,
+        detector_params=count_params(model),
+        detector_gflops=count_flops(model, detector_input) / 1e9,
+        neck_cpu=neck_cpu,
+        detector_cpu=det_cpu,
+        threads=threads if threads is not None else torch.get_num_threads(),
+        neck_gpu=neck_gpu,
+        detector_gpu=det_gpu,
+        gpu_name=gpu_name,
+    )
+    _say(
+        progress,
+        f"profile {label}: neck {profile.neck_params:,} params, {profile.neck_gflops:.3g} GFLOPs, "
+        f"{neck_cpu.median_ms:.2f} ms CPU; detector {det_cpu.median_ms:.1f} ms CPU at {size} px",
+    )
+    return profile

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.bench import count_flops, count_params, measure_latency
 from necklace.detection.checkpoint import load_checkpoint
-from necklace.detection.compare.common import _loss_ends, _read_metrics, _say, _write_text
+from necklace.detection.compare.common import _loss_ends, _measure_profile, _read_metrics, _say, _write_text
 from necklace.detection.compare.config import CompareConfig, NeckChoice
 from necklace.detection.compare.plots import plot_ap_by_size, plot_ap_vs_latency
 from necklace.detection.compare.report import _report
@@ -110,38 +109,20 @@ def _profile(config: CompareConfig, run: RunResult, progress: bool) -> NeckProfi
     with torch.no_grad():
         batch = transform([image])[0].tensors  # normalised, padded: what the backbone sees
         feats = adapter.backbone(batch)
-    neck: nn.Module = adapter.neck
-    kw: dict[str, Any] = {"warmup": config.latency_warmup, "repeats": config.latency_repeats}
-    neck_cpu = measure_latency(neck, feats, **kw)
-    det_cpu = measure_latency(model, [image], **kw)
-    neck_gpu = det_gpu = None
-    gpu_name = None
-    if config.gpu_latency or (config.gpu_latency is None and torch.cuda.is_available()):
-        dev = torch.device("cuda")
-        model.to(dev)
-        neck_gpu = measure_latency(neck, [f.to(dev) for f in feats], **kw)
-        det_gpu = measure_latency(model, [image.to(dev)], **kw)
-        gpu_name = torch.cuda.get_device_name(dev)
-        model.to("cpu")
-    profile = NeckProfile(
-        image_size=size,
-        neck_params=count_params(neck),
-        neck_gflops=count_flops(neck, feats) / 1e9,
-        detector_params=count_params(model),
-        detector_gflops=count_flops(model, [image]) / 1e9,
-        neck_cpu=neck_cpu,
-        detector_cpu=det_cpu,
-        threads=torch.get_num_threads(),
-        neck_gpu=neck_gpu,
-        detector_gpu=det_gpu,
-        gpu_name=gpu_name,
+    return _measure_profile(
+        label=run.label,
+        size=size,
+        model=model,
+        neck=adapter.neck,
+        feats=feats,
+        detector=model,
+        detector_input=[image],
+        warmup=config.latency_warmup,
+        repeats=config.latency_repeats,
+        gpu=config.gpu_latency,
+        threads=None,
+        progress=progress,
     )
-    _say(
-        progress,
-        f"profile {run.label}: neck {profile.neck_params:,} params, {profile.neck_gflops:.3g} GFLOPs, "
-        f"{neck_cpu.median_ms:.2f} ms CPU; detector {det_cpu.median_ms:.1f} ms CPU at {size} px",
-    )
-    return profile
 
 
 def _environment() -> dict[str, Any]:

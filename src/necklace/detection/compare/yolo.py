@@ -34,8 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.bench import count_flops, count_params, measure_latency
-from necklace.detection.compare.common import _loss_ends, _read_metrics, _say, _write_text
+from necklace.detection.compare.common import _loss_ends, _measure_profile, _read_metrics, _say, _write_text
 from necklace.detection.compare.config import CompareConfig, NeckChoice
 from necklace.detection.compare.results import NeckProfile, RunResult
 from necklace.detection.compare.yolo_config import RESUMABLE_YOLO_CHANGES, YoloTrainConfig
@@ -374,38 +373,20 @@ class YoloSession:
 
         # CPU latency at the thread count Ultralytics itself runs CPU work with (its select_device sets it for
         # training and prediction: cores - 1, at most 8), which also keeps timings sane on a busy machine
-        kw: dict[str, Any] = {"warmup": config.latency_warmup, "repeats": config.latency_repeats}
-        kw["threads"] = int(NUM_THREADS)
-        neck_cpu = measure_latency(neck, feats, **kw)
-        det_cpu = measure_latency(detector, x, **kw)
-        neck_gpu = det_gpu = None
-        gpu_name = None
-        if config.gpu_latency or (config.gpu_latency is None and torch.cuda.is_available()):
-            dev = torch.device("cuda")
-            model.to(dev)
-            neck_gpu = measure_latency(neck, [f.to(dev) for f in feats], **kw)
-            det_gpu = measure_latency(detector, x.to(dev), **kw)
-            gpu_name = torch.cuda.get_device_name(dev)
-            model.to("cpu")
-        profile = NeckProfile(
-            image_size=size,
-            neck_params=count_params(neck),
-            neck_gflops=count_flops(neck, feats) / 1e9,
-            detector_params=count_params(model),
-            detector_gflops=count_flops(model, x) / 1e9,
-            neck_cpu=neck_cpu,
-            detector_cpu=det_cpu,
+        return _measure_profile(
+            label=run.label,
+            size=size,
+            model=model,
+            neck=neck,
+            feats=feats,
+            detector=detector,
+            detector_input=x,
+            warmup=config.latency_warmup,
+            repeats=config.latency_repeats,
+            gpu=config.gpu_latency,
             threads=int(NUM_THREADS),
-            neck_gpu=neck_gpu,
-            detector_gpu=det_gpu,
-            gpu_name=gpu_name,
+            progress=progress,
         )
-        _say(
-            progress,
-            f"profile {run.label}: neck {profile.neck_params:,} params, {profile.neck_gflops:.3g} GFLOPs, "
-            f"{neck_cpu.median_ms:.2f} ms CPU; detector {det_cpu.median_ms:.1f} ms CPU at {size} px",
-        )
-        return profile
 
 
 class _WithNms(nn.Module):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from necklace.detection.detectors import DETECTOR_KINDS
-from necklace.detection.train.config import DataSpec, _plain
+from necklace.detection.train.config import DataSpec, _known_fields, _plain
 from necklace.registry import neck_info
 
 __all__ = [
@@ -311,18 +311,7 @@ class YoloTrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> YoloTrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming the closest field."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"YoloTrainConfig.from_dict expects a mapping, got {type(data).__name__}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                hint = difflib.get_close_matches(str(key), names, n=1)
-                raise ValueError(
-                    f"unknown YoloTrainConfig field {key!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
-                    + f" Fields: {', '.join(names)}."
-                )
-        kw = dict(data)
+        kw = _known_fields(cls, data)
         if "levels" in kw and isinstance(kw["levels"], list):
             kw["levels"] = tuple(kw["levels"])
         return cls(**kw)

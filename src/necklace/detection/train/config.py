@@ -115,6 +115,28 @@ class DataSpec:
 
 
 # ------------------------------------------------------------------------------------------------ config
+def _known_fields(cls: type, data: Any) -> dict[str, Any]:
+    """``data`` as a dict of ``cls``'s dataclass fields: a ``TypeError`` for a non-mapping, a ``ValueError`` naming
+    the closest field for an unknown key (the ``from_dict`` of the training configs).
+
+    Example:
+        >>> _known_fields(DataSpec, {"kind": "synthetic"})
+        {'kind': 'synthetic'}
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(data).__name__}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            raise ValueError(
+                f"unknown {cls.__name__} field {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" Fields: {', '.join(names)}."
+            )
+    return dict(data)
+
+
 def _plain(value: Any, where: str) -> Any:
     """JSON-like copy (tuples -> lists) so a config round-trips through YAML/JSON unchanged."""
     if isinstance(value, Mapping):
@@ -360,18 +382,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming the closest field."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"TrainConfig.from_dict expects a mapping, got {type(data).__name__}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                hint = difflib.get_close_matches(str(key), names, n=1)
-                raise ValueError(
-                    f"unknown TrainConfig field {key!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
-                    + f" Fields: {', '.join(names)}."
-                )
-        return cls(**dict(data))
+        return cls(**_known_fields(cls, data))
 
     def save(self, path: str | Path) -> Path:
         """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""
