@@ -74,3 +74,26 @@ def spy_shapes(monkeypatch: Any, owner: Any, name: str, arg: int = 0) -> list[tu
 
     monkeypatch.setattr(owner, name, spy)
     return seen
+
+
+def block_network(mp: Any) -> list[str]:
+    """Refuse every non-local connection (DNS lookups and connects) through the ``pytest.MonkeyPatch`` ``mp``;
+    returns the list every refused host / address is appended to."""
+    import socket
+
+    attempts: list[str] = []
+    getaddrinfo = socket.getaddrinfo
+
+    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("localhost", "127.0.0.1", "::1", None):
+            attempts.append(str(host))
+            raise OSError("network blocked by the test")
+        return getaddrinfo(host, *args, **kwargs)
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        attempts.append(str(address))
+        raise OSError("network blocked by the test")
+
+    mp.setattr(socket, "getaddrinfo", local_only)
+    mp.setattr(socket.socket, "connect", refuse)
+    return attempts

@@ -32,6 +32,7 @@ import necklace
 ultralytics = pytest.importorskip("ultralytics")
 
 import PIL.Image  # noqa: E402  (after ultralytics, which replaces PIL.Image.open at import; restored below)
+from tests.helpers import block_network  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 from ultralytics.utils import WEIGHTS_DIR  # noqa: E402
@@ -87,24 +88,10 @@ socket.socket.connect = _refuse
 @pytest.fixture(scope="module", autouse=True)
 def network() -> Iterator[list[str]]:
     """Refuse every non-local connection for the whole module; record the hosts asked for."""
-    attempts: list[str] = []
-    getaddrinfo = socket.getaddrinfo
-
-    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in ("localhost", "127.0.0.1", "::1", None):
-            attempts.append(str(host))
-            raise OSError("network blocked by the test")
-        return getaddrinfo(host, *args, **kwargs)
-
-    def refuse(self: socket.socket, address: Any) -> None:
-        attempts.append(str(address))
-        raise OSError("network blocked by the test")
-
     weights_before = set(WEIGHTS_DIR.glob("*")) if WEIGHTS_DIR.exists() else set()
     pil_open = PIL.Image.open
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "getaddrinfo", local_only)
-        mp.setattr(socket.socket, "connect", refuse)
+        attempts = block_network(mp)
         yield attempts
     PIL.Image.open = pil_open  # type: ignore[assignment]
     weights_after = set(WEIGHTS_DIR.glob("*")) if WEIGHTS_DIR.exists() else set()

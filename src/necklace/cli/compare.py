@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, TextIO
 
 from necklace.cli.args import _UsageError, parse_options
@@ -27,10 +28,21 @@ _COMPARE_FIELDS = {
 }
 
 
+#: --quick inside a YOLO detector: 1 epoch at 96 px on 32 images
+_YOLO_QUICK = {"epochs": 1, "image_size": 96, "data_options": {"num_images": 32, "val_images": 16}}
+#: flags that do not apply to YOLO detectors -> why
+_NOT_YOLO = {
+    "backbone": "a YOLO detector brings its own backbone",
+    "backbone_option": "a YOLO detector brings its own backbone",
+    "pretrained": "YOLO models train from random weights here (nothing is downloaded)",
+    "steps": "Ultralytics trains in epochs: use --epochs",
+    "val_data": "the Ultralytics data file names its val images",
+}
+
+
 def add_compare_parser(sub: Any) -> None:
     """Register ``compare`` on an argparse sub-parser collection."""
     from necklace.detection.compare import METRICS
-    from necklace.detection.detectors import DETECTOR_KINDS
 
     p = sub.add_parser(
         "compare",
@@ -40,8 +52,10 @@ def add_compare_parser(sub: Any) -> None:
         "latency), reports mean ± std over seeds and whether the differences exceed the seed spread. Writes "
         "results.json, report.md, ap_by_size.png and ap_vs_latency.png under --output. Without arguments: "
         "fpn, pafpn, bifpn in a CPU-sized Faster R-CNN on the tiny backbone, synthetic shapes at 128 px, "
-        "1200 steps, 2 seeds (about 10 minutes on 2 CPU cores). Interrupted? Run the same command again: finished "
-        "runs are reused, the rest resumed.",
+        "1200 steps, 2 seeds (about 10 minutes on 2 CPU cores). --detector yolov8n (or another YOLOv8 / YOLO11 "
+        "size) compares the necks inside that Ultralytics YOLO model, each trained by Ultralytics' trainer, loss and "
+        "schedule (default: yolo_pafpn, pafpn, bifpn; needs pip install 'necklace[ultralytics]'). Interrupted? Run "
+        "the same command again: finished runs are reused, the rest resumed.",
     )
     p.add_argument("--necks", metavar="A,B,...", help="registered necks (default fpn,pafpn,bifpn)")
     p.add_argument(
@@ -52,20 +66,35 @@ def add_compare_parser(sub: Any) -> None:
         help="neck option, for one neck (-o bifpn.repeats=3) or all (-o width=64); repeatable",
     )
     p.add_argument("--config", metavar="FILE", help="TrainConfig YAML/JSON for everything the runs share")
-    p.add_argument("--detector", choices=DETECTOR_KINDS, help="detector (default faster_rcnn)")
+    p.add_argument(
+        "--detector",
+        metavar="NAME",
+        help="faster_rcnn (default), fcos, retinanet, or an Ultralytics YOLO model: yolov8n/s/m/l/x, yolo11n/s/m/l/x",
+    )
+    p.add_argument("--levels", metavar="LO,HI", help="YOLO only: pyramid levels of the neck and Detect (default 3,5)")
     p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="backbone option (repeatable)")
     p.add_argument(
         "--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone weights"
     )
-    p.add_argument("--detector-option", action="append", metavar="KEY=VALUE", help="build_detector option")
-    p.add_argument("--data", metavar="SPEC", help="synthetic (default) | coco:IMAGES_DIR,ANN_FILE | yolo:...")
+    p.add_argument(
+        "--detector-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="build_detector option; for YOLO an Ultralytics training argument (optimizer=SGD, warmup_epochs=1, ...)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="synthetic (default) | coco:IMAGES_DIR,ANN_FILE | yolo:IMAGES_DIR,LABELS_DIR,NAMES... | YOLO "
+        "detectors: yolo:PATH/data.yaml (an Ultralytics data file)",
+    )
     p.add_argument("--val-data", metavar="SPEC", help="evaluation data (default: see TrainConfig.val_data)")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="e.g. num_images=256")
     p.add_argument("--seeds", metavar="S,S,...", help="seeds, one run per neck and seed (default 0,1)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, metavar="N", help="training steps per run (default 1200)")
-    length.add_argument("--epochs", type=int, metavar="N", help="epochs per run instead of steps")
+    length.add_argument("--epochs", type=int, metavar="N", help="epochs per run instead of steps (YOLO: epochs)")
     p.add_argument("--image-size", type=int, metavar="N", help="image size (default 128)")
     p.add_argument("--batch-size", type=int, metavar="N", help="images per step (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default per detector)")
@@ -94,9 +123,16 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
         >>> [(n.name, n.options) for n in cfg.necks], cfg.seeds
         ([('fpn', {'width': 16, 'levels': [3, 6]}), ('bifpn', {'width': 16, 'levels': [3, 6], 'repeats': 1})], (3, 4))
     """
-    from necklace.detection.compare import DEFAULT_BASE, CompareConfig, NeckChoice, default_neck_options
+    from necklace.detection.compare import DEFAULT_BASE, CompareConfig, default_neck_options
+    from necklace.detection.compare.yolo_config import check_detector, is_yolo_detector
     from necklace.detection.train import DataSpec, TrainConfig
 
+    if args.detector is not None:
+        check_detector(args.detector)  # unknown: ValueError listing the torchvision and YOLO detectors
+    if is_yolo_detector(args.detector) or (args.detector is None and args.config and _yolo_file(args.config)):
+        return _yolo_config_from_args(args)
+    if args.levels is not None:
+        raise _UsageError("--levels applies to YOLO detectors (--detector yolov8n, ...); set levels with -o levels=3,6")
     data = (TrainConfig.load(args.config) if args.config else DEFAULT_BASE).to_dict()
     if args.config:
         data["eval"] = True
@@ -127,9 +163,18 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
         if extra:
             data[name] = {**dict(data.get(name) or {}), **extra}
     base = TrainConfig.from_dict(data)
-    names = [n.strip() for n in (args.necks or "fpn,pafpn,bifpn").split(",") if n.strip()]
+    necks = _necks(args, "fpn,pafpn,bifpn", default_neck_options)
+    output = args.output or ("runs/compare-quick" if args.quick else "runs/compare")
+    return _compare_config(args, CompareConfig, necks, base, output)
+
+
+def _necks(args: argparse.Namespace, default: str, defaults: Any) -> tuple[Any, ...]:
+    """``--necks`` with ``defaults(name)`` under the ``-o`` options (shared, then per neck)."""
+    from necklace.detection.compare import NeckChoice
+
+    names = [n.strip() for n in (args.necks or default).split(",") if n.strip()]
     if not names:
-        raise _UsageError("--necks is empty: give registered necks, e.g. --necks fpn,pafpn,bifpn")
+        raise _UsageError(f"--necks is empty: give registered necks, e.g. --necks {default}")
     shared: dict[str, Any] = {}
     per_neck: dict[str, dict[str, Any]] = {n: {} for n in names}
     for item in args.option or ():
@@ -139,15 +184,18 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
             raise _UsageError(f"-o {item!r}: {target!r} is not one of --necks {','.join(names)}.")
         parsed = parse_options([f"{key}{sep}{value}"])
         (per_neck[target] if dot else shared).update(parsed)
-    necks = tuple(NeckChoice(n, {**default_neck_options(n), **shared, **per_neck[n]}) for n in dict.fromkeys(names))
+    return tuple(NeckChoice(n, {**defaults(n), **shared, **per_neck[n]}) for n in dict.fromkeys(names))
+
+
+def _compare_config(args: argparse.Namespace, cls: Any, necks: tuple[Any, ...], base: Any, output: str) -> Any:
+    """The CompareConfig of ``necks`` over ``base`` with the seeds, metric and latency flags."""
     seeds: tuple[int, ...] = (0, 1)
     if args.seeds is not None:
         try:
             seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
         except ValueError:
             raise _UsageError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    kw: dict[str, Any] = {"necks": necks, "base": base, "seeds": seeds}
-    kw["output"] = args.output or ("runs/compare-quick" if args.quick else "runs/compare")
+    kw: dict[str, Any] = {"necks": necks, "base": base, "seeds": seeds, "output": output}
     if args.metric:
         kw["metric"] = args.metric
     if args.latency_repeats is not None:
@@ -156,7 +204,82 @@ def compare_config_from_args(args: argparse.Namespace) -> Any:
         kw["latency_repeats"] = 5
     if args.gpu_latency is not None:
         kw["gpu_latency"] = args.gpu_latency
-    return CompareConfig(**kw)
+    return cls(**kw)
+
+
+def _read_mapping(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML too
+    except OSError as e:
+        raise _UsageError(f"--config {path!r}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise _UsageError(f"--config {path!r} is not valid YAML/JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise _UsageError(f"--config {path!r}: expected a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def _yolo_file(path: str) -> bool:
+    """Whether the --config file names a YOLO detector (a file that cannot be read is left to TrainConfig.load)."""
+    from necklace.detection.compare.yolo_config import is_yolo_detector
+
+    try:
+        return is_yolo_detector(_read_mapping(path).get("detector"))
+    except (_UsageError, UnicodeDecodeError):
+        return False
+
+
+def _yolo_config_from_args(args: argparse.Namespace) -> Any:
+    """The CompareConfig of a comparison inside a YOLO detector (a :class:`YoloTrainConfig` base)."""
+    from necklace.detection.compare import CompareConfig
+    from necklace.detection.compare.yolo_config import (
+        DEFAULT_YOLO_BASE,
+        YoloTrainConfig,
+        default_yolo_necks,
+        yolo_neck_options,
+    )
+    from necklace.detection.train import DataSpec
+
+    for flag, why in _NOT_YOLO.items():
+        if getattr(args, flag) not in (None, False, []):
+            raise _UsageError(f"--{flag.replace('_', '-')} does not apply to YOLO detectors: {why}.")
+    data = (
+        YoloTrainConfig.from_dict(_read_mapping(args.config)).to_dict() if args.config else DEFAULT_YOLO_BASE.to_dict()
+    )
+    if args.detector is not None:
+        data["detector"] = args.detector
+    base_kind = DataSpec.parse(str(data["data"])).kind
+    if args.quick:
+        data.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in _YOLO_QUICK.items()})
+    for flag, name in (
+        ("data", "data"),
+        ("image_size", "image_size"),
+        ("batch_size", "batch_size"),
+        ("epochs", "epochs"),
+        ("lr", "lr"),
+        ("device", "device"),
+        ("workers", "num_workers"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            data[name] = value
+    if args.data is not None and args.data_option is None and DataSpec.parse(args.data).kind != base_kind:
+        data["data_options"] = {}  # the synthetic sizes do not apply to a data file
+    if args.levels is not None:
+        levels = [v.strip() for v in args.levels.split(",")]
+        if len(levels) != 2 or not all(v.isdigit() for v in levels):
+            raise _UsageError(f"--levels {args.levels!r}: expected LO,HI such as 3,5 (P3-P5) or 2,5 (adds P2)")
+        data["levels"] = [int(v) for v in levels]
+    for flag, name in (("data_option", "data_options"), ("detector_option", "train_args")):
+        extra = parse_options(getattr(args, flag))
+        if extra:
+            data[name] = {**dict(data.get(name) or {}), **extra}
+    base = YoloTrainConfig.from_dict(data)
+    necks = _necks(args, ",".join(default_yolo_necks(base.detector)), lambda n: yolo_neck_options(n, base.detector))
+    output = args.output or f"runs/compare-{base.detector}" + ("-quick" if args.quick else "")
+    return _compare_config(args, CompareConfig, necks, base, output)
 
 
 def _command_line(args: argparse.Namespace) -> str:

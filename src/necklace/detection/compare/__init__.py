@@ -60,13 +60,23 @@ from necklace.detection.compare.stats import (
     welch_t_test,
 )
 from necklace.detection.compare.verdict import judge, verdict_lines
+from necklace.detection.compare.yolo_config import (
+    DEFAULT_YOLO_BASE,
+    YOLO_DETECTORS,
+    YoloTrainConfig,
+    default_yolo_necks,
+    is_yolo_detector,
+    yolo_neck_options,
+)
 
 __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_NECKS",
+    "DEFAULT_YOLO_BASE",
     "METRICS",
     "NO_VERDICT_TEXT",
     "RULE_TEXT",
+    "YOLO_DETECTORS",
     "CompareConfig",
     "CompareResult",
     "NeckChoice",
@@ -75,8 +85,11 @@ __all__ = [
     "RunResult",
     "Significance",
     "Stat",
+    "YoloTrainConfig",
     "compare",
     "default_neck_options",
+    "default_yolo_necks",
+    "is_yolo_detector",
     "judge",
     "pareto_front",
     "plot_ap_by_size",
@@ -84,4 +97,5 @@ __all__ = [
     "significance",
     "verdict_lines",
     "welch_t_test",
+    "yolo_neck_options",
 ]

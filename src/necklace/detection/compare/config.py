@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from necklace.detection.compare.yolo_config import YoloTrainConfig, is_yolo_detector, yolo_neck_options
 from necklace.detection.train import TrainConfig
 from necklace.detection.train.config import _plain
 from necklace.registry import neck_info
@@ -112,10 +113,12 @@ class NeckChoice:
         return {"name": self.name, "options": dict(self.options), "label": self.label}
 
 
-def _as_choice(value: Any) -> NeckChoice:
+def _as_choice(value: Any, base: Any = None) -> NeckChoice:
     if isinstance(value, NeckChoice):
         return value
     if isinstance(value, str):
+        if isinstance(base, YoloTrainConfig):
+            return NeckChoice(value, yolo_neck_options(value, base.detector))
         return NeckChoice(value, default_neck_options(value))
     if isinstance(value, Mapping):
         return NeckChoice(**dict(value))
@@ -131,9 +134,12 @@ class CompareConfig:
 
     Args:
         necks: the contenders: :class:`NeckChoice` objects, dicts of their fields, or names (a name gets
-            :func:`default_neck_options`). Labels must be unique.
-        base: everything the runs share (detector, backbone, data, schedule, ...); its ``neck``,
-            ``neck_options``, ``seed`` and ``output`` are replaced per run and ``eval`` is switched on.
+            :func:`default_neck_options`, or :func:`~necklace.detection.compare.yolo_config.yolo_neck_options`
+            inside a YOLO detector). Labels must be unique.
+        base: everything the runs share (detector, backbone, data, schedule, ...): a :class:`TrainConfig`
+            (torchvision detectors trained by necklace), or a :class:`~necklace.detection.compare.YoloTrainConfig`
+            (an Ultralytics YOLO detector trained by Ultralytics); its ``neck``, ``neck_options``, ``seed`` and
+            ``output`` are replaced per run (and a TrainConfig's ``eval`` is switched on).
         seeds: one run per neck and seed.
         output: directory for the runs and the results.
         metric: the metric necks are ranked and tested on (one of :data:`METRICS`).
@@ -151,7 +157,7 @@ class CompareConfig:
     """
 
     necks: tuple[NeckChoice, ...] = DEFAULT_NECKS
-    base: TrainConfig = DEFAULT_BASE
+    base: TrainConfig | YoloTrainConfig = DEFAULT_BASE
     seeds: tuple[int, ...] = (0, 1)
     output: str = "runs/compare"
     metric: str = "ap"
@@ -164,7 +170,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if isinstance(self.necks, (str, NeckChoice, Mapping)) or not isinstance(self.necks, Sequence):
             raise TypeError("CompareConfig.necks must be a sequence of neck names / NeckChoice, e.g. ('fpn', 'pafpn').")
-        necks = tuple(_as_choice(n) for n in self.necks)
+        necks = tuple(_as_choice(n, self.base) for n in self.necks)
         if not necks:
             raise ValueError("CompareConfig.necks is empty; give at least one neck, e.g. ('fpn', 'pafpn').")
         labels = [n.label for n in necks]
@@ -175,8 +181,11 @@ class CompareConfig:
                 "(NeckChoice(name, options, label=...))."
             )
         object.__setattr__(self, "necks", necks)
-        if not isinstance(self.base, TrainConfig):
-            raise TypeError(f"CompareConfig.base must be a TrainConfig, got {type(self.base).__name__}.")
+        if not isinstance(self.base, (TrainConfig, YoloTrainConfig)):
+            raise TypeError(
+                f"CompareConfig.base must be a TrainConfig (torchvision detectors) or a YoloTrainConfig (Ultralytics "
+                f"YOLO), got {type(self.base).__name__}."
+            )
         if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Sequence) or not self.seeds:
             raise ValueError(
                 f"CompareConfig.seeds must be a non-empty sequence of ints, e.g. (0, 1), got {self.seeds!r}."
@@ -218,8 +227,18 @@ class CompareConfig:
         """``<output>/runs/<label>/seed<seed>``."""
         return Path(self.output) / "runs" / neck.label / f"seed{seed}"
 
-    def run_config(self, neck: NeckChoice, seed: int) -> TrainConfig:
-        """The :class:`TrainConfig` of one run: ``base`` with this neck, seed and run directory, ``eval=True``."""
+    @property
+    def yolo(self) -> bool:
+        """Whether the detector is an Ultralytics YOLO model (``base`` is a :class:`YoloTrainConfig`)."""
+        return isinstance(self.base, YoloTrainConfig)
+
+    def run_config(self, neck: NeckChoice, seed: int) -> Any:
+        """The config of one run: ``base`` with this neck, seed and run directory (a :class:`TrainConfig` with
+        ``eval=True``, or a :class:`YoloTrainConfig`)."""
+        if isinstance(self.base, YoloTrainConfig):
+            return self.base.replace(
+                neck=neck.name, neck_options=dict(neck.options), seed=seed, output=str(self.run_dir(neck, seed))
+            )
         return self.base.replace(
             neck=neck.name,
             neck_options=dict(neck.options),
@@ -257,7 +276,8 @@ class CompareConfig:
             raise ValueError(f"CompareConfig: unknown keys {unknown}; expected some of {sorted(names)}.")
         kw = dict(data)
         if "base" in kw and isinstance(kw["base"], Mapping):
-            kw["base"] = TrainConfig.from_dict(kw["base"])
+            yolo = is_yolo_detector(kw["base"].get("detector"))
+            kw["base"] = (YoloTrainConfig if yolo else TrainConfig).from_dict(kw["base"])
         if "necks" in kw:
             kw["necks"] = tuple(kw["necks"])
         if "seeds" in kw:

@@ -10,6 +10,7 @@ from necklace.detection.compare.config import _METRIC_LABELS, _RUN_FIELDS
 from necklace.detection.compare.results import CompareResult, _pct
 from necklace.detection.compare.stats import RULE_TEXT
 from necklace.detection.compare.verdict import _learning_line, verdict_lines
+from necklace.detection.compare.yolo_config import RESUMABLE_YOLO_CHANGES, YoloTrainConfig
 from necklace.detection.train import RESUMABLE_CHANGES, TrainConfig
 
 
@@ -21,7 +22,7 @@ def _report(result: CompareResult, command: str | None) -> str:
     lines = [
         f"# necklace compare: {', '.join(n.label for n in result.necks)}",
         "",
-        f"{base.detector} + `{base.backbone}` backbone on `{base.data}` data at {base.image_size} px, "
+        f"{_setting(base)} at {base.image_size} px, "
         f"{_length(base)}, seeds {list(cfg.seeds)}; AP values are COCO box AP x 100, mean ± std over seeds. "
         f"Latency: median of {cfg.latency_repeats} forward passes, batch 1 at {p0.image_size} px, "
         f"{p0.threads} CPU threads" + (f", GPU {p0.gpu_name}" if p0.gpu_name else "") + ".",
@@ -43,17 +44,8 @@ def _report(result: CompareResult, command: str | None) -> str:
         "",
         "## Runs",
         "",
-        "| neck | seed | AP | AP50 | AP_small | AP_medium | AP_large | loss first -> last | train s | status |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        *_runs_table(result),
     ]
-    for n in result.necks:
-        for r in n.runs:
-            mt = r.metrics
-            vals = [_pct(v) if v >= 0 else "n/a" for v in (mt.ap, mt.ap50, mt.ap_small, mt.ap_medium, mt.ap_large)]
-            lines.append(
-                f"| `{n.label}` | {r.seed} | {' | '.join(vals)} | {r.loss_first:.3f} -> {r.loss_last:.3f} | "
-                f"{r.train_time:.0f} | {r.status} |"
-            )
     lines += ["", *_cost_table(result)]
     lines += [
         "",
@@ -69,7 +61,12 @@ def _report(result: CompareResult, command: str | None) -> str:
         "- necks: "
         + "; ".join(f"`{n.label}` = `{n.choice.name}` {json.dumps(n.choice.options)}" for n in result.necks),
         f"- shared training config: `{json.dumps(_shared(base))}`",
-        "- every number is in `results.json`; each run's checkpoint and `log.csv` are under `runs/<neck>/seed<k>/`",
+        "- every number is in `results.json`; "
+        + (
+            "each run's Ultralytics directory (`weights/last.pt`, `results.csv`, `args.yaml`) is `runs/<neck>/seed<k>/`"
+            if cfg.yolo
+            else "each run's checkpoint and `log.csv` are under `runs/<neck>/seed<k>/`"
+        ),
     ]
     lines += [f"- note: {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
@@ -90,8 +87,13 @@ def _cost_table(result: CompareResult) -> list[str]:
         "",
         f"Batch 1 at {p0.image_size} x {p0.image_size} px, eval mode; latency = median (min-max) of "
         f"{result.config.latency_repeats} passes after {result.config.latency_warmup} untimed ones; GFLOPs = 2 x "
-        "multiply-adds of convolutions and matrix products (torch FlopCounterMode); the detector's include the "
-        "RoI/box head but not NMS.",
+        "multiply-adds of convolutions and matrix products (torch FlopCounterMode); "
+        + (
+            "the detector's include the Detect head but not NMS; its latency includes Ultralytics' NMS (confidence "
+            "0.001, IoU 0.7, 100 boxes, as in the evaluation)."
+            if result.config.yolo
+            else "the detector's include the RoI/box head but not NMS."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "--:|" * (len(head) - 1),
@@ -106,12 +108,45 @@ def _cost_table(result: CompareResult) -> list[str]:
     return lines
 
 
-def _length(base: TrainConfig) -> str:
+def _runs_table(result: CompareResult) -> list[str]:
+    """One row per run; a YOLO comparison adds what Ultralytics' own validation measured (mAP50-95 / mAP50 of the
+    final model, its interpolation and 300 boxes per image) next to necklace's COCO evaluation."""
+    yolo = result.config.yolo
+    head = "| neck | seed | AP | AP50 | AP_small | AP_medium | AP_large |"
+    head += " Ultralytics mAP50-95 / mAP50 |" if yolo else ""
+    lines = [head + " loss first -> last | train s | status |", "|---|--:|" + "--:|" * (6 + yolo) + "--:|---|"]
+    for n in result.necks:
+        for r in n.runs:
+            mt = r.metrics
+            vals = [_pct(v) if v >= 0 else "n/a" for v in (mt.ap, mt.ap50, mt.ap_small, mt.ap_medium, mt.ap_large)]
+            if yolo:
+                tm = r.trainer_metrics or {}
+                keys = ("metrics/mAP50-95(B)", "metrics/mAP50(B)")
+                vals.append(" / ".join(_pct(tm[k]) for k in keys) if all(k in tm for k in keys) else "-")
+            lines.append(
+                f"| `{n.label}` | {r.seed} | {' | '.join(vals)} | {r.loss_first:.3f} -> {r.loss_last:.3f} | "
+                f"{r.train_time:.0f} | {r.status} |"
+            )
+    return lines
+
+
+def _setting(base: TrainConfig | YoloTrainConfig) -> str:
+    if isinstance(base, YoloTrainConfig):
+        return (
+            f"{base.detector} (Ultralytics' backbone, Detect head, trainer, loss and schedule; P{base.levels[0]}-"
+            f"P{base.levels[1]}) on `{base.data}` data"
+        )
+    return f"{base.detector} + `{base.backbone}` backbone on `{base.data}` data"
+
+
+def _length(base: TrainConfig | YoloTrainConfig) -> str:
+    if isinstance(base, YoloTrainConfig):
+        return f"{base.epochs} epochs of batch {base.batch_size}"
     return f"{base.steps} steps of batch {base.batch_size}" if base.steps else f"{base.epochs} epochs"
 
 
-def _shared(base: TrainConfig) -> dict[str, Any]:
+def _shared(base: TrainConfig | YoloTrainConfig) -> dict[str, Any]:
     d = base.to_dict()
-    for k in (*_RUN_FIELDS, *RESUMABLE_CHANGES):
+    for k in (*_RUN_FIELDS, *(RESUMABLE_YOLO_CHANGES if isinstance(base, YoloTrainConfig) else RESUMABLE_CHANGES)):
         d.pop(k, None)
     return d

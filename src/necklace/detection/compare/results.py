@@ -36,8 +36,11 @@ class RunResult:
     loss_first: float  # mean total loss of the first 10 % of steps (at most 20)
     loss_last: float  # ... of the last 10 %
     status: str  # "trained" | "resumed" | "reused"
+    #: what the detector's own trainer measured, when it is not necklace's (Ultralytics' final mAP50-95 / mAP50)
+    trainer_metrics: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.trainer_metrics is None else {"trainer_metrics": dict(self.trainer_metrics)}
         return {
             "label": self.label,
             "seed": self.seed,
@@ -48,6 +51,7 @@ class RunResult:
             "loss_first": self.loss_first,
             "loss_last": self.loss_last,
             "status": self.status,
+            **extra,
         }
 
 

@@ -8,8 +8,6 @@ import json
 import math
 import os
 import platform
-import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,14 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from necklace.bench import count_flops, count_params, measure_latency
 from necklace.detection.checkpoint import load_checkpoint
+from necklace.detection.compare.common import _loss_ends, _measure_profile, _read_metrics, _say, _write_text
 from necklace.detection.compare.config import CompareConfig, NeckChoice
 from necklace.detection.compare.plots import plot_ap_by_size, plot_ap_vs_latency
 from necklace.detection.compare.report import _report
 from necklace.detection.compare.results import CompareResult, NeckProfile, RunResult
 from necklace.detection.compare.verdict import judge
-from necklace.detection.evaluate import CocoMetrics
+from necklace.detection.compare.yolo import YoloSession
 from necklace.detection.rundir import RunLock, prepare_output_dir
 from necklace.detection.train import (
     CHECKPOINT_NAME,
@@ -40,11 +38,6 @@ from necklace.detection.train import (
 __all__ = ["compare"]
 
 
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(text, file=sys.stderr, flush=True)
-
-
 def _config_diffs(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
     now = config.to_dict()
     return [
@@ -52,21 +45,6 @@ def _config_diffs(saved: Mapping[str, Any], config: TrainConfig) -> list[str]:
         for k in now
         if k not in RESUMABLE_CHANGES and saved.get(k, now[k]) != now[k]
     ]
-
-
-def _read_metrics(path: Path) -> CocoMetrics | None:
-    try:
-        return CocoMetrics.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _loss_ends(history: Sequence[Mapping[str, float]]) -> tuple[float, float]:
-    losses = [float(h["total"]) for h in history]
-    if not losses:
-        return math.nan, math.nan
-    n = max(1, min(20, len(losses) // 10))
-    return statistics.fmean(losses[:n]), statistics.fmean(losses[-n:])
 
 
 def _run_one(config: CompareConfig, neck: NeckChoice, seed: int, progress: bool, where: str) -> RunResult:
@@ -131,38 +109,20 @@ def _profile(config: CompareConfig, run: RunResult, progress: bool) -> NeckProfi
     with torch.no_grad():
         batch = transform([image])[0].tensors  # normalised, padded: what the backbone sees
         feats = adapter.backbone(batch)
-    neck: nn.Module = adapter.neck
-    kw: dict[str, Any] = {"warmup": config.latency_warmup, "repeats": config.latency_repeats}
-    neck_cpu = measure_latency(neck, feats, **kw)
-    det_cpu = measure_latency(model, [image], **kw)
-    neck_gpu = det_gpu = None
-    gpu_name = None
-    if config.gpu_latency or (config.gpu_latency is None and torch.cuda.is_available()):
-        dev = torch.device("cuda")
-        model.to(dev)
-        neck_gpu = measure_latency(neck, [f.to(dev) for f in feats], **kw)
-        det_gpu = measure_latency(model, [image.to(dev)], **kw)
-        gpu_name = torch.cuda.get_device_name(dev)
-        model.to("cpu")
-    profile = NeckProfile(
-        image_size=size,
-        neck_params=count_params(neck),
-        neck_gflops=count_flops(neck, feats) / 1e9,
-        detector_params=count_params(model),
-        detector_gflops=count_flops(model, [image]) / 1e9,
-        neck_cpu=neck_cpu,
-        detector_cpu=det_cpu,
-        threads=torch.get_num_threads(),
-        neck_gpu=neck_gpu,
-        detector_gpu=det_gpu,
-        gpu_name=gpu_name,
+    return _measure_profile(
+        label=run.label,
+        size=size,
+        model=model,
+        neck=adapter.neck,
+        feats=feats,
+        detector=model,
+        detector_input=[image],
+        warmup=config.latency_warmup,
+        repeats=config.latency_repeats,
+        gpu=config.gpu_latency,
+        threads=None,
+        progress=progress,
     )
-    _say(
-        progress,
-        f"profile {run.label}: neck {profile.neck_params:,} params, {profile.neck_gflops:.3g} GFLOPs, "
-        f"{neck_cpu.median_ms:.2f} ms CPU; detector {det_cpu.median_ms:.1f} ms CPU at {size} px",
-    )
-    return profile
 
 
 def _environment() -> dict[str, Any]:
@@ -214,10 +174,15 @@ def compare(
     if config.gpu_latency and not torch.cuda.is_available():
         raise ValueError("CompareConfig.gpu_latency=True but CUDA is not available; use gpu_latency=None or False.")
     t0 = time.perf_counter()
+    session = YoloSession(config) if config.yolo else None  # ImportError naming the pip command: before any file
     out = prepare_output_dir(config.output, "compare output")
     with RunLock(out, "compare output"):
-        _check_necks(config)
-        return _compare(config, progress, command, on_run, t0)
+        if session is not None:
+            session.check()
+            session.data(progress)
+        else:
+            _check_necks(config)
+        return _compare(config, progress, command, on_run, t0, session)
 
 
 def _check_necks(config: CompareConfig) -> None:
@@ -236,6 +201,7 @@ def _compare(
     command: str | None,
     on_run: Callable[[RunResult], None] | None,
     t0: float,
+    session: YoloSession | None = None,
 ) -> CompareResult:
     out = Path(config.output)
     total = len(config.necks) * len(config.seeds)
@@ -249,12 +215,20 @@ def _compare(
     for neck in config.necks:
         for seed in config.seeds:
             k += 1
-            run = _run_one(config, neck, seed, progress, f"[{k}/{total}]")
+            where = f"[{k}/{total}]"
+            run = session.run(neck, seed, progress, where) if session else _run_one(config, neck, seed, progress, where)
             runs.setdefault(neck.label, []).append(run)
             if on_run is not None:
                 on_run(run)
-    profiles = {n.label: _profile(config, runs[n.label][0], progress) for n in config.necks}
+    profiles = {
+        n.label: session.profile(runs[n.label][0], progress)
+        if session
+        else _profile(config, runs[n.label][0], progress)
+        for n in config.necks
+    }
     result = _assemble(config, runs, profiles, time.perf_counter() - t0, command)
+    if session is not None:
+        result = dataclasses.replace(result, notes=(session.chance_note(progress),))
     files, notes = _write_outputs(result, command)
     wall = time.perf_counter() - t0
     result = dataclasses.replace(result, files=files, notes=result.notes + tuple(notes), wall_time=wall)
@@ -277,13 +251,6 @@ def _assemble(
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def _write_outputs(result: CompareResult, command: str | None) -> tuple[dict[str, Path], list[str]]:
     out = Path(result.config.output)
     files = {"results": out / "results.json", "report": out / "report.md"}

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from necklace.detection.compare.config import _METRIC_LABELS, METRICS, CompareConfig
 from necklace.detection.compare.results import CompareResult, NeckProfile, NeckResult, RunResult, _pm
 from necklace.detection.compare.stats import Stat, significance
+from necklace.detection.compare.yolo_config import YoloTrainConfig
 
 __all__ = ["judge", "verdict_lines"]
 
@@ -151,6 +152,12 @@ def _summary(best: str, beyond: list[str], within: list[str], unranked: list[str
 def _advice(result: CompareResult) -> str:
     """What to change so that the runs learn, with the current values."""
     base = result.config.base
+    if isinstance(base, YoloTrainConfig):
+        items = [f"train longer (--epochs; now {base.epochs} epochs of batch {base.batch_size})"]
+        items.append(f"larger images (--image-size; now {base.image_size} px)")
+        if base.synthetic:
+            items.append(f"more training images (--data-option num_images=...; now {base.synthetic['num_images']})")
+        return "To get a ranking: " + ", ".join(items[:-1]) + " or " + items[-1] + "."
     length = f"now {base.steps} steps" if base.steps else f"now {base.epochs} epochs"
     items = [f"train longer (--steps; {length} of batch {base.batch_size})"]
     items.append(f"larger images (--image-size; now {base.image_size} px)")
@@ -167,7 +174,8 @@ def _learning_line(result: CompareResult) -> str:
     lo = min(r.metrics.ap50 for r in runs)
     return (
         f"Learning signal: the training loss fell from {first:.2f} to {last:.2f} on average (first vs last 10 % of "
-        f"the steps); AP50 is {100 * ap50:.1f} on average (lowest run {100 * lo:.1f}), where a detector that has "
-        f"learnt nothing scores about 0; runs below AP50 {100 * result.config.learned_ap50:.1f} count as not "
-        "learned and are not ranked."
+        f"the {'epochs' if result.config.yolo else 'steps'}); AP50 is {100 * ap50:.1f} on average (lowest run "
+        f"{100 * lo:.1f}), where a detector that has learnt nothing scores about 0"
+        + (" (the chance level of this YOLO model, measured, is in the notes below)" if result.config.yolo else "")
+        + f"; runs below AP50 {100 * result.config.learned_ap50:.1f} count as not learned and are not ranked."
     )

@@ -56,11 +56,15 @@ class DataSpec:
 
     - ``"synthetic"``: :class:`~necklace.detection.SyntheticShapes` (sizes from ``TrainConfig.data_options``);
     - ``"coco:IMAGES_DIR,ANN_FILE"``: :class:`~necklace.detection.CocoDetection`;
-    - ``"yolo:IMAGES_DIR,LABELS_DIR,NAME1,NAME2,..."``: :class:`~necklace.detection.YoloDetection`.
+    - ``"yolo:IMAGES_DIR,LABELS_DIR,NAME1,NAME2,..."``: :class:`~necklace.detection.YoloDetection`;
+    - ``"yolo:PATH/data.yaml"``: an Ultralytics data file (train / val folders and class names), read by the
+      YOLO detectors of ``necklace compare --detector yolov8n`` (:attr:`data_yaml`).
 
     Example:
         >>> DataSpec.parse("yolo:imgs,labels,cat,dog")
         DataSpec(kind='yolo', paths=('imgs', 'labels'), class_names=('cat', 'dog'))
+        >>> DataSpec.parse("yolo:datasets/shapes/data.yaml").data_yaml
+        'datasets/shapes/data.yaml'
         >>> str(DataSpec.parse("coco:val2017,instances_val2017.json"))
         'coco:val2017,instances_val2017.json'
     """
@@ -85,10 +89,12 @@ class DataSpec:
                 raise ValueError(f"data {text!r}: write COCO data as coco:IMAGES_DIR,ANN_FILE.")
             return cls("coco", (parts[0], parts[1]))
         if kind == "yolo":
+            if len(parts) == 1 and parts[0].lower().endswith((".yaml", ".yml")):
+                return cls("yolo", (parts[0],))  # an Ultralytics data file
             if len(parts) < 3 or not all(parts):
                 raise ValueError(
                     f"data {text!r}: write YOLO data as yolo:IMAGES_DIR,LABELS_DIR,NAME1,NAME2,... "
-                    "(class names in class-id order)."
+                    "(class names in class-id order), or yolo:PATH/data.yaml (an Ultralytics data file)."
                 )
             return cls("yolo", (parts[0], parts[1]), tuple(parts[2:]))
         hint = difflib.get_close_matches(kind, DATA_KINDS, n=1)
@@ -100,8 +106,37 @@ class DataSpec:
     def __str__(self) -> str:
         return self.kind if self.kind == "synthetic" else f"{self.kind}:" + ",".join(self.paths + self.class_names)
 
+    @property
+    def data_yaml(self) -> str | None:
+        """The Ultralytics data file of ``yolo:PATH/data.yaml``; ``None`` for every other form."""
+        if self.kind == "yolo" and len(self.paths) == 1 and not self.class_names:
+            return self.paths[0]
+        return None
+
 
 # ------------------------------------------------------------------------------------------------ config
+def _known_fields(cls: type, data: Any) -> dict[str, Any]:
+    """``data`` as a dict of ``cls``'s dataclass fields: a ``TypeError`` for a non-mapping, a ``ValueError`` naming
+    the closest field for an unknown key (the ``from_dict`` of the training configs).
+
+    Example:
+        >>> _known_fields(DataSpec, {"kind": "synthetic"})
+        {'kind': 'synthetic'}
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__}.from_dict expects a mapping, got {type(data).__name__}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            raise ValueError(
+                f"unknown {cls.__name__} field {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+                + f" Fields: {', '.join(names)}."
+            )
+    return dict(data)
+
+
 def _plain(value: Any, where: str) -> Any:
     """JSON-like copy (tuples -> lists) so a config round-trips through YAML/JSON unchanged."""
     if isinstance(value, Mapping):
@@ -289,8 +324,13 @@ class TrainConfig:
                 raise TypeError(f"TrainConfig.{name} must be a name such as {example}, got {value!r}.")
         neck_info(self.neck)  # an unknown neck fails here, with the known ones listed
         spec = DataSpec.parse(self.data)
-        if self.val_data is not None:
-            DataSpec.parse(self.val_data)
+        for text in (self.data, self.val_data):
+            if text is not None and DataSpec.parse(text).data_yaml is not None:
+                raise ValueError(
+                    f"TrainConfig data {text!r}: an Ultralytics data file is read by the YOLO detectors of necklace "
+                    "compare (--detector yolov8n, ...); for fcos / retinanet / faster_rcnn write YOLO data as "
+                    "yolo:IMAGES_DIR,LABELS_DIR,NAME1,NAME2,..."
+                )
         allowed = _SYNTHETIC_OPTIONS if spec.kind == "synthetic" else _FILE_OPTIONS
         unknown = sorted(set(self.data_options) - set(allowed))
         if unknown:
@@ -342,18 +382,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming the closest field."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"TrainConfig.from_dict expects a mapping, got {type(data).__name__}.")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                hint = difflib.get_close_matches(str(key), names, n=1)
-                raise ValueError(
-                    f"unknown TrainConfig field {key!r}"
-                    + (f"; did you mean {hint[0]!r}?" if hint else "")
-                    + f" Fields: {', '.join(names)}."
-                )
-        return cls(**dict(data))
+        return cls(**_known_fields(cls, data))
 
     def save(self, path: str | Path) -> Path:
         """Write as YAML (``.yaml``/``.yml``) or JSON (anything else), atomically."""

@@ -16,6 +16,8 @@ Example::
   ``yolo11_pafpn`` carrying the converted weights (equal outputs, losses and training).
 - :func:`train_yolo`: Ultralytics' training of any ``YOLO`` on a ``data.yaml`` with a seed and schedule, returning
   its metrics (:class:`YoloRun`).
+- :func:`coco_evaluate`: COCO AP of a YOLO model overall and per object size (small / medium / large), by
+  necklace's evaluator on the letterboxed images of a ``data.yaml`` split (``necklace compare --detector yolov8n``).
 - :class:`NecklaceYOLO` loads checkpoints of such models (``last.pt`` / ``best.pt``) and resumes them; plain
   ``ultralytics.YOLO("best.pt")`` loads them too for predict / val / export (necklace must be importable).
 
@@ -40,6 +42,7 @@ from necklace.integrations.ultralytics.build import (  # noqa: E402
     synthetic_yolo_dataset,
     train_yolo,
 )
+from necklace.integrations.ultralytics.evaluate import Letterbox, coco_evaluate, read_split  # noqa: E402
 from necklace.integrations.ultralytics.model import (  # noqa: E402  (after the version check)
     NecklaceDetectionModel,
     NeckLayer,
@@ -50,6 +53,7 @@ from necklace.integrations.ultralytics.yolo import NecklaceDetectionTrainer, Nec
 
 __all__ = [
     "SUPPORTED_ULTRALYTICS",
+    "Letterbox",
     "NeckLayer",
     "NecklaceDetectionModel",
     "NecklaceDetectionTrainer",
@@ -57,9 +61,11 @@ __all__ = [
     "YoloRun",
     "build_yolo",
     "check_ultralytics_version",
+    "coco_evaluate",
     "from_ultralytics",
     "is_necklace_cfg",
     "probe_backbone",
+    "read_split",
     "source_model",
     "supported_range",
     "synthetic_yolo_dataset",
