@@ -134,7 +134,16 @@ class YoloSession:
     """The YOLO side of one :func:`~necklace.detection.compare.compare` call: checks every neck before any
     training, writes (or finds) the data, trains / resumes / reuses each run and profiles each neck.
 
-    Example (not run here: it trains)::
+    Example (the checks that run before any training)::
+
+        >>> from necklace.detection.compare import CompareConfig, YoloTrainConfig
+        >>> session = YoloSession(CompareConfig(necks=("yolo_pafpn",), base=YoloTrainConfig(train_args={"epoch": 3})))
+        >>> session.check()
+        Traceback (most recent call last):
+        ...
+        ValueError: compare: ['epoch'] are not Ultralytics training arguments (--detector-option); ...
+
+    Training (not run here)::
 
         session = YoloSession(CompareConfig(necks=("yolo_pafpn", "bifpn"), base=YoloTrainConfig(epochs=3)))
         session.check(); run = session.run(session.config.necks[0], seed=0, progress=True, where="[1/4]")

@@ -134,7 +134,16 @@ class Letterbox:
 @dataclass(frozen=True)
 class YoloSplit:
     """One split of an Ultralytics data file: its images, their label files (where Ultralytics looks for them:
-    the last ``images`` folder of the path replaced by ``labels``) and the class names."""
+    the last ``images`` folder of the path replaced by ``labels``) and the class names (:func:`read_split`).
+
+    Example:
+        >>> import tempfile
+        >>> from necklace.integrations.ultralytics import synthetic_yolo_dataset
+        >>> split = read_split(synthetic_yolo_dataset(tempfile.mkdtemp(), num_train=2, num_val=1, image_size=64))
+        >>> t = split.target(0, 64, 64)
+        >>> t["boxes"].shape[1], bool((t["labels"] >= 1).all()), bool((t["boxes"][:, 2:] <= 64).all())
+        (4, True, True)
+    """
 
     data: Path
     split: str
