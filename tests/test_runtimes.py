@@ -80,6 +80,9 @@ def test_auto_reports_a_runtime_that_fails_and_goes_on() -> None:
     report = DeployReport.of(chosen)
     assert report.runtime == "torch" and set(report.latency_ms or {}) == {"torch"}
     assert report.errors is not None and "tensorrt" in report.errors and report.errors["tensorrt"]
+    text = str(report)  # the readable form names the runtime kept, its time and why the other was not kept
+    assert text.startswith("runtime torch;") and f"torch {report.latency_ms['torch']:.1f}" in text  # type: ignore[index]
+    assert f"not kept: tensorrt: {report.errors['tensorrt']}" in text
     with pytest.raises(ValueError, match=r"candidates \['tvm'\] must be some of"):
         necklace.deploy(neck, feats, runtime="auto", candidates=("tvm",))
     with pytest.raises(ValueError, match="pass example_inputs"):

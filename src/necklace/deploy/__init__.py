@@ -101,6 +101,8 @@ class DeployReport:
         >>> r = deploy(m, torch.randn(1, 3, 11, 13)).deploy_report
         >>> r.runtime, r.folded_bn, r.checked
         ('torch', 1, True)
+        >>> print(r)  # doctest: +ELLIPSIS
+        runtime torch; 1 Conv+BN folded, 0 RepConvs re-parameterised, 0 fusions frozen, NCHW; max difference ...
     """
 
     runtime: str
@@ -114,6 +116,25 @@ class DeployReport:
     latency_ms: Mapping[str, float] | None = None
     errors: Mapping[str, str] | None = None
     seconds: float = 0.0
+
+    def __str__(self) -> str:
+        """One readable paragraph: the runtime kept, what the torch steps did, the check and (``"auto"``) every
+        runtime's time and error."""
+        layout = "channels_last" if self.channels_last else "NCHW"
+        text = (
+            f"runtime {self.runtime}; {self.folded_bn} Conv+BN folded, {self.reparameterized} RepConvs "
+            f"re-parameterised, {self.frozen_fusions} fusions frozen, {layout}; "
+        )
+        if self.checked:
+            text += f"max difference from the original {self.max_abs_diff:.2g} (relative {self.max_rel_diff:.2g})"
+        else:
+            text += "not checked against the original"
+        if self.latency_ms:
+            times = ", ".join(f"{k} {v:.1f}" for k, v in sorted(self.latency_ms.items(), key=lambda kv: kv[1]))
+            text += f"; timed (median ms): {times}"
+        if self.errors:
+            text += "; not kept: " + "; ".join(f"{k}: {v}" for k, v in self.errors.items())
+        return text + f"; deployed in {self.seconds:.1f} s"
 
     @property
     def checked(self) -> bool:
