@@ -82,7 +82,7 @@ def _parse(*argv: str) -> SearchConfig:
 def test_cli_defaults_inside_yolov8n_and_flags_inside_yolo11s() -> None:
     cfg = _parse("--detector", "yolov8n")
     assert isinstance(cfg.base, YoloTrainConfig) and cfg.yolo and cfg.base == CPU_YOLO_BASE
-    assert cfg.handmade == ("yolo_pafpn", "pafpn", "bifpn") and cfg.warmup_epochs == 10
+    assert cfg.handmade == ("yolo_pafpn", "pafpn", "bifpn") and cfg.warmup_epochs == 30
     assert cfg.preset == "tiny_shapes" and cfg.output == "runs/search-yolov8n" and cfg.base.levels == (3, 5)
     cfg = _parse(
         "--detector", "yolo11s", "--levels", "2,5", "--epochs", "3", "--warmup-epochs", "2", "--handmade", "bifpn",

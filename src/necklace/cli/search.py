@@ -123,8 +123,8 @@ def add_search_parser(sub: Any) -> None:
         help="faster_rcnn (default), fcos, retinanet, or an Ultralytics YOLO model: yolov8n/s/m/l/x, yolo11n/s/m/l/x",
     )
     p.add_argument("--levels", metavar="LO,HI", help="YOLO only: levels of the necks and Detect (default 3,5)")
-    p.add_argument("--epochs", type=int, metavar="N", help="YOLO only: epochs of the verdict's runs (20)")
-    p.add_argument("--warmup-epochs", type=int, metavar="N", help="YOLO only: epochs of the backbone warm-up (10)")
+    p.add_argument("--epochs", type=int, metavar="N", help="YOLO only: epochs of the verdict's runs (30)")
+    p.add_argument("--warmup-epochs", type=int, metavar="N", help="YOLO only: epochs of the backbone warm-up (30)")
     p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="e.g. levels=2,5 (repeatable)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone")
