@@ -351,3 +351,34 @@ def test_resume_after_an_interruption_gives_the_same_trials(searched: Any, tmp_p
     resumed = search(cfg, progress=False)
     assert [_key(r) for r in resumed.records] == [_key(r) for r in searched.records]
     assert not (tmp_path / "trials" / "trial2.pt").exists()
+
+
+@pytest.mark.train
+def test_an_interrupted_warmup_resumes_from_its_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from necklace.detection.compare import yolo as compare_yolo
+
+    cfg = tiny(tmp_path, warmup_epochs=2, n_trials=1, handmade=(), anchors=False)
+    save = BaseTrainer.save_model
+    calls = {"n": 0}
+
+    def save_then_interrupt(self: Any) -> Any:  # Ctrl-C right after the first epoch's checkpoint
+        save(self)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(BaseTrainer, "save_model", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            search(cfg, progress=False)
+    last = tmp_path / "backbone" / "weights" / "last.pt"
+    assert calls["n"] == 1 and compare_yolo._checkpoint_state(last) == ("resumable", 1)
+    assert not (tmp_path / "backbone" / "warmup.json").exists()  # not finished: no record yet
+    result = search(cfg, progress=False)  # the same call again: the warm-up resumes at epoch 2, then the search runs
+    assert compare_yolo._checkpoint_state(last)[0] == "finished"
+    assert json.loads((tmp_path / "backbone" / "warmup.json").read_text())["epochs"] == 2
+    assert [r.label for r in result.records] == ["yolo_pafpn"] and result.records[0].status == "complete"
+    assert "stock yolov8n trained 2 epochs (8 steps)" in result.fidelity["backbone"]
