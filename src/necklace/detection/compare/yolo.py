@@ -135,10 +135,12 @@ class YoloSession:
     """The YOLO side of one :func:`~necklace.detection.compare.compare` call: checks every neck before any
     training, writes (or finds) the data, trains / resumes / reuses each run and profiles each neck.
 
-    Example (not run here: it trains)::
+    Example (the checks only; ``session.run(neck, seed=0, progress=True, where="[1/4]")`` trains):
 
-        session = YoloSession(CompareConfig(necks=("yolo_pafpn", "bifpn"), base=YoloTrainConfig(epochs=3)))
-        session.check(); run = session.run(session.config.necks[0], seed=0, progress=True, where="[1/4]")
+        >>> session = YoloSession(CompareConfig(necks=("yolo_pafpn", "bifpn"), base=YoloTrainConfig(epochs=3)))
+        >>> session.check()  # every neck builds inside yolov8n, the training arguments are Ultralytics'
+        >>> session.base.model_yaml, [n.label for n in session.config.necks]
+        ('yolov8n.yaml', ['yolo_pafpn', 'bifpn'])
     """
 
     def __init__(self, config: CompareConfig) -> None:

@@ -134,7 +134,15 @@ class Letterbox:
 @dataclass(frozen=True)
 class YoloSplit:
     """One split of an Ultralytics data file: its images, their label files (where Ultralytics looks for them:
-    the last ``images`` folder of the path replaced by ``labels``) and the class names."""
+    the last ``images`` folder of the path replaced by ``labels``) and the class names.
+
+    Example:
+        >>> import tempfile
+        >>> from necklace.integrations.ultralytics import synthetic_yolo_dataset
+        >>> split = read_split(synthetic_yolo_dataset(tempfile.mkdtemp(), num_train=1, num_val=2, image_size=64))
+        >>> len(split.images), split.labels[0].suffix, split.target(0, 64, 64)["boxes"].shape[1]
+        (2, '.txt', 4)
+    """
 
     data: Path
     split: str
