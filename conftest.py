@@ -1,10 +1,7 @@
 """Shared pytest set-up: doctest namespace, deterministic single-thread torch, and the area markers."""
 
+import importlib.util
 from pathlib import Path
-
-import importlib.util
-
-import importlib.util
 
 import pytest
 import torch
@@ -15,7 +12,11 @@ from necklace import FeatureSpec
 # adapters whose host library is absent are not imported for their doctests (their tests importorskip it)
 collect_ignore = [] if importlib.util.find_spec("mmdet") else ["src/necklace/integrations/mmdet.py"]
 #: optional integrations whose modules (and doctests) need their host library
-collect_ignore_glob = [] if importlib.util.find_spec("ultralytics") else ["src/necklace/integrations/ultralytics/*"]
+collect_ignore_glob = (
+    []
+    if importlib.util.find_spec("ultralytics")
+    else ["src/necklace/integrations/ultralytics/*", "src/necklace/detection/search/yolo.py"]
+)
 
 torch.set_num_threads(1)  # tiny test tensors: one thread avoids OpenMP spin-waits on a busy 2-core box
 

@@ -4,6 +4,8 @@
                     [--runtime torch|native|onnxruntime|openvino|auto] [--time-budget 30m | --trials N]
                     [--detector D] [--backbone NAME] [--image-size N] [--steps N] [--metric ap|ap_small|...]
                     [--verdict-top N] [--verdict-seeds 0,1,2] [--output DIR] ...
+    necklace search --detector yolov8n|...|yolo11x [--levels 3,5] [--epochs N] [--warmup-epochs N]
+                    [--data tiny_shapes|synthetic|yolo:PATH/data.yaml] ...   (inside an Ultralytics YOLO detector)
 
 Wire it into a CLI with ``add_search_parser(subparsers)``; the sub-parser's ``func`` is :func:`run`
 (``run(args, out, err) -> exit status``, the signature the other commands' functions have).
@@ -23,6 +25,8 @@ import argparse
 import shlex
 import sys
 from typing import Any, TextIO
+
+from necklace.cli.args import _UsageError
 
 __all__ = ["add_search_parser", "run", "search_config_from_args"]
 
@@ -58,12 +62,27 @@ _FIELDS = {
     "seed": "seed",
     "output": "output",
 }
+#: flags that do not apply inside a YOLO detector -> why
+_NOT_YOLO = {
+    "backbone": "a YOLO detector brings its own backbone",
+    "backbone_option": "a YOLO detector brings its own backbone (pick its levels with --levels)",
+    "pretrained": "YOLO models train from random weights here (nothing is downloaded); the frozen backbone of the "
+    "short trainings comes from --warmup-epochs",
+    "steps": "Ultralytics trains in epochs: use --epochs",
+    "warmup_steps": "the backbone warm-up is an Ultralytics training, in epochs: use --warmup-epochs",
+    "val_data": "the Ultralytics data file names its val images",
+}
+#: flags that apply inside a YOLO detector only -> what torchvision detectors use instead
+_YOLO_ONLY = {
+    "levels": "set the backbone's levels with --backbone-option levels=2,5",
+    "epochs": "the verdict's recipe is in steps: use --steps",
+    "warmup_epochs": "the backbone warm-up is in steps: use --warmup-steps",
+}
 
 
 def add_search_parser(sub: Any) -> None:
     """Register ``search`` on an argparse sub-parser collection (``parser.add_subparsers()``)."""
     from necklace.detection.compare import METRICS
-    from necklace.detection.detectors import DETECTOR_KINDS
     from necklace.detection.search.config import PRUNERS
     from necklace.detection.search.latency import LATENCY_SCOPES
 
@@ -76,10 +95,17 @@ def add_search_parser(sub: Any) -> None:
         "on cached maps of a frozen backbone with successive-halving pruning; the best ones and the best hand-made "
         "neck are then retrained at the full recipe over seeds (necklace compare), and a winner is declared only "
         "beyond the seed noise. Writes report.md, trials.md/.csv, search.png, winner.yaml under --output. Without "
-        "arguments: the CPU-sized search on tiny_shapes (about 30 minutes on 2 cores). Interrupted? Run the same "
+        "arguments: the CPU-sized search on tiny_shapes (about 30 minutes on 2 cores). --detector yolov8n (or "
+        "another YOLOv8 / YOLO11 size) searches inside that Ultralytics YOLO model: candidates are timed on its "
+        "backbone's maps, ranked by short trainings of a proxy head on its frozen backbone, and the verdict retrains "
+        "them inside YOLO with Ultralytics' trainer (pip install 'necklace[ultralytics]'). Interrupted? Run the same "
         "command again: it continues where it stopped.",
     )
-    p.add_argument("--data", metavar="SPEC", help="tiny_shapes (default) | synthetic | coco:IMAGES,ANN | yolo:...")
+    p.add_argument(
+        "--data",
+        metavar="SPEC",
+        help="tiny_shapes (default) | synthetic | coco:IMAGES,ANN | yolo:... | YOLO detectors: yolo:PATH/data.yaml",
+    )
     p.add_argument("--val-data", metavar="SPEC", help="validation data of the verdict (default: see TrainConfig)")
     p.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="e.g. num_images=512 (repeatable)")
     p.add_argument("--latency-budget", metavar="BUDGET", help="'5ms' / 5 (milliseconds) or '3x' the reference neck")
@@ -91,7 +117,14 @@ def add_search_parser(sub: Any) -> None:
     budget.add_argument("--time-budget", metavar="T", help="wall clock for everything, e.g. 30m, 2h (sizes the study)")
     budget.add_argument("--trials", type=int, metavar="N", help="trained trials (hand-made ones included)")
     p.add_argument("--max-trials", type=int, metavar="N", help="cap of a study sized by --time-budget (80)")
-    p.add_argument("--detector", choices=DETECTOR_KINDS, help="detector (default faster_rcnn)")
+    p.add_argument(
+        "--detector",
+        metavar="NAME",
+        help="faster_rcnn (default), fcos, retinanet, or an Ultralytics YOLO model: yolov8n/s/m/l/x, yolo11n/s/m/l/x",
+    )
+    p.add_argument("--levels", metavar="LO,HI", help="YOLO only: levels of the necks and Detect (default 3,5)")
+    p.add_argument("--epochs", type=int, metavar="N", help="YOLO only: epochs of the verdict's runs (30)")
+    p.add_argument("--warmup-epochs", type=int, metavar="N", help="YOLO only: epochs of the backbone warm-up (30)")
     p.add_argument("--backbone", metavar="NAME", help="tiny (default), resnet18/34/50, timm:<model>")
     p.add_argument("--backbone-option", action="append", metavar="KEY=VALUE", help="e.g. levels=2,5 (repeatable)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None, help="pretrained backbone")
@@ -102,7 +135,9 @@ def add_search_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default per detector)")
     p.add_argument("--metric", choices=METRICS, help="metric to maximise and test (default ap)")
     p.add_argument(
-        "--handmade", metavar="A,B,...", help="hand-made necks in the race (default fpn,pafpn,bifpn,yolo_pafpn)"
+        "--handmade",
+        metavar="A,B,...",
+        help="hand-made necks in the race (default fpn,pafpn,bifpn,yolo_pafpn; YOLO: its own neck,pafpn,bifpn)",
     )
     p.add_argument("--free-cells", action="store_true", help="add the free space of mutated merging-cell graphs")
     p.add_argument("--no-anchors", action="store_true", help="do not enqueue the plain fpn at every finest level")
@@ -134,16 +169,46 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    """The SearchConfig fields every detector shares (budget, study, verdict)."""
+    kw: dict[str, Any] = {}
+    for flag, name in _FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            kw[name] = value
+    if args.handmade is not None:
+        kw["handmade"] = tuple(n.strip() for n in args.handmade.split(",") if n.strip())
+    if args.verdict_seeds is not None:
+        kw["verdict_seeds"] = _ints("--verdict-seeds", args.verdict_seeds)
+    if args.free_cells:
+        kw["free_cells"] = True
+    if args.no_verdict:
+        kw["verdict"] = False
+    if args.no_anchors:
+        kw["anchors"] = False
+    return kw
+
+
 def search_config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~necklace.detection.search.SearchConfig` a ``search`` command line describes."""
     from necklace.cli import parse_options
-    from necklace.detection.search.config import SearchConfig
+    from necklace.detection.compare.yolo_config import check_detector, is_yolo_detector
+    from necklace.detection.search.config import CPU_BASE, SearchConfig
     from necklace.detection.search.data import PRESETS
     from necklace.detection.train import DataSpec, TrainConfig
 
+    if args.detector is not None:
+        check_detector(args.detector)  # unknown: ValueError listing the torchvision and YOLO detectors
+    if is_yolo_detector(args.detector):
+        return _yolo_search_config(args)
+    for flag, instead in _YOLO_ONLY.items():
+        if getattr(args, flag) is not None:
+            raise _UsageError(
+                f"--{flag.replace('_', '-')} applies to YOLO detectors (--detector yolov8n, ...); {instead}."
+            )
     default = SearchConfig()
-    base = default.base.to_dict()
-    kw: dict[str, Any] = {}
+    base = CPU_BASE.to_dict()
+    kw: dict[str, Any] = _common(args)
     if args.data is not None:
         if args.data in PRESETS:
             kw["preset"] = args.data
@@ -162,9 +227,9 @@ def search_config_from_args(args: argparse.Namespace) -> Any:
             base[name] = value
     if args.steps is not None:
         base["steps"], base["epochs"] = args.steps, None
-    if args.detector is not None and args.detector != default.base.detector:
+    if args.detector is not None and args.detector != CPU_BASE.detector:
         base["detector_options"] = {}  # the default's Faster R-CNN proposal counts do not apply to FCOS
-    if args.backbone is not None and args.backbone != default.base.backbone:
+    if args.backbone is not None and args.backbone != CPU_BASE.backbone:
         base["backbone_options"] = {}
     for flag, name in (
         ("backbone_option", "backbone_options"),
@@ -174,21 +239,55 @@ def search_config_from_args(args: argparse.Namespace) -> Any:
         extra = parse_options(getattr(args, flag))
         if extra:
             base[name] = {**dict(base.get(name) or {}), **extra}
-    for flag, name in _FIELDS.items():
+    return SearchConfig(base=TrainConfig.from_dict(base), **kw)
+
+
+def _yolo_search_config(args: argparse.Namespace) -> Any:
+    """The SearchConfig of a search inside a YOLO detector: a :data:`~necklace.detection.search.config.
+    CPU_YOLO_BASE`-based :class:`~necklace.detection.compare.YoloTrainConfig` as the verdict's recipe."""
+    from necklace.cli import parse_options
+    from necklace.detection.compare.yolo_config import YoloTrainConfig
+    from necklace.detection.search.config import CPU_YOLO_BASE, SearchConfig
+    from necklace.detection.search.data import PRESETS
+
+    for flag, why in _NOT_YOLO.items():
+        if getattr(args, flag) not in (None, False, []):
+            raise _UsageError(f"--{flag.replace('_', '-')} does not apply to YOLO detectors: {why}.")
+    kw = _common(args)
+    base = CPU_YOLO_BASE.to_dict()
+    base["detector"] = args.detector
+    if args.data is not None:
+        if args.data in PRESETS:
+            kw["preset"] = args.data
+        else:
+            kw["preset"] = None
+            base["data"] = args.data
+            if args.data_option is None:
+                base["data_options"] = {}
+    for flag, name in (
+        ("image_size", "image_size"),
+        ("batch_size", "batch_size"),
+        ("epochs", "epochs"),
+        ("lr", "lr"),
+        ("device", "device"),
+        ("workers", "num_workers"),
+    ):
         value = getattr(args, flag)
         if value is not None:
-            kw[name] = value
-    if args.handmade is not None:
-        kw["handmade"] = tuple(n.strip() for n in args.handmade.split(",") if n.strip())
-    if args.verdict_seeds is not None:
-        kw["verdict_seeds"] = _ints("--verdict-seeds", args.verdict_seeds)
-    if args.free_cells:
-        kw["free_cells"] = True
-    if args.no_verdict:
-        kw["verdict"] = False
-    if args.no_anchors:
-        kw["anchors"] = False
-    return SearchConfig(base=TrainConfig.from_dict(base), **kw)
+            base[name] = value
+    if args.levels is not None:
+        levels = [v.strip() for v in args.levels.split(",")]
+        if len(levels) != 2 or not all(v.isdigit() for v in levels):
+            raise _UsageError(f"--levels {args.levels!r}: expected LO,HI such as 3,5 (P3-P5) or 2,5 (adds P2)")
+        base["levels"] = [int(v) for v in levels]
+    for flag, name in (("data_option", "data_options"), ("detector_option", "train_args")):
+        extra = parse_options(getattr(args, flag))
+        if extra:
+            base[name] = {**dict(base.get(name) or {}), **extra}
+    if args.warmup_epochs is not None:
+        kw["warmup_epochs"] = args.warmup_epochs
+    kw.setdefault("output", f"runs/search-{args.detector}")
+    return SearchConfig(base=YoloTrainConfig.from_dict(base), **kw)
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -41,6 +41,15 @@ searched necks and the best hand-made one retrained for 500 steps over seeds 0, 
 
     necklace search --time-budget 30m
 
+**Inside an Ultralytics YOLO detector** (``pip install 'necklace[search,ultralytics]'``;
+:mod:`~necklace.detection.search.yolo`): ``SearchConfig(base=CPU_YOLO_BASE)`` or ``necklace search --detector
+yolov8n`` (any YOLOv8 / YOLO11 size; ``--levels 2,5`` adds P2): candidates output the detector's levels and are
+timed on its backbone's maps (or, ``--latency-scope detector``, as the whole YOLO model); the short trainings are a
+proxy (necklace's torchvision head on cached maps of the YOLO backbone, frozen after one Ultralytics warm-up training
+of the stock model); only the verdict trains inside YOLO, with Ultralytics' trainer, Detect head and loss::
+
+    necklace search --detector yolov8n --time-budget 1h
+
 **GPU-sized settings** (a real data set, a pretrained backbone: ``pip install 'necklace[search]'``)::
 
     necklace search --data coco:train2017,instances_train2017.json --val-data coco:val2017,instances_val2017.json \\
@@ -58,9 +67,25 @@ Example:
     ([2, 6], 4)
 """
 
-from necklace.detection.search.config import CPU_BASE, PRUNERS, SearchConfig, parse_duration
-from necklace.detection.search.data import PRESETS, tiny_shapes
-from necklace.detection.search.fidelity import CachedBackbone, FeatureCache, RungResult, ShortTraining, train_short
+from necklace.detection.search.config import (
+    CPU_BASE,
+    CPU_YOLO_BASE,
+    PRUNERS,
+    YOLO_PROXY,
+    YOLO_WARMUP_EPOCHS,
+    SearchConfig,
+    parse_duration,
+)
+from necklace.detection.search.data import PRESETS, tiny_shapes, tiny_shapes_yolo
+from necklace.detection.search.fidelity import (
+    CachedBackbone,
+    FeatureCache,
+    RungResult,
+    ShortTraining,
+    UniformWidth,
+    train_short,
+    uniform_width,
+)
 from necklace.detection.search.latency import LATENCY_SCOPES, LatencyBudget, LatencyProbe, LatencyResult
 from necklace.detection.search.pipeline import DEFAULT_TRIALS, search
 from necklace.detection.search.report import plot_search, trials_csv, trials_table
@@ -82,17 +107,21 @@ from necklace.detection.search.verdict import (
     finalists,
     verdict_config,
 )
+from necklace.detection.search.yolo import YoloBackbone
 from necklace.necks.cells import CELL_OPS, Cell, mutate_cells, nasfpn_cells, panet_cells
 
 __all__ = [
     "CELL_OPS",
     "CPU_BASE",
+    "CPU_YOLO_BASE",
     "DEFAULT_HANDMADE",
     "DEFAULT_TRIALS",
     "LATENCY_SCOPES",
     "PRESETS",
     "PRUNERS",
     "TEMPLATES",
+    "YOLO_PROXY",
+    "YOLO_WARMUP_EPOCHS",
     "CachedBackbone",
     "Candidate",
     "Cell",
@@ -106,7 +135,9 @@ __all__ = [
     "SearchSpace",
     "ShortTraining",
     "TrialRecord",
+    "UniformWidth",
     "Verdict",
+    "YoloBackbone",
     "decide",
     "decide_from_stats",
     "finalist_label",
@@ -122,8 +153,10 @@ __all__ = [
     "search",
     "searched_neck",
     "tiny_shapes",
+    "tiny_shapes_yolo",
     "train_short",
     "trials_csv",
     "trials_table",
+    "uniform_width",
     "verdict_config",
 ]

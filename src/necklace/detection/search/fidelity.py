@@ -49,8 +49,10 @@ __all__ = [
     "FeatureCache",
     "RungResult",
     "ShortTraining",
+    "UniformWidth",
     "frozen_backbone",
     "train_short",
+    "uniform_width",
     "warmup_config",
 ]
 
@@ -158,6 +160,44 @@ class CachedBackbone(Backbone):
                 level.append(m)
             out.append(torch.stack(level).to(images.device))  # [N, C_k, ceil(H/s_k), ceil(W/s_k)]
         return out
+
+
+class UniformWidth(nn.Module):
+    """A neck whose outputs differ in width, each output projected (1x1 Conv-BN) to the width of its finest output:
+    what torchvision's heads, shared across levels, need. The proxy head of a search inside a YOLO detector trains
+    such necks (YOLO's own, with per-level widths) this way; the neck itself, timed and retrained by the verdict, is
+    unchanged.
+
+    Example:
+        >>> neck = necklace.build_neck("yolo_pafpn", [FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32)])
+        >>> wide = UniformWidth(neck)
+        >>> [s.channels for s in neck.out_specs], [s.channels for s in wide.out_specs]
+        ([64, 128, 256], [64, 64, 64])
+    """
+
+    def __init__(self, neck: nn.Module) -> None:
+        super().__init__()
+        out_specs: tuple[FeatureSpec, ...] = tuple(neck.out_specs)  # type: ignore[arg-type]
+        width = out_specs[0].channels
+        self.neck = neck
+        self.in_specs: tuple[FeatureSpec, ...] = tuple(neck.in_specs)  # type: ignore[arg-type]
+        self.out_specs = tuple(FeatureSpec(width, s.stride) for s in out_specs)
+        self.proj = nn.ModuleList(
+            nn.Identity()
+            if s.channels == width
+            else nn.Sequential(nn.Conv2d(s.channels, width, 1, bias=False), nn.BatchNorm2d(width))
+            for s in out_specs
+        )
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        outs = self.neck(feats)  # L x [N, C_l, H_l, W_l]
+        return [p(o) for p, o in zip(self.proj, outs, strict=True)]  # L x [N, C_0, H_l, W_l]
+
+
+def uniform_width(neck: nn.Module) -> nn.Module:
+    """``neck`` itself when its outputs share one width, else :class:`UniformWidth` ``(neck)``."""
+    widths = {s.channels for s in neck.out_specs}  # type: ignore[union-attr]
+    return neck if len(widths) == 1 else UniformWidth(neck)
 
 
 # ------------------------------------------------------------------------------------------------ the cache

@@ -18,7 +18,8 @@ from typing import Any
 
 from torch import nn
 
-from necklace.detection.compare import compare
+from necklace.detection.backbones import Backbone
+from necklace.detection.compare import YoloTrainConfig, compare
 from necklace.detection.detectors import build_detector
 from necklace.detection.search.config import SearchConfig
 from necklace.detection.search.data import tiny_shapes
@@ -47,6 +48,7 @@ def _say(progress: bool, text: str) -> None:
 def _data(config: SearchConfig) -> tuple[TrainConfig, str]:
     """The base recipe on its data (a preset written to ``output/data`` first) and a description of the data."""
     base = config.base
+    assert isinstance(base, TrainConfig)
     if config.preset is None:
         return base, base.data
     opts = base.data_options
@@ -79,15 +81,18 @@ def _graph_of(record: TrialRecord, specs: tuple[FeatureSpec, ...]) -> Any:
 class _Sizer:
     """How many trials to train: fixed, stored, or sized to the time budget once the baseline trial has run."""
 
-    def __init__(self, config: SearchConfig, t0: float, step_seconds: float, progress: bool) -> None:
+    def __init__(
+        self, config: SearchConfig, t0: float, step_seconds: float, progress: bool, verdict_steps: int
+    ) -> None:
         self.config, self.t0, self.step_seconds, self.progress = config, t0, step_seconds, progress
+        self.verdict_steps = verdict_steps
         self.info: dict[str, Any] = {}
 
     def verdict_estimate(self, val_images: int) -> float:
-        cfg, base = self.config, self.config.base
+        cfg = self.config
         if not cfg.verdict:
             return 0.0
-        steps = base.steps or (base.epochs or 1) * 64
+        steps = self.verdict_steps
         step_s = self.step_seconds if math.isfinite(self.step_seconds) else 0.5
         runs = (cfg.verdict_top + 1) * len(cfg.verdict_seeds)
         # x1.5: the finalists' necks (often with a stride-4 level) and a busier machine make steps slower than the
@@ -176,11 +181,27 @@ def search(
     study = open_study(config)  # first: a folder of another search is an error before any work
 
     tick = time.perf_counter()
-    base, data_text = _data(config)
-    phases["data"] = time.perf_counter() - tick
+    verdict_base: TrainConfig | YoloTrainConfig
+    backbone: Backbone
+    if isinstance(config.base, YoloTrainConfig):  # inside a YOLO detector: search/yolo.py
+        from necklace.detection.search import yolo
 
-    tick = time.perf_counter()
-    backbone, bb_info = frozen_backbone(base, config.warmup_steps, out / "backbone", config.seed, progress)
+        verdict_base, data_yaml, data_text = yolo.yolo_data(config, progress)
+        base = yolo.proxy_config(verdict_base, data_yaml)  # the short trainings' (proxy) recipe
+        phases["data"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        assert config.warmup_epochs is not None
+        backbone, bb_info = yolo.yolo_warmup(
+            verdict_base, data_yaml, config.warmup_epochs, out / "backbone", config.seed, progress
+        )
+        verdict_steps = verdict_base.epochs * math.ceil(yolo.train_images(data_yaml) / verdict_base.batch_size)
+    else:
+        base, data_text = _data(config)
+        verdict_base = base
+        phases["data"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        backbone, bb_info = frozen_backbone(base, config.warmup_steps, out / "backbone", config.seed, progress)
+        verdict_steps = base.steps or (base.epochs or 1) * 64
     phases["backbone warm-up"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -195,9 +216,15 @@ def search(
         cache.save(out / "features.pt")
     phases["feature cache"] = time.perf_counter() - tick
 
-    space = config.space or SearchSpace.for_backbone(specs, free_cells=config.free_cells)
     handmade = {}
-    for choice in handmade_choices(config.handmade, uniform_width=space.uniform_width):
+    assert config.handmade is not None
+    if isinstance(verdict_base, YoloTrainConfig):
+        space = config.space or yolo.yolo_space(verdict_base, config.free_cells)
+        choices = yolo.yolo_handmade(config.handmade, verdict_base)
+    else:
+        space = config.space or SearchSpace.for_backbone(specs, free_cells=config.free_cells)
+        choices = handmade_choices(config.handmade, uniform_width=space.uniform_width)
+    for choice in choices:
         try:
             build_neck(choice.name, specs, **choice.options)
         except (ValueError, TypeError) as e:
@@ -211,7 +238,10 @@ def search(
         else build_neck("fpn", specs, width=32)
     )
     make_detector: Callable[[nn.Module], nn.Module] | None = None
-    if config.latency_scope == "detector":
+    if config.latency_scope == "detector" and isinstance(verdict_base, YoloTrainConfig):
+        make_detector = yolo.yolo_detector_factory(verdict_base, cache.num_classes)
+        reference = make_detector(reference)
+    elif config.latency_scope == "detector":
 
         def make_detector(neck: nn.Module) -> nn.Module:
             return build_detector(
@@ -242,8 +272,10 @@ def search(
     limit_ms = config.budget.limit_ms(probe.reference_ms)
     _say(progress, f"search: reference `{ref_label}` {probe.reference_ms:.3g} ms; budget {limit_ms:.3g} ms")
 
-    runner = TrialRunner(config, specs, space, cache, probe, handmade, limit_ms, progress, make_detector, on_rung)
-    sizer = _Sizer(config, t0, float(bb_info.get("step_seconds", math.nan)), progress)
+    runner = TrialRunner(
+        config, specs, space, cache, probe, handmade, limit_ms, progress, make_detector, on_rung, short_base=base
+    )
+    sizer = _Sizer(config, t0, float(bb_info.get("step_seconds", math.nan)), progress, verdict_steps)
     n_val = len(cache.hold_maps)
     run_study(study, runner, lambda s: sizer(s, n_val), on_trial, out_of_time=lambda: sizer.out_of_time(n_val))
     phases["trials"] = time.perf_counter() - tick
@@ -254,7 +286,9 @@ def search(
     tick = time.perf_counter()
     searched, best_hand = finalists(records, config.verdict_top)
     if config.verdict and (searched or best_hand):
-        vcfg = verdict_config(base, searched, best_hand, config.verdict_seeds, str(out / "verdict"), config.metric)
+        vcfg = verdict_config(
+            verdict_base, searched, best_hand, config.verdict_seeds, str(out / "verdict"), config.metric
+        )
         _say(progress, f"search: verdict: {', '.join(n.label for n in vcfg.necks)} x seeds {list(vcfg.seeds)}")
         cmp = compare(vcfg, progress=progress)
         verdict = decide(
@@ -286,7 +320,10 @@ def search(
     except ImportError as e:
         notes.append(f"picture skipped: {e}")
     fidelity = {
-        "backbone": f"{bb_info['source']}, {bb_info['steps']} end-to-end steps" if bb_info["steps"] else "pretrained",
+        "backbone": bb_info.get("text")
+        or (f"{bb_info['source']}, {bb_info['steps']} end-to-end steps" if bb_info["steps"] else "pretrained"),
+        "head": base.detector,
+        "in_specs": [[s.channels, s.stride] for s in specs],  # the maps every candidate is built, timed, trained on
         "train_images": len(cache.train_maps),
         "holdout_images": len(cache.hold_maps),
         "cache_seconds": cache.seconds,

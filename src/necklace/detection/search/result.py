@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from necklace.detection.compare import CompareResult
+from necklace.detection.compare import CompareResult, YoloTrainConfig
 from necklace.detection.search.config import SearchConfig
 from necklace.detection.search.report import counts, trials_table
 from necklace.detection.search.trials import TrialRecord
@@ -118,22 +118,45 @@ def report_markdown(result: SearchResult) -> str:
     cfg, base = result.config, result.config.base
     c = result.counts
     m = _LABELS[cfg.metric]
+    yolo = isinstance(base, YoloTrainConfig)
+    if isinstance(base, YoloTrainConfig):
+        lo, hi = base.levels
+        maps = ", ".join(f"{c}ch /{st}" for c, st in result.fidelity.get("in_specs", []))
+        model = (
+            f"{base.detector} (Ultralytics YOLO: its own backbone and Detect head on levels P{lo}-P{hi}; every "
+            f"candidate outputs those levels and is built on the backbone's maps [{maps}])"
+        )
+    else:
+        model = f"{base.detector} + `{base.backbone}` backbone"
     lines = [
         f"# necklace search: {result.data or base.data} under a latency budget of {cfg.budget}",
         "",
-        f"{base.detector} + `{base.backbone}` backbone at {base.image_size} px; latency of the {cfg.latency_scope} "
+        f"{model} at {base.image_size} px; latency of the {cfg.latency_scope} "
         f"at {base.image_size} px (batch 1) on `{cfg.runtime}` / {cfg.device}, budget **{result.limit_ms:.3g} ms** "
         f"(reference neck `{result.reference_label}`: {result.reference_ms:.3g} ms); optimised metric: {m}.",
         "",
+    ]
+    if yolo:
+        head = result.fidelity.get("head", "torchvision")
+        lines += [
+            "**Read the trials as a proxy**: the early rounds (every trial below) rank necks on the maps of the "
+            f"frozen {base.detector} backbone with necklace's proxy head ({head}, "
+            "trained on cached maps); only the verdict trains inside YOLO, with Ultralytics' trainer, Detect head "
+            "and loss.",
+            "",
+        ]
+    lines += [
         "## Verdict",
         "",
     ]
     if result.verdict is not None:
         lines += [f"- {line}" for line in result.verdict.lines]
         rec = result.verdict.recommended
-        lines.append(
-            f"- The neck to use: `{rec}`, its graph in `winner.yaml` (`necklace.GraphNeck.from_file('winner.yaml')`)."
-        )
+        if isinstance(base, YoloTrainConfig):
+            use = f"`build_yolo('{base.model_yaml}', 'winner.yaml', levels={tuple(base.levels)})`"
+        else:
+            use = "`necklace.GraphNeck.from_file('winner.yaml')`"
+        lines.append(f"- The neck to use: `{rec}`, its graph in `winner.yaml` ({use}).")
     else:
         lines.append("- No verdict: " + ("it was switched off." if not cfg.verdict else "nothing finished training."))
     lines += [
@@ -148,11 +171,20 @@ def report_markdown(result: SearchResult) -> str:
     ]
     if result.compare is not None:
         vc = result.compare.config
+        if isinstance(base, YoloTrainConfig):
+            recipe = (
+                f"Inside {base.detector}: {base.epochs} epochs of batch {base.batch_size} by Ultralytics' trainer "
+                "(its Detect head, loss and schedule), end to end from random weights"
+            )
+        else:
+            recipe = (
+                f"{base.steps or base.epochs} {'steps' if base.steps else 'epochs'} of batch {base.batch_size}, end "
+                "to end (backbone included, from scratch)"
+            )
         lines += [
             "## The finalists at the full recipe (`compare`)",
             "",
-            f"{base.steps or base.epochs} {'steps' if base.steps else 'epochs'} of batch {base.batch_size}, end to "
-            f"end (backbone included, from scratch), seeds {list(vc.seeds)}, evaluated on the validation data "
+            f"{recipe}, seeds {list(vc.seeds)}, evaluated on the validation data "
             "(never seen by the search); mean ± std over seeds. Every run is under `verdict/` "
             "(`verdict/report.md` has compare's own report).",
             "",
@@ -168,7 +200,8 @@ def report_markdown(result: SearchResult) -> str:
         "",
         f"Latency: lower quartile of timings interleaved with the reference neck's, as a ratio x the reference's "
         f"latency ({cfg.latency_scope}, `{cfg.runtime}`). {m} and AP_small: COCO AP x 100 on the held-out training "
-        f"images after the trial's last rung (rungs at steps {cfg.rung_schedule()}; a trial continues past a "
+        f"images after the trial's last rung{' (proxy head on the frozen YOLO backbone)' if yolo else ''} "
+        f"(rungs at steps {cfg.rung_schedule()}; a trial continues past a "
         f"rung only when in the top 1/{cfg.reduction_factor} there: {cfg.pruner.replace('_', ' ')}).",
         "",
         trials_table(result.records, cfg.metric),
@@ -180,7 +213,16 @@ def report_markdown(result: SearchResult) -> str:
         else "- called from Python: `necklace.detection.search.search(config)`",
     ]
     f = result.fidelity
-    if f:
+    if f and yolo:
+        lines.append(
+            f"- fidelity (a proxy): neck + necklace's proxy head ({f.get('head')}, torchvision) trained on cached "
+            f"maps of the frozen YOLO backbone ({f.get('backbone', '')}); images reach it through torchvision's "
+            "transform with the ImageNet normalisation undone (YOLO reads RGB in [0, 1]); necks whose outputs differ "
+            "in width get a 1x1 projection to one width there (torchvision's heads are shared across levels); "
+            f"{f.get('train_images')} training images, evaluated on {f.get('holdout_images')} held-out ones; "
+            f"cache built in {_minutes(float(f.get('cache_seconds', 0)))}. Only the verdict trains inside YOLO"
+        )
+    elif f:
         lines.append(
             f"- fidelity: neck + head trained on cached maps of a frozen backbone ({f.get('backbone', '')}); "
             f"{f.get('train_images')} training images, evaluated on {f.get('holdout_images')} held-out ones; "

@@ -30,10 +30,11 @@ from torch import nn
 
 from necklace.detection.compare import NeckChoice
 from necklace.detection.search.config import SearchConfig
-from necklace.detection.search.fidelity import FeatureCache, RungResult, ShortTraining, train_short
+from necklace.detection.search.fidelity import FeatureCache, RungResult, ShortTraining, train_short, uniform_width
 from necklace.detection.search.latency import LatencyProbe
 from necklace.detection.search.space import Candidate, SearchSpace, searched_neck
 from necklace.detection.search.trials import TrialRecord, records_from_trials
+from necklace.detection.train import TrainConfig
 from necklace.registry import build_neck
 from necklace.spec import FeatureSpec
 
@@ -140,7 +141,10 @@ class TrialRunner:
     """Runs one trial: draw (or take the enqueued hand-made neck), time, reject or train with pruning.
 
     ``progress`` lines go to stderr; ``make_detector(neck)`` builds the whole detector for
-    ``config.latency_scope == "detector"``.
+    ``config.latency_scope == "detector"``; ``short_base``: the recipe of the short trainings (``None``:
+    ``config.base``; inside a YOLO detector the proxy's). A neck whose outputs differ in width trains behind a
+    1x1 projection to one width (:func:`~necklace.detection.search.fidelity.uniform_width`: torchvision's heads
+    are shared across levels); it is timed, and retrained by the verdict, as it is.
     """
 
     config: SearchConfig
@@ -153,6 +157,7 @@ class TrialRunner:
     progress: bool = True
     make_detector: Callable[[nn.Module], nn.Module] | None = None
     on_rung: Callable[[int, RungResult], None] | None = None
+    short_base: TrainConfig | None = None
 
     # ------------------------------------------------------------------ drawing
     def _parent_cells(self, study: optuna.Study) -> Callable[[tuple[int, int]], tuple[Any, ...]]:
@@ -234,11 +239,11 @@ class TrialRunner:
                 raise _Stop(TrialState.PRUNED)
 
         ckpt = self.config.out / "trials" / f"trial{trial.number}.pt"
-        settings = ShortTraining(
-            self.config.base, tuple(self.config.rung_schedule()), seed=self.config.seed, checkpoint=ckpt
-        )
+        recipe = self.short_base if self.short_base is not None else self.config.base
+        assert isinstance(recipe, TrainConfig)
+        settings = ShortTraining(recipe, tuple(self.config.rung_schedule()), seed=self.config.seed, checkpoint=ckpt)
         try:
-            results = train_short(lambda: self._build(neck, options), self.cache, settings, on_rung)
+            results = train_short(lambda: uniform_width(self._build(neck, options)), self.cache, settings, on_rung)
         except (_Stop, FloatingPointError, ValueError, RuntimeError):
             ckpt.unlink(missing_ok=True)  # the trial ends here (pruned / failed): its checkpoint is not needed
             raise  # (an interruption, KeyboardInterrupt, leaves it for the rerun)

@@ -31,6 +31,7 @@ from necklace.detection.compare import (
     NeckChoice,
     Significance,
     Stat,
+    YoloTrainConfig,
     significance,
 )
 from necklace.detection.search.trials import TrialRecord
@@ -94,7 +95,7 @@ def finalists(records: Sequence[TrialRecord], top: int) -> tuple[list[TrialRecor
 
 
 def verdict_config(
-    base: TrainConfig,
+    base: TrainConfig | YoloTrainConfig,
     searched: Sequence[TrialRecord],
     handmade: TrialRecord | None,
     seeds: Sequence[int],
@@ -102,16 +103,43 @@ def verdict_config(
     metric: str,
     latency_repeats: int = 20,
 ) -> CompareConfig:
-    """The ``compare`` run of the verdict: the finalists on ``base`` (the full recipe), over ``seeds``."""
+    """The ``compare`` run of the verdict: the finalists on ``base`` (the full recipe), over ``seeds``; inside a
+    YOLO detector (a :class:`~necklace.detection.compare.YoloTrainConfig`) each run is Ultralytics' training of the
+    YOLO model with that neck (``build_yolo``), a searched one as the registered ``searched`` neck; ``levels`` leave
+    the options there (``build_yolo`` gives a neck the detector's levels itself, ``base.levels``).
 
-    necks: list[NeckChoice] = [r.choice(finalist_label(r)) for r in searched]
+    Example:
+        >>> from necklace.detection.search.config import CPU_YOLO_BASE
+        >>> opts = {"template": "fpn", "levels": [3, 5], "width": 32}
+        >>> r = TrialRecord(4, "searched", "x", "searched", opts, "complete")
+        >>> verdict_config(CPU_YOLO_BASE, [r], None, (0,), "out", "ap").necks[0].options
+        {'template': 'fpn', 'width': 32}
+    """
+
+    necks: list[NeckChoice] = [_choice(r, base) for r in searched]
     if handmade is not None:
-        necks.append(handmade.choice(finalist_label(handmade)))
+        necks.append(_choice(handmade, base))
     if not necks:
         raise ValueError("the verdict needs at least one finalist; no trial finished its short training.")
     return CompareConfig(
         necks=tuple(necks), base=base, seeds=tuple(seeds), output=output, metric=metric, latency_repeats=latency_repeats
     )
+
+
+def _choice(record: TrialRecord, base: TrainConfig | YoloTrainConfig) -> NeckChoice:
+    """The trial's neck for ``compare`` on ``base``: inside a YOLO detector without its ``levels`` option (the
+    search built it at the detector's levels; ``build_yolo`` passes those itself and refuses them twice)."""
+    choice = record.choice(finalist_label(record))
+    if not isinstance(base, YoloTrainConfig) or "levels" not in choice.options:
+        return choice
+    options = dict(choice.options)
+    levels = tuple(options.pop("levels"))
+    if levels != tuple(base.levels):
+        raise ValueError(
+            f"the verdict inside {base.detector}: trial {record.number} ({record.label}) has levels {levels}, but the "
+            f"detector's are {tuple(base.levels)}; every candidate of a YOLO search outputs the detector's levels."
+        )
+    return NeckChoice(choice.name, options, label=choice.label)
 
 
 @dataclass(frozen=True)
