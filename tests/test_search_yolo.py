@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ import torch
 
 ultralytics = pytest.importorskip("ultralytics")
 pytest.importorskip("optuna")
+
+from tests.helpers import block_network  # noqa: E402
 
 from necklace.cli import main  # noqa: E402
 from necklace.cli.search import add_search_parser, search_config_from_args  # noqa: E402
@@ -52,23 +53,9 @@ TINY = YoloTrainConfig(
 @pytest.fixture(scope="module", autouse=True)
 def no_network() -> Iterator[list[str]]:
     """Refuse every non-local connection (Ultralytics' online check and font download) for the whole module."""
-    attempts: list[str] = []
-    getaddrinfo = socket.getaddrinfo
-
-    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host not in ("localhost", "127.0.0.1", "::1", None):
-            attempts.append(str(host))
-            raise OSError("network blocked by the test")
-        return getaddrinfo(host, *args, **kwargs)
-
-    def refuse(self: socket.socket, address: Any) -> None:
-        attempts.append(str(address))
-        raise OSError("network blocked by the test")
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("YOLO_OFFLINE", "1")
-        mp.setattr(socket, "getaddrinfo", local_only)
-        mp.setattr(socket.socket, "connect", refuse)
+        attempts = block_network(mp)
         yield attempts
 
 

@@ -86,6 +86,14 @@ def _levels(text: str) -> list[int]:
     return [lo, hi]
 
 
+def _detector_levels(text: str) -> list[int]:
+    """``--levels LO,HI`` of a YOLO detector (compare, search): the pyramid levels of the neck and ``Detect``."""
+    levels = [v.strip() for v in text.split(",")]
+    if len(levels) != 2 or not all(v.isdigit() for v in levels):
+        raise _UsageError(f"--levels {text!r}: expected LO,HI such as 3,5 (P3-P5) or 2,5 (adds P2)")
+    return [int(v) for v in levels]
+
+
 # ------------------------------------------------------------------------------------------------ output
 def _check_output_file(path: str, flag: str) -> Path:
     """Fail early (before any work) when ``path`` cannot be written as a file: a directory is in the way or the

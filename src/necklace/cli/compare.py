@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _UsageError, parse_options
+from necklace.cli.args import _detector_levels, _UsageError, parse_options
 
 __all__ = ["add_compare_parser", "compare_config_from_args"]
 
@@ -268,10 +268,7 @@ def _yolo_config_from_args(args: argparse.Namespace) -> Any:
     if args.data is not None and args.data_option is None and DataSpec.parse(args.data).kind != base_kind:
         data["data_options"] = {}  # the synthetic sizes do not apply to a data file
     if args.levels is not None:
-        levels = [v.strip() for v in args.levels.split(",")]
-        if len(levels) != 2 or not all(v.isdigit() for v in levels):
-            raise _UsageError(f"--levels {args.levels!r}: expected LO,HI such as 3,5 (P3-P5) or 2,5 (adds P2)")
-        data["levels"] = [int(v) for v in levels]
+        data["levels"] = _detector_levels(args.levels)
     for flag, name in (("data_option", "data_options"), ("detector_option", "train_args")):
         extra = parse_options(getattr(args, flag))
         if extra:

@@ -26,7 +26,7 @@ import shlex
 import sys
 from typing import Any, TextIO
 
-from necklace.cli.args import _UsageError
+from necklace.cli.args import _detector_levels, _UsageError
 
 __all__ = ["add_search_parser", "run", "search_config_from_args"]
 
@@ -276,10 +276,7 @@ def _yolo_search_config(args: argparse.Namespace) -> Any:
         if value is not None:
             base[name] = value
     if args.levels is not None:
-        levels = [v.strip() for v in args.levels.split(",")]
-        if len(levels) != 2 or not all(v.isdigit() for v in levels):
-            raise _UsageError(f"--levels {args.levels!r}: expected LO,HI such as 3,5 (P3-P5) or 2,5 (adds P2)")
-        base["levels"] = [int(v) for v in levels]
+        base["levels"] = _detector_levels(args.levels)
     for flag, name in (("data_option", "data_options"), ("detector_option", "train_args")):
         extra = parse_options(getattr(args, flag))
         if extra:
