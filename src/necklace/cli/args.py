@@ -86,6 +86,25 @@ def _levels(text: str) -> list[int]:
     return [lo, hi]
 
 
+#: flag attribute -> training-config field, shared by compare's and search's YOLO settings
+_SCHEDULE_FLAGS = (
+    ("image_size", "image_size"),
+    ("batch_size", "batch_size"),
+    ("epochs", "epochs"),
+    ("lr", "lr"),
+    ("device", "device"),
+    ("workers", "num_workers"),
+)
+
+
+def _copy_flags(args: Any, target: dict[str, Any], pairs: Sequence[tuple[str, str]]) -> None:
+    """``target[field] = args.<flag>`` for every ``(flag, field)`` pair whose flag was given (not ``None``)."""
+    for flag, name in pairs:
+        value = getattr(args, flag)
+        if value is not None:
+            target[name] = value
+
+
 def _detector_levels(text: str) -> list[int]:
     """``--levels LO,HI`` of a YOLO detector (compare, search): the pyramid levels of the neck and ``Detect``."""
     levels = [v.strip() for v in text.split(",")]

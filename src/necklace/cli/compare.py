@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _detector_levels, _UsageError, parse_options
+from necklace.cli.args import _SCHEDULE_FLAGS, _copy_flags, _detector_levels, _UsageError, parse_options
 
 __all__ = ["add_compare_parser", "compare_config_from_args"]
 
@@ -253,18 +253,7 @@ def _yolo_config_from_args(args: argparse.Namespace) -> Any:
     base_kind = DataSpec.parse(str(data["data"])).kind
     if args.quick:
         data.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in _YOLO_QUICK.items()})
-    for flag, name in (
-        ("data", "data"),
-        ("image_size", "image_size"),
-        ("batch_size", "batch_size"),
-        ("epochs", "epochs"),
-        ("lr", "lr"),
-        ("device", "device"),
-        ("workers", "num_workers"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            data[name] = value
+    _copy_flags(args, data, (("data", "data"), *_SCHEDULE_FLAGS))
     if args.data is not None and args.data_option is None and DataSpec.parse(args.data).kind != base_kind:
         data["data_options"] = {}  # the synthetic sizes do not apply to a data file
     if args.levels is not None:

@@ -26,7 +26,7 @@ import shlex
 import sys
 from typing import Any, TextIO
 
-from necklace.cli.args import _detector_levels, _UsageError
+from necklace.cli.args import _SCHEDULE_FLAGS, _copy_flags, _detector_levels, _UsageError
 
 __all__ = ["add_search_parser", "run", "search_config_from_args"]
 
@@ -264,17 +264,7 @@ def _yolo_search_config(args: argparse.Namespace) -> Any:
             base["data"] = args.data
             if args.data_option is None:
                 base["data_options"] = {}
-    for flag, name in (
-        ("image_size", "image_size"),
-        ("batch_size", "batch_size"),
-        ("epochs", "epochs"),
-        ("lr", "lr"),
-        ("device", "device"),
-        ("workers", "num_workers"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            base[name] = value
+    _copy_flags(args, base, _SCHEDULE_FLAGS)
     if args.levels is not None:
         base["levels"] = _detector_levels(args.levels)
     for flag, name in (("data_option", "data_options"), ("detector_option", "train_args")):
