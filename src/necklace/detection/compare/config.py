@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_BASE", "DEFAULT_NECKS", "METRICS", "CompareConfig", "NeckCho
 
 #: Metrics aggregated over seeds (fields of :class:`~necklace.detection.CocoMetrics`), in table order.
 METRICS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-_METRIC_LABELS = {
+METRIC_LABELS = {
     "ap": "AP",
     "ap50": "AP50",
     "ap75": "AP75",

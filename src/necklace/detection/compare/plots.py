@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from necklace.detection.compare.config import _METRIC_LABELS
+from necklace.detection.compare.config import METRIC_LABELS
 from necklace.detection.compare.results import CompareResult
 from necklace.detection.compare.stats import pareto_front
 
@@ -83,7 +83,7 @@ def plot_ap_vs_latency(result: CompareResult, path: str | Path) -> Path:
     (right); the Pareto front (no neck both faster and better) is drawn as a dashed line and its necks ringed."""
     plt = _pyplot()
     metric = result.config.metric
-    label = _METRIC_LABELS[metric]
+    label = METRIC_LABELS[metric]
     necks = result.necks
     colours = _colours(len(necks))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

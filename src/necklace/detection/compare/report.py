@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from necklace.bench import LatencyStats
-from necklace.detection.compare.config import _METRIC_LABELS, _RUN_FIELDS
+from necklace.detection.compare.config import _RUN_FIELDS, METRIC_LABELS
 from necklace.detection.compare.results import CompareResult, _pct
 from necklace.detection.compare.stats import RULE_TEXT
 from necklace.detection.compare.verdict import _learning_line, verdict_lines
@@ -17,7 +17,7 @@ from necklace.detection.train import RESUMABLE_CHANGES, TrainConfig
 def _report(result: CompareResult, command: str | None) -> str:
     cfg, base = result.config, result.config.base
     env = result.environment
-    m = _METRIC_LABELS[cfg.metric]
+    m = METRIC_LABELS[cfg.metric]
     p0 = result.necks[0].profile
     lines = [
         f"# necklace compare: {', '.join(n.label for n in result.necks)}",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from necklace.bench import LatencyStats
-from necklace.detection.compare.config import _METRIC_LABELS, METRICS, CompareConfig, NeckChoice
+from necklace.detection.compare.config import METRIC_LABELS, METRICS, CompareConfig, NeckChoice
 from necklace.detection.compare.stats import NO_VERDICT_TEXT, RULE_TEXT, Significance, Stat, significance
 from necklace.detection.evaluate import CocoMetrics
 
@@ -243,7 +243,7 @@ def _table(result: CompareResult) -> str:
     head += ["neck params", f"neck {unit}", "neck CPU ms", "detector CPU ms"]
     if gpu:
         head += ["neck GPU ms", "detector GPU ms"]
-    head.append(f"{_METRIC_LABELS[result.config.metric]} vs best")
+    head.append(f"{METRIC_LABELS[result.config.metric]} vs best")
     rows = []
     for n in result.necks:
         p = n.profile

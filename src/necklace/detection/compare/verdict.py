@@ -16,7 +16,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-from necklace.detection.compare.config import _METRIC_LABELS, METRICS, CompareConfig
+from necklace.detection.compare.config import METRIC_LABELS, METRICS, CompareConfig
 from necklace.detection.compare.results import CompareResult, NeckProfile, NeckResult, RunResult, _pm
 from necklace.detection.compare.stats import Stat, significance
 from necklace.detection.compare.yolo_config import YoloTrainConfig
@@ -80,7 +80,7 @@ def verdict_lines(result: CompareResult) -> list[str]:
         >>> verdict_lines(_example_result())[-1]
         'Every other neck is behind `fpn` by more than the seed noise.'
     """
-    m = _METRIC_LABELS[result.config.metric]
+    m = METRIC_LABELS[result.config.metric]
     metric = result.config.metric
     best = result.neck(result.best)
     floor = 100 * result.config.learned_ap50

@@ -24,18 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from necklace.detection.compare import pareto_front
+from necklace.detection.compare.config import METRIC_LABELS
 from necklace.detection.search.trials import TrialRecord
 
 __all__ = ["counts", "plot_search", "trials_csv", "trials_table", "write_text"]
 
-_LABELS = {
-    "ap": "AP",
-    "ap50": "AP50",
-    "ap75": "AP75",
-    "ap_small": "AP_small",
-    "ap_medium": "AP_medium",
-    "ap_large": "AP_large",
-}
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -68,7 +61,7 @@ def _cell(v: float | None, scale: float = 100.0, fmt: str = ".1f") -> str:
 def trials_table(records: Sequence[TrialRecord], metric: str) -> str:
     """Markdown table: trial, kind, neck, finest stride, latency (ms), the metric and AP_small after the last rung
     (x 100), outcome (complete / pruned at which rung / rejected / failed / reused)."""
-    name = _LABELS[metric]
+    name = METRIC_LABELS[metric]
     small = "AP_small" if metric != "ap_small" else "AP"
     head = ["#", "kind", "neck", "finest", "latency ms", f"{name} (last rung)", small, "outcome"]
     lines = ["| " + " | ".join(head) + " |", "|--:|---|---|--:|--:|--:|--:|---|"]
@@ -135,7 +128,7 @@ def plot_search(
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    name = _LABELS[metric]
+    name = METRIC_LABELS[metric]
     fig, ax = plt.subplots(figsize=(10, 5.4))
     shown = [r for r in records if r.latency_ms is not None and r.duplicate_of is None]
     strides = sorted({r.finest_stride for r in shown if r.finest_stride})

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from necklace.detection.compare import CompareResult, YoloTrainConfig
+from necklace.detection.compare.config import METRIC_LABELS
 from necklace.detection.search.config import SearchConfig
 from necklace.detection.search.report import counts, trials_table
 from necklace.detection.search.trials import TrialRecord
@@ -27,14 +28,6 @@ from necklace.detection.search.verdict import Verdict, finalist_label
 
 __all__ = ["SearchResult", "report_markdown"]
 
-_LABELS = {
-    "ap": "AP",
-    "ap50": "AP50",
-    "ap75": "AP75",
-    "ap_small": "AP_small",
-    "ap_medium": "AP_medium",
-    "ap_large": "AP_large",
-}
 
 
 @dataclass(frozen=True)
@@ -117,7 +110,7 @@ def report_markdown(result: SearchResult) -> str:
     """The search's ``report.md``."""
     cfg, base = result.config, result.config.base
     c = result.counts
-    m = _LABELS[cfg.metric]
+    m = METRIC_LABELS[cfg.metric]
     yolo = isinstance(base, YoloTrainConfig)
     if isinstance(base, YoloTrainConfig):
         lo, hi = base.levels

@@ -34,19 +34,12 @@ from necklace.detection.compare import (
     YoloTrainConfig,
     significance,
 )
+from necklace.detection.compare.config import METRIC_LABELS
 from necklace.detection.search.trials import TrialRecord
 from necklace.detection.train import TrainConfig
 
 __all__ = ["Verdict", "decide", "decide_from_stats", "finalist_label", "finalists", "verdict_config"]
 
-_LABELS = {
-    "ap": "AP",
-    "ap50": "AP50",
-    "ap75": "AP75",
-    "ap_small": "AP_small",
-    "ap_medium": "AP_medium",
-    "ap_large": "AP_large",
-}
 
 
 def finalist_label(record: TrialRecord) -> str:
@@ -207,7 +200,7 @@ def decide_from_stats(
     unknown = [s for s in [*searched, *([handmade] if handmade else [])] if s not in stats]
     if unknown:
         raise ValueError(f"decide: no statistics for {unknown}; known necks: {sorted(stats)}.")
-    name = _LABELS[metric]
+    name = METRIC_LABELS[metric]
     means = {k: s.mean for k, s in stats.items()}
 
     def score(label: str) -> float:
@@ -260,7 +253,8 @@ def decide_from_stats(
         if m == metric:
             continue
         verdict = "beyond" if s.exceeds_noise else ("no verdict" if s.exceeds_noise is None else "within")
-        lines.append(f"On {_LABELS[m]}: `{best_s}` {100 * s.diff:+.1f} vs `{handmade}` ({verdict} the seed noise).")
+        gap = f"{100 * s.diff:+.1f}"
+        lines.append(f"On {METRIC_LABELS[m]}: `{best_s}` {gap} vs `{handmade}` ({verdict} the seed noise).")
     return Verdict(winner, winner or handmade, best_s, handmade, metric, sig, tuple(lines), means, extra)
 
 
