@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -103,6 +103,41 @@ def _copy_flags(args: Any, target: dict[str, Any], pairs: Sequence[tuple[str, st
         value = getattr(args, flag)
         if value is not None:
             target[name] = value
+
+
+def _refuse_for_yolo(args: Any, why: Mapping[str, str]) -> None:
+    """A usage error for the first flag of ``why`` (flag attribute -> reason) that was given although the detector
+    is a YOLO model."""
+    for flag, reason in why.items():
+        if getattr(args, flag) not in (None, False, []):
+            raise _UsageError(f"--{flag.replace('_', '-')} does not apply to YOLO detectors: {reason}.")
+
+
+def _command_text(args: Any, command: str) -> str:
+    """The ``necklace COMMAND ...`` line of parsed ``args`` (the flags as given; ``-o`` for ``--option``), for
+    reports.
+
+    Example:
+        >>> import argparse
+        >>> args = argparse.Namespace(command="compare", seeds="0,1", quick=True, option=["width=16"])
+        >>> _command_text(args, "compare")
+        'necklace compare --seeds 0,1 --quick -o width=16'
+    """
+    import shlex
+
+    parts = ["necklace", command]
+    for name, value in vars(args).items():
+        if name in ("command", "func", "debug", "quiet") or value in (None, False):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                parts += ["-o" if name == "option" else flag, v]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
 
 
 def _detector_levels(text: str) -> list[int]:

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any, TextIO
 
-from necklace.cli.args import _SCHEDULE_FLAGS, _copy_flags, _detector_levels, _UsageError, parse_options
+from necklace.cli.args import (
+    _SCHEDULE_FLAGS,
+    _command_text,
+    _copy_flags,
+    _detector_levels,
+    _refuse_for_yolo,
+    _UsageError,
+    parse_options,
+)
 
 __all__ = ["add_compare_parser", "compare_config_from_args"]
 
@@ -242,9 +250,7 @@ def _yolo_config_from_args(args: argparse.Namespace) -> Any:
     )
     from necklace.detection.train import DataSpec
 
-    for flag, why in _NOT_YOLO.items():
-        if getattr(args, flag) not in (None, False, []):
-            raise _UsageError(f"--{flag.replace('_', '-')} does not apply to YOLO detectors: {why}.")
+    _refuse_for_yolo(args, _NOT_YOLO)
     data = (
         YoloTrainConfig.from_dict(_read_mapping(args.config)).to_dict() if args.config else DEFAULT_YOLO_BASE.to_dict()
     )
@@ -270,21 +276,7 @@ def _yolo_config_from_args(args: argparse.Namespace) -> Any:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The ``necklace compare`` command of ``args`` (flags as given, for the report)."""
-    import shlex
-
-    parts = ["necklace", "compare"]
-    for name, value in vars(args).items():
-        if name in ("command", "func", "debug", "quiet") or value in (None, False):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                parts += ["-o" if name == "option" else flag, v]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    return _command_text(args, "compare")
 
 
 def _cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

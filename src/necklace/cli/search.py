@@ -22,11 +22,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Any, TextIO
 
-from necklace.cli.args import _SCHEDULE_FLAGS, _copy_flags, _detector_levels, _UsageError
+from necklace.cli.args import (
+    _SCHEDULE_FLAGS,
+    _command_text,
+    _copy_flags,
+    _detector_levels,
+    _refuse_for_yolo,
+    _UsageError,
+)
 
 __all__ = ["add_search_parser", "run", "search_config_from_args"]
 
@@ -250,9 +256,7 @@ def _yolo_search_config(args: argparse.Namespace) -> Any:
     from necklace.detection.search.config import CPU_YOLO_BASE, SearchConfig
     from necklace.detection.search.data import PRESETS
 
-    for flag, why in _NOT_YOLO.items():
-        if getattr(args, flag) not in (None, False, []):
-            raise _UsageError(f"--{flag.replace('_', '-')} does not apply to YOLO detectors: {why}.")
+    _refuse_for_yolo(args, _NOT_YOLO)
     kw = _common(args)
     base = CPU_YOLO_BASE.to_dict()
     base["detector"] = args.detector
@@ -278,19 +282,8 @@ def _yolo_search_config(args: argparse.Namespace) -> Any:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    parts = ["necklace", "search"]
-    for name, value in vars(args).items():
-        if name in ("command", "func", "debug", "quiet") or value in (None, False):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                parts += [flag, v]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+    """The ``necklace search`` command of ``args`` (flags as given, for the report)."""
+    return _command_text(args, "search")
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

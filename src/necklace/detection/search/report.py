@@ -30,7 +30,6 @@ from necklace.detection.search.trials import TrialRecord
 __all__ = ["counts", "plot_search", "trials_csv", "trials_table", "write_text"]
 
 
-
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` atomically (temporary file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

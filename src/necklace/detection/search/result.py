@@ -29,7 +29,6 @@ from necklace.detection.search.verdict import Verdict, finalist_label
 __all__ = ["SearchResult", "report_markdown"]
 
 
-
 @dataclass(frozen=True)
 class SearchResult:
     """Everything a search found: every trial, the verdict (``None`` when skipped or nothing trained), the

@@ -41,7 +41,6 @@ from necklace.detection.train import TrainConfig
 __all__ = ["Verdict", "decide", "decide_from_stats", "finalist_label", "finalists", "verdict_config"]
 
 
-
 def finalist_label(record: TrialRecord) -> str:
     """The label a trial's neck gets in the verdict: the hand-made neck's own, ``s<trial>-<template>-p<lo>p<hi>``
     for a searched one.
