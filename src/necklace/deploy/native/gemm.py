@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from necklace.deploy.native.cgemm import MAX_PARTS, gemm_into, gemm_ready, pack_panels, packed_columns
 from necklace.deploy.native.guard import inference_paths_off
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.layers.conv import ConvNormAct
@@ -126,9 +128,16 @@ def concat_pointwise(
     upsample: Sequence[bool] | None = None,
     size: tuple[int, int] | None = None,
     channels_last: bool = False,
+    act: str = "none",
+    conv: nn.Conv2d | None = None,
 ) -> Tensor | None:
-    """``conv1x1(cat(maps, dim=1), weight, bias)`` without building the concatenation: one GEMM per part,
+    """``act(conv1x1(cat(maps, dim=1), weight, bias))`` without building the concatenation: one GEMM per part,
     accumulated into one output (an inference helper; ``None`` when the layouts do not allow it).
+
+    With the native library loaded and a channels_last output (float32), all parts run as one call of the native
+    GEMM (:func:`~necklace.deploy.native.cgemm.gemm_into`: the output written once, bias and ``act`` fused;
+    ``conv``, the 1x1 conv owning ``weight``, caches its packed panels); otherwise as ``addmm`` calls and the
+    activation after them. ``act`` is ``"none"``, ``"relu"`` or ``"swish"`` (SiLU).
 
     ``weight`` is the 1x1 conv weight (O, sum C_i, 1, 1) or its matrix. A part flagged in ``upsample`` is a
     low-resolution map whose nearest-neighbour resize to ``size`` is the map to concatenate: a 1x1 conv
@@ -168,6 +177,8 @@ def concat_pointwise(
     if any(p.shape[2:] != (h, w) for p, u in zip(parts, ups, strict=True) if not u):
         return None
     starts = [sum(chans[:i]) for i in range(len(chans))]
+    if not major and len(parts) <= MAX_PARTS and gemm_ready(parts[0]) and weight.dtype == torch.float32:
+        return _concat_native(parts, mats, starts, ups, weight, bias, (h, w), act, conv)  # type: ignore[arg-type]
 
     def gemm(i: int, acc: Tensor | None, b: Tensor | None) -> Tensor:
         wi, (xi, x_major) = w2[:, starts[i] : starts[i] + chans[i]], mats[i]  # type: ignore[misc]
@@ -201,10 +212,56 @@ def concat_pointwise(
     for i in range(len(parts)):
         if not ups[i]:
             acc_mat = gemm(i, acc_mat, pending_bias if acc_mat is None else None)
-    if out is not None:
-        return out
-    assert acc_mat is not None
-    return as_map(acc_mat, h, w)
+    y = out if out is not None else as_map(acc_mat, h, w)  # type: ignore[arg-type]
+    return y if act == "none" else _TORCH_ACTS[act](y)
+
+
+#: the activations of :func:`concat_pointwise` where the native GEMM does not run (in place)
+_TORCH_ACTS = {"relu": torch.relu_, "swish": lambda y: F.silu(y, inplace=True)}
+
+
+def _concat_native(
+    parts: Sequence[Tensor],
+    mats: list[tuple[Tensor, bool]],
+    starts: list[int],
+    ups: list[bool],
+    weight: Tensor,
+    bias: Tensor | None,
+    size: tuple[int, int],
+    act: str,
+    conv: nn.Conv2d | None,
+) -> Tensor:
+    """:func:`concat_pointwise` by the native GEMM, into a channels_last output: each upsampled part's GEMM at its
+    own resolution (with the bias), resized; then one call over the other parts adds into it and applies ``act``."""
+    n, o = parts[0].shape[0], weight.shape[0]
+    a = [m.t() if major else m for m, major in mats]  # (pixels, C_i) views of every part
+    cols = [(starts[i], starts[i] + p.shape[1]) for i, p in enumerate(parts)]
+    low_idx = [i for i in range(len(parts)) if ups[i]]
+    main = [i for i in range(len(parts)) if not ups[i]]
+    groups = (*(cols[i] for i in low_idx), tuple(x for i in main for x in cols[i]))
+    if conv is not None:
+        packed = packed_columns(conv, groups)
+    else:
+        w2 = weight.detach().reshape(o, -1)
+        packed = tuple(pack_panels(torch.cat([w2[:, g[k] : g[k + 1]] for k in range(0, len(g), 2)], 1)) for g in groups)
+    b = None if bias is None else bias.detach().contiguous()
+    out: Tensor | None = None
+    for k, i in enumerate(low_idx):
+        hl, wl = parts[i].shape[2], parts[i].shape[3]
+        low = torch.empty((n, o, hl, wl), dtype=torch.float32, memory_format=torch.channels_last)
+        gemm_into(low.permute(0, 2, 3, 1).view(n * hl * wl, o), [a[i]], packed[k], b if out is None else None)
+        z = F.interpolate(low, size=size, mode="nearest")  # (torch's kernel is fast on channels_last maps)
+        out = z if out is None else out.add_(z)
+    if out is not None and not out.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    if not main:
+        assert out is not None
+        return out if act == "none" else _TORCH_ACTS[act](out)
+    if out is None:
+        out = torch.empty((n, o, *size), dtype=torch.float32, memory_format=torch.channels_last)
+    mat = out.permute(0, 2, 3, 1).view(-1, o)
+    gemm_into(mat, [a[i] for i in main], packed[-1], b if not low_idx else None, init_out=bool(low_idx), act=act)
+    return out
 
 
 def add_pointwise_(acc: Tensor, x: Tensor, weight: Tensor) -> bool:

@@ -1,8 +1,8 @@
-/* necklace native kernels: the input and output transforms of Winograd F(4x4, 3x3), float32.
+/* necklace native kernels: Winograd F(4x4, 3x3) convolution, float32: the input and output transforms and, in
+ * between, the channel mixing by gemm.c's kernel, fused per band of tiles (nk_wino_conv).
  *
  * Built by necklace/deploy/native/loader.py (an explicit step of deploy(runtime="native")) with the system C compiler; loaded with ctypes (no torch
- * headers, no Python API): plain functions on raw pointers and strides counted in floats. The channel mixing
- * between the two transforms is a batched GEMM that torch runs (torch.bmm), so these loops only move and add.
+ * headers, no Python API): plain functions on raw pointers and strides counted in floats.
  *
  * Layout: V and M are (36, t, C) / (36, t, O) row-major, point p = 6a + b of the 6x6 tile, tile index
  * r * tw + j for tile row r of the band and tile column j. Channels are the innermost loop, in blocks of CB, so
@@ -10,10 +10,15 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define CB 16
 
-int nk_native_version(void) { return 6; }
+int nk_native_version(void) { return 8; }
+
+/* gemm.c */
+void nk_act_run(float *v, int n, int act);
+void nk_gemm_rows(const float *a, long lda, long M, long K, long N, const float *bp, float *out, long ldo);
 
 /* B^T row transform of six values (Lavin & Gray F(4x4, 3x3), interpolation points 0, +-1, +-2). */
 #define BT_ROWS(d0, d1, d2, d3, d4, d5, r0, r1, r2, r3, r4, r5) \
@@ -69,30 +74,26 @@ static void in_tile(const float *x, long H, long W, long sc, long sh, long sw, l
 
 /* V[6a + b, tile, c] = (B^T d B)[a, b] for the 6x6 window of tile (r0 + r, j) at rows 4(r0 + r) - 1 ..., columns
  * 4j - 1 ... of the map x (one image; zero outside it), for tile rows r0 .. r0 + rows - 1, tw tiles a row. */
-void nk_wino_in(const float *x, long H, long W, long C, long sc, long sh, long sw, long r0, long rows, long tw,
-                float *V, int nthreads) {
-    long t = rows * tw, nblk = (C + CB - 1) / CB;
-    long work = t * nblk;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
-    for (long w = 0; w < work; w++) {
-        long tile = w / nblk, c0 = (w % nblk) * CB;
+static void wino_in_band(const float *x, long H, long W, long C, long sc, long sh, long sw, long r0, long rows, long tw,
+                         float *V) {
+    long t = rows * tw;
+    for (long tile = 0; tile < t; tile++) {
         long i = r0 + tile / tw, j = tile % tw;
-        int cb = (int)(C - c0 < CB ? C - c0 : CB);
-        in_tile(x + c0 * sc, H, W, sc, sh, sw, 4 * i - 1, 4 * j - 1, cb, V + tile * C + c0, t * C);
+        for (long c0 = 0; c0 < C; c0 += CB) {
+            int cb = (int)(C - c0 < CB ? C - c0 : CB);
+            in_tile(x + c0 * sc, H, W, sc, sh, sw, 4 * i - 1, 4 * j - 1, cb, V + tile * C + c0, t * C);
+        }
     }
 }
 
 /* out[o, 4(r0 + r) + a, 4j + b] = act((A^T m A)[a, b] + bias[o] (+ out, accumulate)) for M (36, t, O); rows and
- * columns past H, W are dropped. act: 0 none, 1 ReLU (SiLU runs after, as torch's vectorised in-place op: measured
- * faster than an exp polynomial here). bias may be NULL. */
-void nk_wino_out(const float *M, const float *bias, long O, long r0, long rows, long tw, float *out, long H, long W,
-                 long sc, long sh, long sw, int act, int accumulate, int nthreads) {
-    long t = rows * tw, nblk = (O + CB - 1) / CB;
-    long work = t * nblk, pstride = t * O;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
-    for (long w = 0; w < work; w++) {
-        long tile = w / nblk, o0 = (w % nblk) * CB;
+ * columns past H, W are dropped. act: 0 none, 1 ReLU, 2 SiLU (gemm.c's vectorised form). bias may be NULL. */
+static void wino_out_band(const float *M, const float *bias, long O, long r0, long rows, long tw, float *out, long H,
+                          long W, long sc, long sh, long sw, int act, int accumulate) {
+    long t = rows * tw, pstride = t * O;
+    for (long tile = 0; tile < t; tile++) {
         long i = r0 + tile / tw, j = tile % tw;
+        for (long o0 = 0; o0 < O; o0 += CB) {
         int cb = (int)(O - o0 < CB ? O - o0 : CB);
         const float *m = M + tile * O + o0;
         float s[4][6][CB];
@@ -143,6 +144,8 @@ void nk_wino_out(const float *M, const float *bias, long O, long r0, long rows, 
                 }
                 if (act == 1) {
                     for (int k = 0; k < CB; k++) yb[k] = yb[k] < 0.f ? 0.f : yb[k]; /* NaN stays NaN, as torch's */
+                } else if (act == 2) {
+                    nk_act_run(yb, CB, 2);
                 }
                 if (cb == CB && sc == 1) {
                     for (int k = 0; k < CB; k++) o[k] = yb[k];
@@ -151,6 +154,58 @@ void nk_wino_out(const float *M, const float *bias, long O, long r0, long rows, 
                 }
             }
         }
+        }
     }
 }
 
+/* one thread's scratch (V and M of a band), kept between calls (the pool's threads live as long as the process) */
+static __thread float *scratch = NULL;
+static __thread size_t scratch_n = 0;
+
+static float *scratch_get(size_t n) {
+    if (n > scratch_n) {
+        free(scratch);
+        scratch = (float *)malloc(n * sizeof(float));
+        scratch_n = scratch != NULL ? n : 0;
+    }
+    return scratch;
+}
+
+/* out = act(conv3x3(x) + bias (+ out, accumulate)), stride 1, zero padding 1, for n images (image strides xn, on):
+ * per band of whole tile rows, one thread transforms the band's input tiles into V (36, t, C), mixes the channels
+ * with gemm.c's kernel into M (36, t, O) (U packed as (36, ceil(O/16), C, 16)) and transforms M back into out, so
+ * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads; the call
+ * returns -1 (nothing written) where a scratch buffer could not be allocated, else 0. */
+int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long sc, long sh, long sw, const float *up,
+                 const float *bias, long O, float *out, long on, long oc, long oh, long ow, int act, int accumulate,
+                 long tiles, int nthreads) {
+    long th = (H + 3) / 4, tw = (W + 3) / 4;
+    long nt = nthreads > 1 ? nthreads : 1;
+    long per_image = (th * tw + tiles - 1) / tiles;
+    per_image = (per_image + nt - 1) / nt * nt; /* a multiple of the threads (for one image: balanced) */
+    if (per_image > th) per_image = th;
+    if (per_image < 1) per_image = 1;
+    long work = n * per_image, tmax = ((th + per_image - 1) / per_image) * tw;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1) reduction(| : failed)
+    {
+        float *V = scratch_get((size_t)36 * tmax * (C + O));
+        if (V == NULL) {
+            failed = 1;
+        } else {
+            float *M = V + (size_t)36 * tmax * C;
+#pragma omp for schedule(static)
+            for (long w = 0; w < work; w++) {
+                long img = w / per_image, band = w % per_image;
+                long r0 = th * band / per_image, r1 = th * (band + 1) / per_image, t = (r1 - r0) * tw;
+                if (t == 0) continue;
+                wino_in_band(x + img * xn, H, W, C, sc, sh, sw, r0, r1 - r0, tw, V);
+                long np = (O + 15) / 16;
+                for (int p = 0; p < 36; p++)
+                    nk_gemm_rows(V + (long)p * t * C, C, t, C, O, up + (long)p * np * C * 16, M + (long)p * t * O, O);
+                wino_out_band(M, bias, O, r0, r1 - r0, tw, out + img * on, H, W, oc, oh, ow, act, accumulate);
+            }
+        }
+    }
+    return failed ? -1 : 0;
+}

@@ -1,15 +1,16 @@
 """The native runtime's C library: built by an explicit step, verified before it is loaded, loaded from a private copy.
 
-The Winograd F(4x4, 3x3) transforms (:mod:`necklace.deploy.native.winograd`) are memory-bound loops that torch
-has no single op for; in C each transform is one pass that stays in cache (``kernels.c``, beside this file). The
-library has no torch headers and no Python API (plain functions on raw pointers), so it compiles in about a
-second with ``cc -O3 -march=native -fopenmp -fno-trapping-math``.
+The Winograd F(4x4, 3x3) conv (:mod:`necklace.deploy.native.winograd`: transforms and channel mixing fused per band
+of tiles, ``kernels.c``) and the GEMM of 1x1 convs with their epilogue (:mod:`necklace.deploy.native.cgemm`,
+``gemm.c``) are loops torch has no single op for (the C sources are beside this file). The library has no torch
+headers and no Python API (plain functions on raw pointers), so it compiles in about a second with
+``cc -O3 -march=native -fopenmp -fno-trapping-math``.
 
 Nothing here runs at import or in a forward. :func:`build` (called by ``necklace.deploy(model, runtime="native")``,
 or by you ahead of time: ``python -m necklace.deploy.native.loader``) compiles the library into the cache, or finds
 it there, and loads it; it returns a :class:`NativeBuild` report (what was found, built or why not). The cache is
 ``$NECKLACE_NATIVE_DIR``, else ``$XDG_CACHE_HOME/necklace/native`` (default ``~/.cache/necklace/native``), one
-folder per hash of the source, compiler, flags and CPU, holding the library and a manifest with its SHA-256. Writes
+folder per hash of the sources, compiler, flags and CPU, holding the library and a manifest with its SHA-256. Writes
 are atomic (a temporary file, then a rename), an output the compiler left empty or not a shared object is
 deleted, and a cached file is only loaded after its bytes match the manifest, from a private in-memory copy
 (``memfd``): a damaged or concurrently rewritten cache file is rebuilt, never mapped, so it cannot crash the
@@ -43,9 +44,10 @@ from typing import Any
 
 __all__ = ["VERSION", "NativeBuild", "build", "cache_dir", "library", "reset", "status"]
 
-#: what ``nk_native_version()`` of a library built from ``kernels.c`` returns (another version is rebuilt)
-VERSION = 6
-_SOURCE = Path(__file__).with_name("kernels.c")
+#: what ``nk_native_version()`` of a library built from the sources returns (another version is rebuilt)
+VERSION = 8
+#: the C sources, beside this file: the Winograd transforms and the GEMMs (with the convs' epilogues)
+_SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("gemm.c"))
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
     ("-O3", "-march=native", "-fopenmp"),
     ("-O3", "-mavx2", "-mfma", "-fopenmp"),
@@ -133,7 +135,12 @@ def _cpu_flags() -> str:
 
 def _key(compiler: list[str], flags: tuple[str, ...]) -> str:
     h = hashlib.sha256()
-    parts = (_SOURCE.read_bytes(), " ".join(compiler).encode(), " ".join(flags + _MATH).encode(), platform.machine())
+    parts: tuple[bytes | str, ...] = (
+        *(src.read_bytes() for src in _SOURCES),
+        " ".join(compiler).encode(),
+        " ".join(flags + _MATH).encode(),
+        platform.machine(),
+    )
     for part in parts:
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
@@ -150,10 +157,12 @@ def _key(compiler: list[str], flags: tuple[str, ...]) -> str:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.nk_native_version.restype = _I
     lib.nk_native_version.argtypes = []
-    lib.nk_wino_in.restype = None
-    lib.nk_wino_in.argtypes = [_P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _I]
-    lib.nk_wino_out.restype = None
-    lib.nk_wino_out.argtypes = [_P, _P, _L, _L, _L, _L, _P, _L, _L, _L, _L, _L, _I, _I, _I]
+    lib.nk_wino_conv.restype = _I
+    lib.nk_wino_conv.argtypes = [_P, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L, _I, _I, _L, _I]
+    lib.nk_gemm.restype = None
+    lib.nk_gemm.argtypes = [_I, _P, _P, _P, _P, _L, _L, _P, _P, _P, _L, _I, _I, _I]
+    lib.nk_act.restype = None
+    lib.nk_act.argtypes = [_P, _L, _I, _I]
     if lib.nk_native_version() != VERSION:
         raise OSError(f"library reports version {lib.nk_native_version()}, expected {VERSION}")
     return lib
@@ -173,13 +182,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _compile(compiler: list[str], flags: tuple[str, ...], folder: Path) -> bytes:
-    """Compile ``kernels.c``; returns the library's bytes (checked to be a non-empty shared object). Every file
-    it makes is removed, whatever happens: the caller writes the verified bytes into the cache."""
+    """Compile the sources (``kernels.c``, ``gemm.c``); returns the library's bytes (checked to be a non-empty shared
+    object). Every file it makes is removed, whatever happens: the caller writes the verified bytes into the cache."""
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=folder)
     os.close(fd)
     try:
-        cmd = [*compiler, *flags, *_MATH, *_COMMON, str(_SOURCE), "-o", tmp, "-lm"]
+        cmd = [*compiler, *flags, *_MATH, *_COMMON, *map(str, _SOURCES), "-o", tmp, "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()[-600:]}")

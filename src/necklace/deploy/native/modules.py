@@ -48,6 +48,7 @@ __all__ = [
     "NativeRepConv",
     "NativeResample",
     "conv_act",
+    "epilogue_act",
     "fast_conv",
     "native_module",
 ]
@@ -88,6 +89,18 @@ def conv_act(conv: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
     if name is None or name not in NATIVE_ACTS or _hooks(conv, act):
         return None
     return conv._native_act(x, name)
+
+
+def epilogue_act(block: nn.Module) -> str | None:
+    """The activation of a folded :class:`ConvNormAct` (BatchNorm folded into the conv: ``norm`` is Identity) as
+    the native kernels' epilogue name (``"none"``, ``"relu"``, ``"swish"``), or ``None`` where its modules must run
+    one by one (another norm or activation, activation first, forward hooks on the block or its parts)."""
+    if not isinstance(block, ConvNormAct) or block.act_first or block.same or type(block.norm) is not nn.Identity:
+        return None
+    name = ACT_NAMES.get(type(block.act))
+    if name is None or _hooks(block, block.conv, block.norm, block.act):
+        return None
+    return name
 
 
 class NativeConvNormAct(ConvNormAct):
@@ -152,9 +165,11 @@ class _GemmMerge(C2f):
     def merge(self, parts: list[Tensor]) -> Tensor:
         # cv2(cat(parts)) as one GEMM per part accumulated into one output: the concatenation is never written
         if pointwise_head_ok(self.cv2, parts[0]):
-            z = concat_pointwise(parts, self.cv2.conv.weight, self.cv2.conv.bias)
+            act = epilogue_act(self.cv2)
+            conv = self.cv2.conv
+            z = concat_pointwise(parts, conv.weight, conv.bias, act=act or "none", conv=conv)
             if z is not None:
-                return self.cv2.act(self.cv2.norm(z))
+                return z if act is not None else self.cv2.act(self.cv2.norm(z))
         return super().merge(parts)
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from necklace.deploy.native.fold import compose_transposed_conv3x3, transposed_conv3x3_constant, transposed_conv3x3_into
 from necklace.deploy.native.gemm import PointwiseToChannelsLast, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.deploy.native.guard import inference_paths_off
-from necklace.deploy.native.modules import ACT_NAMES, _retyped
+from necklace.deploy.native.modules import ACT_NAMES, _retyped, epilogue_act
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.deploy.native.winograd import WinogradConv2d, winograd_eligible
 from necklace.graph.engine import GraphNeck, _NodeModule
@@ -131,6 +131,7 @@ class NativeNode(_NodeModule):
             x if skip or low else edge(x, size)
             for edge, x, skip, low in zip(self.edges, xs, self._passthrough, self._resize_only, strict=True)
         ]
+        act = epilogue_act(head)
         z = concat_pointwise(
             parts,
             head.conv.weight,
@@ -138,6 +139,8 @@ class NativeNode(_NodeModule):
             upsample=self._resize_only,
             size=size,
             channels_last=self.channels_last_out,
+            act=act or "none",
+            conv=head.conv,
         )
         if z is None:  # layouts the GEMMs cannot read in place (mixed batches): concatenate after all
             fused = torch.cat(
@@ -151,7 +154,7 @@ class NativeNode(_NodeModule):
             return self.block(fused)
         del parts
         tail = cast(C2f, self.block).tail
-        return tail(head.act(head.norm(z)))
+        return tail(z if act is not None else head.act(head.norm(z)))
 
     def _up_into_rep_head(self, xs: list[Tensor], size: tuple[int, int]) -> Tensor | None:
         """``RepBlock(cat(..., up(a), ...))`` in inference with the block's first RepConv deployed: the 3x3 conv

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.deploy.native import loader as native
+from necklace.deploy.native.cgemm import pack_panels
 from necklace.deploy.native.guard import inference_paths_off
 from necklace.spec import is_symbolic
 
@@ -103,8 +104,24 @@ PAYS_NCHW: tuple[tuple[int, int], ...] = ((192, 28), (128, 64))
 PAYS_CHANNELS_LAST: tuple[tuple[int, int], ...] = ((192, 28), (128, 40))
 #: the NCHW rule's first pair (the common case: 256-channel FPN maps)
 MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
-#: tiles (of 4x4 outputs) per band: per batched GEMM
+#: tiles (of 4x4 outputs) per band: per batched GEMM (the native path: at most, see :func:`band_tiles`)
 TILES_PER_BAND = 100
+#: the native path's bytes of one band's transformed input and products (V, M), kept in one core's L2 cache
+BAND_BYTES = 480 * 1024
+
+
+def band_tiles(in_channels: int, out_channels: int) -> int:
+    """Tiles per band of the native path: as many as keep a band's transformed input and products within
+    :data:`BAND_BYTES` (at least 6, at most :data:`TILES_PER_BAND`).
+
+    Example:
+        >>> band_tiles(32, 32), band_tiles(128, 128), band_tiles(512, 512)
+        (53, 13, 6)
+    """
+    fit = BAND_BYTES // (N_IN * N_IN * 4 * (in_channels + out_channels))
+    return max(6, min(TILES_PER_BAND, fit))
+
+
 #: the same rules for the native path (:func:`winograd_conv3x3_native`: the transforms in C, one pass each), where
 #: the C library is loaded (:mod:`necklace.deploy.native.loader`); a third number is the largest side the rule covers.
 #: ``benchmarks/winograd.py --path native`` on an AVX2 AMD EPYC (``benchmarks/results/epyc_avx2/RESULTS.md``), time
@@ -116,10 +133,9 @@ PAYS_NATIVE_NCHW: tuple[tuple[int, ...], ...] = ((96, 8), (48, 10, 112))
 PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, ...], ...] = ((64, 14), (48, 20), (32, 40))
 #: below this many channels no rule holds (the modules' first, cheapest test)
 LOWEST_CHANNELS = min(r[0] for r in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
-#: activation -> code of the native output transform (the post-op names oneDNN uses too);
-#: SiLU ("swish") runs right after it as torch's in-place op, which measured faster than an exp polynomial in the
-#: transform (64 ch at 40x40: 0.44 vs 0.51 ms for conv + SiLU)
-NATIVE_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 0}
+#: activation -> code of the native output transform (the post-op names oneDNN uses too); SiLU ("swish") is the
+#: vectorised form of gemm.c (an earlier scalar exp polynomial measured slower than torch's separate in-place op)
+NATIVE_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 2}
 
 
 def _kron(a: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -255,16 +271,17 @@ def winograd_conv3x3_native(
     bias: Tensor | None = None,
     act: str = "none",
     out: Tensor | None = None,
+    packed: Tensor | None = None,
 ) -> Tensor:
     """:func:`winograd_conv3x3` with the transforms in C (:mod:`necklace.deploy.native.loader`), the activation fused.
 
     ``ut`` is the transformed filter laid out ``(36, C, O)`` (``winograd_filter(weight).transpose(1, 2)``, made
     contiguous once); ``act`` one of :data:`NATIVE_ACTS` (``"relu"``, ``"swish"`` = SiLU, ``"none"``). Per band of
     about :data:`TILES_PER_BAND` tiles: one pass gathers and transforms the input tiles (zero padding included),
-    ``torch.bmm`` mixes the channels, one pass transforms back, adds the bias (and ``out``'s values, when ``out``
-    is given: ``out += conv(x)``, in place) and applies ReLU (SiLU: torch's in-place op right after, on the
-    output while it is in cache). The output has ``x``'s memory format (channels_last when its channels are
-    adjacent in memory);
+    the 36 channel mixings run as one batched GEMM (the native one of :mod:`~necklace.deploy.native.cgemm` when
+    ``packed`` holds ``pack_panels(winograd_filter(weight))``, else ``torch.bmm``), one pass transforms back, adds
+    the bias (and ``out``'s values, when ``out`` is given: ``out += conv(x)``, in place) and applies the
+    activation. The output has ``x``'s memory format (channels_last when its channels are adjacent in memory);
     float32 only. ``RuntimeError`` where the library is not loaded (check :func:`native_winograd_ok`).
 
     Example:
@@ -308,42 +325,23 @@ def winograd_conv3x3_native(
     if bias is not None:
         bias = bias.detach().contiguous()
         bias_ptr = bias.data_ptr()
-    th, tw = -(-h // M_OUT), -(-w // M_OUT)
-    rows = max(1, TILES_PER_BAND // tw)
-    t_max = min(rows, th) * tw
-    v_buf = x.new_empty(N_IN * N_IN * t_max * c)
-    m_buf = x.new_empty(N_IN * N_IN * t_max * o)
-    threads = torch.get_num_threads()
+    if packed is None:
+        packed = pack_panels(ut.transpose(1, 2))
+    elif tuple(packed.shape) != (N_IN * N_IN, -(-o // 16), c, 16) or not packed.is_contiguous():
+        raise ValueError(
+            f"winograd_conv3x3_native: packed must be pack_panels(winograd_filter(weight)), shape "
+            f"{(N_IN * N_IN, -(-o // 16), c, 16)}, got {tuple(packed.shape)}."
+        )
+    if n == 0 or h == 0 or w == 0:
+        return out
     xs, os_ = x.stride(), out.stride()
-    esize = x.element_size()
-    for i in range(n):
-        x_ptr = x.data_ptr() + i * xs[0] * esize
-        o_ptr = out.data_ptr() + i * os_[0] * esize
-        for r0 in range(0, th, rows):
-            r = min(rows, th - r0)
-            t = r * tw
-            lib.nk_wino_in(x_ptr, h, w, c, xs[1], xs[2], xs[3], r0, r, tw, v_buf.data_ptr(), threads)
-            m = m_buf[: N_IN * N_IN * t * o].view(N_IN * N_IN, t, o)
-            torch.bmm(v_buf[: N_IN * N_IN * t * c].view(N_IN * N_IN, t, c), ut, out=m)
-            lib.nk_wino_out(
-                m_buf.data_ptr(),
-                bias_ptr,
-                o,
-                r0,
-                r,
-                tw,
-                o_ptr,
-                h,
-                w,
-                os_[1],
-                os_[2],
-                os_[3],
-                code,
-                int(accumulate),
-                threads,
-            )
-    if act == "swish":
-        F.silu(out, inplace=True)
+    failed = lib.nk_wino_conv(
+        x.data_ptr(), n, h, w, c, xs[0], xs[1], xs[2], xs[3], packed.data_ptr(), bias_ptr, o,
+        out.data_ptr(), os_[0], os_[1], os_[2], os_[3], code, int(accumulate), band_tiles(c, o),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if failed:
+        raise MemoryError(f"winograd_conv3x3_native: no memory for the scratch of a band ({c} -> {o} channels).")
     return out
 
 
@@ -412,7 +410,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._wg_cache: tuple[Tensor, int, Tensor, Tensor, Tensor, Tensor] | None = None
+        self._wg_cache: tuple[Tensor, int, Tensor, Tensor, Tensor, Tensor, Tensor | None] | None = None
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> WinogradConv2d:
@@ -461,7 +459,7 @@ class WinogradConv2d(nn.Conv2d):
     def _use_winograd(self, x: Tensor) -> bool:
         return self._winograd_path(x) is not None
 
-    def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         w = self.weight
         cache = self._wg_cache
         if cache is None or cache[0] is not w or cache[1] != w._version or cache[2].dtype != w.dtype:
@@ -472,17 +470,18 @@ class WinogradConv2d(nn.Conv2d):
                 u,
                 _input_matrix(w.dtype, w.device),
                 _kron(_AT, w.dtype, w.device),
-                u.transpose(1, 2).contiguous(),  # (36, C, O): the native path's GEMM operand
+                u.transpose(1, 2).contiguous(),  # (36, C, O): torch.bmm's operand on the native path
+                pack_panels(u) if w.dtype == torch.float32 else None,  # the native GEMM's panels
             )
-        return cache[2], cache[3], cache[4], cache[5]
+        return cache[2], cache[3], cache[4], cache[5], cache[6]
 
     def forward(self, x: Tensor) -> Tensor:
         path = self._winograd_path(x)
         if path is None:
             return super().forward(x)
-        u, kin, at, ut = self._constants(x)
+        u, kin, at, ut, packed = self._constants(x)
         if path == "native":
-            return winograd_conv3x3_native(x, ut, self.bias)
+            return winograd_conv3x3_native(x, ut, self.bias, packed=packed)
         return winograd_conv3x3(x, u, self.bias, kin, at)
 
     def forward_act(self, x: Tensor, act: str, out: Tensor | None = None) -> Tensor | None:
@@ -495,7 +494,8 @@ class WinogradConv2d(nn.Conv2d):
 
     def _native_act(self, x: Tensor, act: str, out: Tensor | None = None) -> Tensor:
         """:meth:`forward_act` for a caller that has checked ``_winograd_path(x) == "native"`` itself."""
-        return winograd_conv3x3_native(x, self._constants(x)[3], self.bias, act, out)
+        _, _, _, ut, packed = self._constants(x)
+        return winograd_conv3x3_native(x, ut, self.bias, act, out, packed)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
         self._wg_cache = None  # .to() / .double() / .cuda(): rebuild the constants on the next call

@@ -1,0 +1,150 @@
+"""The native library's GEMM (``gemm.c``): packed weights, the conv epilogue fused, any row / column strides.
+
+``out = act(init + [A_0 | A_1 | ...] @ B)`` where the parts ``A_q`` are matrix views of maps (a channels_last
+map is ``(N*H*W, C)``; a single NCHW map is ``(H*W, C)`` read through its transpose), so a concatenation is
+never built; ``B`` is a 1x1 conv's weight matrix transposed, packed once into panels of 16 output channels
+(:func:`pack_panels`, cached per weight by :func:`packed_columns`); ``init`` is the bias or the values already
+in ``out`` (a sum into an existing map); ``act`` ReLU or SiLU (:data:`GEMM_ACTS`) is applied while the output
+tile is in registers, so the output is written once. The same kernel mixes the channels of the native Winograd
+conv (:mod:`necklace.deploy.native.winograd`, inside ``kernels.c``).
+
+On this machine (AMD EPYC, 2 threads) the kernel matches MKL's ``addmm`` on the YOLO necks' 1x1 shapes and saves
+the bias copy, the separate SiLU pass and the re-reads of the output that accumulating parts with ``addmm_`` costs
+(``benchmarks/native_gemm.py``). Inference only: the callers check autograd, tracing and the dtype first.
+
+Example:
+    >>> import torch
+    >>> from necklace.deploy.native import loader
+    >>> a, b = torch.randn(10, 3), torch.randn(10, 5)
+    >>> w, bias = torch.randn(7, 8), torch.randn(7)
+    >>> ref = torch.relu(torch.cat([a, b], 1) @ w.t() + bias)
+    >>> if loader.build().loaded:
+    ...     out = torch.empty(10, 7)
+    ...     _ = gemm_into(out, [a, b], pack_panels(w), bias, act="relu")
+    ... else:
+    ...     out = ref.clone()
+    >>> torch.allclose(out, ref, atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from necklace.deploy.native import loader as native
+
+__all__ = ["GEMM_ACTS", "NR", "gemm_into", "gemm_ready", "pack_panels", "packed_columns"]
+
+#: activation name (the post-op names of :data:`~necklace.deploy.native.winograd.NATIVE_ACTS`) -> epilogue code
+GEMM_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 2}
+#: output channels per packed panel (the kernel's register tile is 6 rows x 16 columns)
+NR = 16
+#: the most parts one call takes (``NK_MAX_PARTS`` in gemm.c)
+MAX_PARTS = 8
+
+
+def gemm_ready(x: Tensor) -> bool:
+    """Whether the native GEMM can run on maps like ``x``: the library is loaded and ``x`` is float32 on CPU."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and native.library() is not None
+
+
+def pack_panels(w2: Tensor) -> Tensor:
+    """A weight matrix ``(N, K)`` (output x input channels; a batch ``(B, N, K)`` too) packed as the kernel reads
+    ``B = w2^T``: ``(..., ceil(N / 16), K, 16)``, zeros past ``N``, float32, contiguous.
+
+    Example:
+        >>> pack_panels(torch.randn(20, 3)).shape
+        torch.Size([2, 3, 16])
+    """
+    *batch, n, k = w2.shape
+    panels = -(-n // NR)
+    wp = w2.new_zeros((*batch, panels * NR, k), dtype=torch.float32)
+    wp[..., :n, :] = w2.detach()
+    return wp.view(*batch, panels, NR, k).transpose(-1, -2).contiguous()
+
+
+def packed_columns(conv: nn.Conv2d, groups: tuple[tuple[int, ...], ...]) -> tuple[Tensor, ...]:
+    """Packed panels of a 1x1 conv's weight, one per group of input-channel ranges: ``groups`` is a tuple of
+    flattened ``(start, stop, start, stop, ...)`` tuples, each group's columns concatenated in that order (the
+    parts one GEMM call reads). Cached on ``conv`` and rebuilt when the weight is replaced or changed in place.
+
+    Example:
+        >>> conv = nn.Conv2d(6, 4, 1)
+        >>> [p.shape for p in packed_columns(conv, ((0, 2, 4, 6), (2, 4)))]
+        [torch.Size([1, 4, 16]), torch.Size([1, 2, 16])]
+    """
+    w = conv.weight
+    cache: dict[tuple[tuple[int, ...], ...], tuple[Tensor, int, tuple[Tensor, ...]]] = conv.__dict__.setdefault(
+        "_nk_packed", {}
+    )
+    hit = cache.get(groups)
+    if hit is not None and hit[0] is w and hit[1] == w._version:
+        return hit[2]
+    w2 = w.detach().reshape(w.shape[0], -1)
+    packed = tuple(pack_panels(torch.cat([w2[:, g[i] : g[i + 1]] for i in range(0, len(g), 2)], dim=1)) for g in groups)
+    if len(cache) >= 8:  # (a module called with many part layouts: start over)
+        cache.clear()
+    cache[groups] = (w, w._version, packed)
+    return packed
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def gemm_into(
+    out: Tensor,
+    parts: Sequence[Tensor],
+    packed: Tensor,
+    bias: Tensor | None = None,
+    init_out: bool = False,
+    act: str = "none",
+) -> Tensor:
+    """``out = act(init + cat(parts, 1) @ B)`` in place: ``out`` a float32 ``(M, N)`` view with unit column stride,
+    ``parts`` float32 ``(M, K_i)`` views with any strides, ``packed`` :func:`pack_panels` of ``B^T`` (N, sum K_i),
+    ``init`` the ``bias`` (N) (zero when ``None``) or, with ``init_out``, ``out``'s own values. Returns ``out``.
+    ``RuntimeError`` where the library is not loaded, ``ValueError`` on shapes that do not fit."""
+    lib = native.library()
+    if lib is None:
+        raise RuntimeError(f"gemm_into: the native library is not loaded ({native.status().error}).")
+    m, n = out.shape
+    k = sum(p.shape[1] for p in parts)
+    if (
+        not parts
+        or len(parts) > MAX_PARTS
+        or any(p.dim() != 2 or p.shape[0] != m or p.dtype != torch.float32 for p in parts)
+        or out.stride(1) != 1
+        or out.dtype != torch.float32
+        or packed.shape != (-(-n // NR), k, NR)
+        or not packed.is_contiguous()
+        or (bias is not None and (bias.shape != (n,) or not bias.is_contiguous()))
+    ):
+        raise ValueError(
+            f"gemm_into: out (M, N) with unit column stride, 1 to {MAX_PARTS} float32 parts (M, K_i) and packed "
+            f"panels (ceil(N/16), sum K_i, 16) expected; got out {tuple(out.shape)} strides {out.stride()}, parts "
+            f"{[tuple(p.shape) for p in parts]}, packed {tuple(packed.shape)}."
+        )
+    if m == 0:
+        return out
+    q = len(parts)
+    lib.nk_gemm(
+        q,
+        (ctypes.c_void_p * q)(*(p.data_ptr() for p in parts)),
+        (ctypes.c_long * q)(*(p.stride(0) for p in parts)),
+        (ctypes.c_long * q)(*(p.stride(1) for p in parts)),
+        (ctypes.c_long * q)(*(p.shape[1] for p in parts)),
+        m,
+        n,
+        packed.data_ptr(),
+        _ptr(bias),
+        out.data_ptr(),
+        out.stride(0),
+        int(init_out),
+        GEMM_ACTS[act],
+        torch.get_num_threads(),
+    )
+    return out

@@ -1,0 +1,271 @@
+/* necklace native kernels: the GEMMs of 1x1 convs and of Winograd's channel mixing, float32, with the conv's
+ * epilogue (bias, the sum into an existing map, ReLU / SiLU) applied while the output tile is in registers.
+ *
+ * Built together with kernels.c by necklace/deploy/native/loader.py. Plain functions on raw pointers, strides
+ * counted in floats.
+ *
+ * out[m, n] = act(init[m, n] + sum_q sum_k A_q[m, k] * B[k_q0 + k, n])
+ *
+ * - A is one or more parts (the maps of a concatenation that is never built): element (m, k) of part q is
+ *   a_q[m * sm_q + k * sk_q]; a channels_last map is (pixels, channels) with sk = 1, an NCHW one sk = H * W.
+ * - B (K, N) is packed once by the caller into panels of NR = 16 columns: bp[(j * K + k) * 16 + c] = B[k, 16 j + c]
+ *   (zeros past N), so the kernel streams one panel of K x 16 values from L1.
+ * - init: the bias (broadcast over rows; zero when NULL), or with init_out the values already in out.
+ * - act: 0 none, 1 ReLU, 2 SiLU (x / (1 + exp(-x)), torch's formula; exp by a degree-5 polynomial on the
+ *   range-reduced argument, within 2 ulp of expf; NaN and infinities come out as torch's do).
+ *
+ * The micro-kernel holds a 6 x 16 output tile in 12 AVX registers (AVX2 + FMA where the compiler targets them, a
+ * scalar loop elsewhere) and runs the whole K of every part into it, so out is written exactly once.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define NK_AVX2 1
+#endif
+
+#define NR 16
+#define MR 6
+#define NK_MAX_PARTS 8
+
+typedef struct {
+    const float *a;
+    long sm, sk, k;
+} nk_part;
+
+/* the activation of one value, as torch computes it */
+static inline float act1(float v, int act) {
+    if (act == 1) return v < 0.f ? 0.f : v; /* NaN stays NaN */
+    if (act == 2) return v / (1.f + expf(-v));
+    return v;
+}
+
+#ifdef NK_AVX2
+/* exp(x) for 8 floats: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor polynomial (degree 5 plus the exact
+ * 1 + r), times 2^n built in the exponent bits. Arguments above 88.72 give +inf, below -87.3 give 0, NaN gives NaN. */
+static inline __m256 exp8(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.7228317f), lo = _mm256_set1_ps(-87.3365479f);
+    __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256 xc = _mm256_max_ps(_mm256_min_ps(x, hi), lo); /* (NaN: min/max return their second operand) */
+    xc = _mm256_blendv_ps(xc, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    /* 2^n in two halves (n may be 128 at the top of the range: 2^64 * 2^64 stays exact) */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i h1 = _mm256_srai_epi32(ni, 1), h2 = _mm256_sub_epi32(ni, h1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h2, _mm256_set1_epi32(127)), 23));
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
+    return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+}
+
+static inline __m256 act8(__m256 v, int act) {
+    if (act == 1) return _mm256_max_ps(_mm256_setzero_ps(), v); /* (NaN: max returns its second operand, v) */
+    if (act == 2) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.f), e));
+    }
+    return v;
+}
+#endif
+
+/* apply act to n contiguous floats in place (also the Winograd output transform's, kernels.c) */
+void nk_act_run(float *v, int n, int act) {
+    int i = 0;
+#ifdef NK_AVX2
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, act8(_mm256_loadu_ps(v + i), act));
+#endif
+    for (; i < n; i++) v[i] = act1(v[i], act);
+}
+
+#ifdef NK_AVX2
+/* the inner loop of a 6 x 16 tile over k (a function of its own, so that the twelve accumulators live in
+ * registers for the whole loop: inlined into the tile's code, the compiler spilled some of them) */
+static __attribute__((noinline)) void kloop(const float *const *rows, long sk, long kk, const float *bp, __m256 *acc) {
+    const float *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3], *a4 = rows[4], *a5 = rows[5];
+    __m256 c00 = acc[0], c01 = acc[1], c10 = acc[2], c11 = acc[3], c20 = acc[4], c21 = acc[5];
+    __m256 c30 = acc[6], c31 = acc[7], c40 = acc[8], c41 = acc[9], c50 = acc[10], c51 = acc[11];
+    for (long k = 0; k < kk; k++, bp += NR) {
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), av;
+        long off = k * sk;
+        av = _mm256_broadcast_ss(a0 + off);
+        c00 = _mm256_fmadd_ps(av, b0, c00);
+        c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a1 + off);
+        c10 = _mm256_fmadd_ps(av, b0, c10);
+        c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a2 + off);
+        c20 = _mm256_fmadd_ps(av, b0, c20);
+        c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a3 + off);
+        c30 = _mm256_fmadd_ps(av, b0, c30);
+        c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a4 + off);
+        c40 = _mm256_fmadd_ps(av, b0, c40);
+        c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a5 + off);
+        c50 = _mm256_fmadd_ps(av, b0, c50);
+        c51 = _mm256_fmadd_ps(av, b1, c51);
+    }
+    acc[0] = c00, acc[1] = c01, acc[2] = c10, acc[3] = c11, acc[4] = c20, acc[5] = c21;
+    acc[6] = c30, acc[7] = c31, acc[8] = c40, acc[9] = c41, acc[10] = c50, acc[11] = c51;
+}
+#endif
+
+/* one tile: rows m0 .. m0 + mr - 1 (mr <= MR) and columns n0 .. n0 + nc - 1 (nc <= NR) of out */
+static void tile(const nk_part *parts, int nparts, long m0, int mr, const float *bp, const float *bias, float *out,
+                 long ldo, int nc, int init_out, int act) {
+#ifdef NK_AVX2
+    /* twelve named accumulators (an array of them is spilled to the stack by the compiler) */
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    float buf[NR];
+    __m256 z0 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
+    if (bias != NULL && !init_out) {
+        for (int k = 0; k < NR; k++) buf[k] = k < nc ? bias[k] : 0.f;
+        z0 = _mm256_loadu_ps(buf);
+        z1 = _mm256_loadu_ps(buf + 8);
+    }
+#define NK_INIT(r, x0, x1)                                                 \
+    if (init_out && (r) < mr) {                                            \
+        const float *o = out + (m0 + (r)) * ldo;                           \
+        if (nc == NR) {                                                    \
+            x0 = _mm256_loadu_ps(o);                                       \
+            x1 = _mm256_loadu_ps(o + 8);                                   \
+        } else {                                                           \
+            for (int k = 0; k < NR; k++) buf[k] = k < nc ? o[k] : 0.f;     \
+            x0 = _mm256_loadu_ps(buf);                                     \
+            x1 = _mm256_loadu_ps(buf + 8);                                 \
+        }                                                                  \
+    } else {                                                               \
+        x0 = z0;                                                           \
+        x1 = z1;                                                           \
+    }
+    NK_INIT(0, c00, c01) NK_INIT(1, c10, c11) NK_INIT(2, c20, c21)
+    NK_INIT(3, c30, c31) NK_INIT(4, c40, c41) NK_INIT(5, c50, c51)
+#undef NK_INIT
+    for (int q = 0; q < nparts; q++) {
+        const nk_part *p = parts + q;
+        long sm = p->sm;
+        /* rows past mr read row 0 again (their results are never stored) */
+        const float *a0 = p->a + m0 * sm;
+        const float *rows[MR] = {a0, a0 + (mr > 1 ? sm : 0), a0 + (mr > 2 ? 2 * sm : 0), a0 + (mr > 3 ? 3 * sm : 0),
+                                 a0 + (mr > 4 ? 4 * sm : 0), a0 + (mr > 5 ? 5 * sm : 0)};
+        __m256 acc[2 * MR] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+        kloop(rows, p->sk, p->k, bp, acc);
+        bp += p->k * NR;
+        c00 = acc[0], c01 = acc[1], c10 = acc[2], c11 = acc[3], c20 = acc[4], c21 = acc[5];
+        c30 = acc[6], c31 = acc[7], c40 = acc[8], c41 = acc[9], c50 = acc[10], c51 = acc[11];
+    }
+#define NK_STORE(r, x0, x1)                                                \
+    if ((r) < mr) {                                                        \
+        __m256 v0 = act8(x0, act), v1 = act8(x1, act);                     \
+        float *o = out + (m0 + (r)) * ldo;                                 \
+        if (nc == NR) {                                                    \
+            _mm256_storeu_ps(o, v0);                                       \
+            _mm256_storeu_ps(o + 8, v1);                                   \
+        } else {                                                           \
+            _mm256_storeu_ps(buf, v0);                                     \
+            _mm256_storeu_ps(buf + 8, v1);                                 \
+            for (int k = 0; k < nc; k++) o[k] = buf[k];                    \
+        }                                                                  \
+    }
+    NK_STORE(0, c00, c01) NK_STORE(1, c10, c11) NK_STORE(2, c20, c21)
+    NK_STORE(3, c30, c31) NK_STORE(4, c40, c41) NK_STORE(5, c50, c51)
+#undef NK_STORE
+#else
+    float c[MR][NR];
+    for (int r = 0; r < mr; r++)
+        for (int k = 0; k < NR; k++)
+            c[r][k] = k >= nc ? 0.f : init_out ? out[(m0 + r) * ldo + k] : bias != NULL ? bias[k] : 0.f;
+    for (int q = 0; q < nparts; q++) {
+        const nk_part *p = parts + q;
+        for (long k = 0; k < p->k; k++, bp += NR)
+            for (int r = 0; r < mr; r++) {
+                float av = p->a[(m0 + r) * p->sm + k * p->sk];
+                for (int j = 0; j < NR; j++) c[r][j] += av * bp[j];
+            }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int k = 0; k < nc; k++) out[(m0 + r) * ldo + k] = act1(c[r][k], act);
+#endif
+}
+
+/* rows [r0, r1) of one product, every panel: panel-major over blocks of up to 8 row tiles, so a panel is read
+ * from L1 by 8 tiles and the rows of A stay in L2 across the panels */
+static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, long N, long K, const float *bp,
+                            const float *bias, float *out, long ldo, int init_out, int act) {
+    long np = (N + NR - 1) / NR;
+    for (long b0 = r0; b0 < r1; b0 += 8 * MR) {
+        long b1 = b0 + 8 * MR < r1 ? b0 + 8 * MR : r1;
+        for (long j = 0; j < np; j++) {
+            int nc = (int)(N - j * NR < NR ? N - j * NR : NR);
+            for (long m0 = b0; m0 < b1; m0 += MR) {
+                int mr = (int)(b1 - m0 < MR ? b1 - m0 : MR);
+                tile(parts, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
+                     nc, init_out, act);
+            }
+        }
+    }
+}
+
+/* one thread's plain product out (M, N) = A (M, K) @ B, A with row stride lda (Winograd's points, kernels.c) */
+void nk_gemm_rows(const float *a, long lda, long M, long K, long N, const float *bp, float *out, long ldo) {
+    nk_part part = {a, lda, 1, K};
+    rows_all_panels(&part, 1, 0, M, N, K, bp, NULL, out, ldo, 0, 0);
+}
+
+/* the work split: chunks of whole row tiles, a multiple of nthreads of them, about 48 rows each */
+static long n_chunks(long M, int nthreads) {
+    long tiles = (M + MR - 1) / MR, want = (tiles + 7) / 8;
+    long t = nthreads > 1 ? nthreads : 1;
+    want = (want + t - 1) / t * t;
+    return want < tiles ? want : tiles > 0 ? tiles : 1;
+}
+
+static long chunk_start(long M, long nch, long i) {
+    long tiles = (M + MR - 1) / MR;
+    long s = tiles * i / nch * MR;
+    return s < M ? s : M;
+}
+
+/* out (M, N) with row stride ldo = act(init + [A_0 | A_1 | ...] @ B): parts as in this file's header, given as
+ * arrays of their base pointers, row / column strides and column counts */
+void nk_gemm(int nparts, const float *const *a, const long *sm, const long *sk, const long *k, long M, long N,
+             const float *bp, const float *bias, float *out, long ldo, int init_out, int act, int nthreads) {
+    nk_part parts[NK_MAX_PARTS];
+    long K = 0;
+    if (nparts > NK_MAX_PARTS) return;
+    for (int q = 0; q < nparts; q++) {
+        parts[q].a = a[q];
+        parts[q].sm = sm[q];
+        parts[q].sk = sk[q];
+        parts[q].k = k[q];
+        K += k[q];
+    }
+    long nch = n_chunks(M, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+    for (long i = 0; i < nch; i++)
+        rows_all_panels(parts, nparts, chunk_start(M, nch, i), chunk_start(M, nch, i + 1), N, K, bp,
+                        init_out ? NULL : bias, out, ldo, init_out, act);
+}
+
+/* the activation in place over n floats (SiLU after a Winograd output transform) */
+void nk_act(float *v, long n, int act, int nthreads) {
+    long blk = 4096, nb = (n + blk - 1) / blk;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1 && n > 65536)
+    for (long i = 0; i < nb; i++) {
+        long s = i * blk, e = s + blk < n ? s + blk : n;
+        nk_act_run(v + s, (int)(e - s), act);
+    }
+}
