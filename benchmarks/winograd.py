@@ -36,6 +36,7 @@ import common
 
 from necklace.bench import interleaved, ratio_stats, stats_ms
 from necklace.deploy.native import loader as native
+from necklace.deploy.native.cgemm import pack_panels
 from necklace.deploy.native.winograd import (
     _AT,
     _input_matrix,
@@ -74,7 +75,8 @@ def run_cell(
         ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
         scale = ref.abs().max().item()
         if path == "native":
-            wino_call = lambda: winograd_conv3x3_native(x, ut, b)  # noqa: E731
+            pk = pack_panels(u)  # (as WinogradConv2d caches it)
+            wino_call = lambda: winograd_conv3x3_native(x, ut, b, packed=pk)  # noqa: E731
         else:
             wino_call = lambda: winograd_conv3x3(x, u, b, kin, at)  # noqa: E731
         direct, wino = F.conv2d(x, w, b, padding=1), wino_call()

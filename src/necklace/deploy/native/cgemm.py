@@ -103,16 +103,54 @@ def gemm_into(
     bias: Tensor | None = None,
     init_out: bool = False,
     act: str = "none",
+    upsampled: tuple[Tensor, int, int] | None = None,
 ) -> Tensor:
     """``out = act(init + cat(parts, 1) @ B)`` in place: ``out`` a float32 ``(M, N)`` view with unit column stride,
-    ``parts`` float32 ``(M, K_i)`` views with any strides, ``packed`` :func:`pack_panels` of ``B^T`` (N, sum K_i),
-    ``init`` the ``bias`` (N) (zero when ``None``) or, with ``init_out``, ``out``'s own values. Returns ``out``.
-    ``RuntimeError`` where the library is not loaded, ``ValueError`` on shapes that do not fit."""
+    ``parts`` float32 ``(M, K_i)`` views with any strides, ``packed`` :func:`pack_panels` of ``B^T`` (N, sum K_i).
+    ``init``: the ``bias`` (N) (zero when ``None``); with ``init_out``, ``out``'s own values; with ``upsampled =
+    (low, h, w)``, the nearest upsampling of ``low`` (a dense channels_last ``(n, N, h / f_h, w / f_w)`` map, integer
+    factors) to ``h x w`` pixels, ``out``'s rows being the ``n * h * w`` pixels (it is read, never built). Returns
+    ``out``. ``RuntimeError`` where the library is not loaded, ``ValueError`` on shapes that do not fit.
+
+    Example:
+        >>> low, x, w = torch.randn(1, 4, 2, 3), torch.randn(24, 5), torch.randn(4, 5)
+        >>> up = nn.functional.interpolate(low, size=(4, 6), mode="nearest")
+        >>> ref = torch.relu(up.permute(0, 2, 3, 1).reshape(24, 4) + x @ w.t())
+        >>> if native.build().loaded:
+        ...     low = low.contiguous(memory_format=torch.channels_last)
+        ...     got = gemm_into(torch.empty(24, 4), [x], pack_panels(w), act="relu", upsampled=(low, 4, 6))
+        ... else:
+        ...     got = ref
+        >>> torch.allclose(got, ref, atol=1e-5)
+        True
+    """
     lib = native.library()
     if lib is None:
         raise RuntimeError(f"gemm_into: the native library is not loaded ({native.status().error}).")
     m, n = out.shape
     k = sum(p.shape[1] for p in parts)
+    init, ld, lh, lw, hh, hw = None, 0, 1, 1, 1, 1
+    if upsampled is not None:
+        low, hh, hw = upsampled
+        lh, lw = low.shape[2], low.shape[3]
+        if (
+            low.dim() != 4
+            or low.shape[1] != n
+            or low.dtype != torch.float32
+            or not low.is_contiguous(memory_format=torch.channels_last)
+            or lh < 1
+            or lw < 1
+            or hh % lh
+            or hw % lw
+            or low.shape[0] * hh * hw != m
+        ):
+            raise ValueError(
+                f"gemm_into: upsampled needs a dense channels_last float32 map (n, {n}, h / f, w / f) with integer "
+                f"factors to ({hh}, {hw}) and n * h * w = {m} rows, got {tuple(low.shape)} {low.dtype}."
+            )
+        init, ld = low.data_ptr(), n
+    elif init_out:
+        init, ld, lh, lw, hh, hw = out.data_ptr(), out.stride(0), 1, 1, 1, 1
     if (
         not parts
         or len(parts) > MAX_PARTS
@@ -137,14 +175,7 @@ def gemm_into(
         (ctypes.c_long * q)(*(p.stride(0) for p in parts)),
         (ctypes.c_long * q)(*(p.stride(1) for p in parts)),
         (ctypes.c_long * q)(*(p.shape[1] for p in parts)),
-        m,
-        n,
-        packed.data_ptr(),
-        _ptr(bias),
-        out.data_ptr(),
-        out.stride(0),
-        int(init_out),
-        GEMM_ACTS[act],
-        torch.get_num_threads(),
-    )
+        m, n, packed.data_ptr(), _ptr(bias), out.data_ptr(), out.stride(0), init, ld, lh, lw, hh, hw,
+        GEMM_ACTS[act], torch.get_num_threads(),
+    )  # fmt: skip
     return out

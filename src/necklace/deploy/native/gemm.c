@@ -10,7 +10,8 @@
  *   a_q[m * sm_q + k * sk_q]; a channels_last map is (pixels, channels) with sk = 1, an NCHW one sk = H * W.
  * - B (K, N) is packed once by the caller into panels of NR = 16 columns: bp[(j * K + k) * 16 + c] = B[k, 16 j + c]
  *   (zeros past N), so the kernel streams one panel of K x 16 values from L1.
- * - init: the bias (broadcast over rows; zero when NULL), or with init_out the values already in out.
+ * - init: the bias (broadcast over rows; zero when NULL), or a map read row by row: out itself (a sum into it), or
+ *   a low-resolution map whose nearest upsampling by integer factors is the map to add (never written out).
  * - act: 0 none, 1 ReLU, 2 SiLU (x / (1 + exp(-x)), torch's formula; exp by a degree-5 polynomial on the
  *   range-reduced argument, within 2 ulp of expf; NaN and infinities come out as torch's do).
  *
@@ -35,6 +36,19 @@ typedef struct {
     long sm, sk, k;
 } nk_part;
 
+/* where row m of the initial values is: src + ld * (m, or the pixel of the (lh, lw) map that row m's pixel of the
+ * (hh, hw) map is a nearest upsampling of, by the integer factors hh / lh and hw / lw); src NULL: the bias */
+typedef struct {
+    const float *src;
+    long ld, lh, lw, hh, hw;
+} nk_init;
+
+static inline const float *init_row(const nk_init *in, long m) {
+    if (in->lh == in->hh && in->lw == in->hw) return in->src + m * in->ld;
+    long hw = in->hh * in->hw, img = m / hw, rem = m % hw, y = rem / in->hw, x = rem % in->hw;
+    return in->src + ((img * in->lh + y / (in->hh / in->lh)) * in->lw + x / (in->hw / in->lw)) * in->ld;
+}
+
 /* the activation of one value, as torch computes it */
 static inline float act1(float v, int act) {
     if (act == 1) return v < 0.f ? 0.f : v; /* NaN stays NaN */
@@ -44,14 +58,13 @@ static inline float act1(float v, int act) {
 
 #ifdef NK_AVX2
 /* exp(x) for 8 floats: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by its Taylor polynomial (degree 5 plus the exact
- * 1 + r), times 2^n built in the exponent bits. Arguments above 88.72 give +inf, below -87.3 give 0, NaN gives NaN. */
+ * 1 + r), times 2^n built in the exponent bits. x is first clamped to [-87.34, 88.72] (NaN stays NaN: min / max
+ * return their second operand when one is NaN): below, the result is 2^-126 instead of a denormal or 0; from
+ * 88.38 up it is +inf (n = 128), where expf overflows from 88.72. Within 2 ulp of expf in between. */
 static inline __m256 exp8(__m256 x) {
-    const __m256 hi = _mm256_set1_ps(88.7228317f), lo = _mm256_set1_ps(-87.3365479f);
-    __m256 over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ), under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    __m256 xc = _mm256_max_ps(_mm256_min_ps(x, hi), lo); /* (NaN: min/max return their second operand) */
-    xc = _mm256_blendv_ps(xc, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3365479f), _mm256_min_ps(_mm256_set1_ps(88.7228317f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
     __m256 p = _mm256_set1_ps(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
@@ -60,22 +73,14 @@ static inline __m256 exp8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-    /* 2^n in two halves (n may be 128 at the top of the range: 2^64 * 2^64 stays exact) */
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i h1 = _mm256_srai_epi32(ni, 1), h2 = _mm256_sub_epi32(ni, h1);
-    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h1, _mm256_set1_epi32(127)), 23));
-    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h2, _mm256_set1_epi32(127)), 23));
-    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
-    y = _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
-    return _mm256_blendv_ps(y, _mm256_setzero_ps(), under);
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 static inline __m256 act8(__m256 v, int act) {
     if (act == 1) return _mm256_max_ps(_mm256_setzero_ps(), v); /* (NaN: max returns its second operand, v) */
-    if (act == 2) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
-        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.f), e));
-    }
+    if (act == 2) /* v / (1 + exp(-v)), torch's formula: -0 for v < -88.38, NaN for -inf (-inf / inf) */
+        return _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
     return v;
 }
 #endif
@@ -84,6 +89,11 @@ static inline __m256 act8(__m256 v, int act) {
 void nk_act_run(float *v, int n, int act) {
     int i = 0;
 #ifdef NK_AVX2
+    for (; i + 16 <= n; i += 16) { /* two independent vectors a step: the exp's dependency chains overlap */
+        __m256 a = act8(_mm256_loadu_ps(v + i), act), b = act8(_mm256_loadu_ps(v + i + 8), act);
+        _mm256_storeu_ps(v + i, a);
+        _mm256_storeu_ps(v + i + 8, b);
+    }
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(v + i, act8(_mm256_loadu_ps(v + i), act));
 #endif
     for (; i < n; i++) v[i] = act1(v[i], act);
@@ -125,7 +135,8 @@ static __attribute__((noinline)) void kloop(const float *const *rows, long sk, l
 
 /* one tile: rows m0 .. m0 + mr - 1 (mr <= MR) and columns n0 .. n0 + nc - 1 (nc <= NR) of out */
 static void tile(const nk_part *parts, int nparts, long m0, int mr, const float *bp, const float *bias, float *out,
-                 long ldo, int nc, int init_out, int act) {
+                 long ldo, int nc, const float *const *irow, int act) {
+    int init_out = irow != NULL;
 #ifdef NK_AVX2
     /* twelve named accumulators (an array of them is spilled to the stack by the compiler) */
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
@@ -138,7 +149,7 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
     }
 #define NK_INIT(r, x0, x1)                                                 \
     if (init_out && (r) < mr) {                                            \
-        const float *o = out + (m0 + (r)) * ldo;                           \
+        const float *o = irow[r];                                          \
         if (nc == NR) {                                                    \
             x0 = _mm256_loadu_ps(o);                                       \
             x1 = _mm256_loadu_ps(o + 8);                                   \
@@ -187,7 +198,7 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
     float c[MR][NR];
     for (int r = 0; r < mr; r++)
         for (int k = 0; k < NR; k++)
-            c[r][k] = k >= nc ? 0.f : init_out ? out[(m0 + r) * ldo + k] : bias != NULL ? bias[k] : 0.f;
+            c[r][k] = k >= nc ? 0.f : init_out ? irow[r][k] : bias != NULL ? bias[k] : 0.f;
     for (int q = 0; q < nparts; q++) {
         const nk_part *p = parts + q;
         for (long k = 0; k < p->k; k++, bp += NR)
@@ -204,7 +215,7 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
 /* rows [r0, r1) of one product, every panel: panel-major over blocks of up to 8 row tiles, so a panel is read
  * from L1 by 8 tiles and the rows of A stay in L2 across the panels */
 static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, long N, long K, const float *bp,
-                            const float *bias, float *out, long ldo, int init_out, int act) {
+                            const float *bias, float *out, long ldo, const nk_init *init, int act) {
     long np = (N + NR - 1) / NR;
     for (long b0 = r0; b0 < r1; b0 += 8 * MR) {
         long b1 = b0 + 8 * MR < r1 ? b0 + 8 * MR : r1;
@@ -212,8 +223,11 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
             int nc = (int)(N - j * NR < NR ? N - j * NR : NR);
             for (long m0 = b0; m0 < b1; m0 += MR) {
                 int mr = (int)(b1 - m0 < MR ? b1 - m0 : MR);
+                const float *irow[MR];
+                if (init != NULL)
+                    for (int r = 0; r < mr; r++) irow[r] = init_row(init, m0 + r) + j * NR;
                 tile(parts, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
-                     nc, init_out, act);
+                     nc, init != NULL ? irow : NULL, act);
             }
         }
     }
@@ -222,7 +236,7 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
 /* one thread's plain product out (M, N) = A (M, K) @ B, A with row stride lda (Winograd's points, kernels.c) */
 void nk_gemm_rows(const float *a, long lda, long M, long K, long N, const float *bp, float *out, long ldo) {
     nk_part part = {a, lda, 1, K};
-    rows_all_panels(&part, 1, 0, M, N, K, bp, NULL, out, ldo, 0, 0);
+    rows_all_panels(&part, 1, 0, M, N, K, bp, NULL, out, ldo, NULL, 0);
 }
 
 /* the work split: chunks of whole row tiles, a multiple of nthreads of them, about 48 rows each */
@@ -240,10 +254,14 @@ static long chunk_start(long M, long nch, long i) {
 }
 
 /* out (M, N) with row stride ldo = act(init + [A_0 | A_1 | ...] @ B): parts as in this file's header, given as
- * arrays of their base pointers, row / column strides and column counts */
+ * arrays of their base pointers, row / column strides and column counts; init NULL: the bias, else the map at init
+ * (row stride init_ld; out itself for a sum into it), read through a nearest upsampling from (lh, lw) to (hh, hw)
+ * pixels per image where those differ */
 void nk_gemm(int nparts, const float *const *a, const long *sm, const long *sk, const long *k, long M, long N,
-             const float *bp, const float *bias, float *out, long ldo, int init_out, int act, int nthreads) {
+             const float *bp, const float *bias, float *out, long ldo, const float *init, long init_ld, long lh, long lw,
+             long hh, long hw, int act, int nthreads) {
     nk_part parts[NK_MAX_PARTS];
+    nk_init in = {init, init_ld, lh, lw, hh, hw};
     long K = 0;
     if (nparts > NK_MAX_PARTS) return;
     for (int q = 0; q < nparts; q++) {
@@ -257,7 +275,7 @@ void nk_gemm(int nparts, const float *const *a, const long *sm, const long *sk, 
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
     for (long i = 0; i < nch; i++)
         rows_all_panels(parts, nparts, chunk_start(M, nch, i), chunk_start(M, nch, i + 1), N, K, bp,
-                        init_out ? NULL : bias, out, ldo, init_out, act);
+                        init != NULL ? NULL : bias, out, ldo, init != NULL ? &in : NULL, act);
 }
 
 /* the activation in place over n floats (SiLU after a Winograd output transform) */

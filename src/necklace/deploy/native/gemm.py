@@ -32,6 +32,7 @@ __all__ = [
     "PointwiseToChannelsLast",
     "add_pointwise_",
     "concat_pointwise",
+    "pixel_matrix",
     "pointwise_head_ok",
 ]
 
@@ -108,7 +109,7 @@ class PointwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def _pixel_matrix(x: Tensor) -> tuple[Tensor, bool] | None:
+def pixel_matrix(x: Tensor) -> tuple[Tensor, bool] | None:
     """``x`` (N, C, H, W) as a matrix view without a copy: ``(C, H*W)`` for a single NCHW map (``True``: channels
     major), ``(N*H*W, C)`` for a channels_last map (``False``); channel slices of either work. ``None`` otherwise."""
     n, c, h, w = x.shape
@@ -163,7 +164,7 @@ def concat_pointwise(
         size = (parts[0].shape[2], parts[0].shape[3])
     h, w = size
     n = parts[0].shape[0]
-    mats = [_pixel_matrix(p) for p in parts]
+    mats = [pixel_matrix(p) for p in parts]
     if any(m is None for m in mats) or len(ups) != len(parts):
         return None
     # the output is channels_last when any part is (a channels_last neck); a part in the other layout is read
@@ -205,7 +206,7 @@ def concat_pointwise(
             out = z if out is None else out.add_(z)
     acc_mat: Tensor | None = None
     if out is not None:
-        acc = _pixel_matrix(out)
+        acc = pixel_matrix(out)
         if acc is None or acc[1] != major:
             return None
         acc_mat = acc[0]  # a view of ``out``: the other GEMMs accumulate into it in place
@@ -231,36 +232,46 @@ def _concat_native(
     act: str,
     conv: nn.Conv2d | None,
 ) -> Tensor:
-    """:func:`concat_pointwise` by the native GEMM, into a channels_last output: each upsampled part's GEMM at its
-    own resolution (with the bias), resized; then one call over the other parts adds into it and applies ``act``."""
+    """:func:`concat_pointwise` by the native GEMM, into a channels_last output: the upsampled part's GEMM at its
+    own resolution (with the bias); then one call over the other parts starts from its nearest upsampling (read in
+    place, never written) and applies ``act``."""
     n, o = parts[0].shape[0], weight.shape[0]
     a = [m.t() if major else m for m, major in mats]  # (pixels, C_i) views of every part
     cols = [(starts[i], starts[i] + p.shape[1]) for i, p in enumerate(parts)]
     low_idx = [i for i in range(len(parts)) if ups[i]]
     main = [i for i in range(len(parts)) if not ups[i]]
-    groups = (*(cols[i] for i in low_idx), tuple(x for i in main for x in cols[i]))
+    groups = (*(cols[i] for i in low_idx), *((tuple(x for i in main for x in cols[i]),) if main else ()))
     if conv is not None:
         packed = packed_columns(conv, groups)
     else:
         w2 = weight.detach().reshape(o, -1)
         packed = tuple(pack_panels(torch.cat([w2[:, g[k] : g[k + 1]] for k in range(0, len(g), 2)], 1)) for g in groups)
     b = None if bias is None else bias.detach().contiguous()
-    out: Tensor | None = None
+    h, w = size
+    lows: list[Tensor] = []
     for k, i in enumerate(low_idx):
         hl, wl = parts[i].shape[2], parts[i].shape[3]
         low = torch.empty((n, o, hl, wl), dtype=torch.float32, memory_format=torch.channels_last)
-        gemm_into(low.permute(0, 2, 3, 1).view(n * hl * wl, o), [a[i]], packed[k], b if out is None else None)
-        z = F.interpolate(low, size=size, mode="nearest")  # (torch's kernel is fast on channels_last maps)
-        out = z if out is None else out.add_(z)
-    if out is not None and not out.is_contiguous(memory_format=torch.channels_last):
-        out = out.contiguous(memory_format=torch.channels_last)
-    if not main:
+        gemm_into(low.permute(0, 2, 3, 1).view(n * hl * wl, o), [a[i]], packed[k], None if lows else b)
+        lows.append(low)
+    exact = not lows or (len(lows) == 1 and h % lows[0].shape[2] == 0 and w % lows[0].shape[3] == 0)
+    if not main or not exact:  # (rare: no full-resolution part, several upsampled ones or a fractional factor)
+        out: Tensor | None = None
+        for low in lows:
+            z = F.interpolate(low, size=size, mode="nearest")
+            out = z if out is None else out.add_(z)
         assert out is not None
-        return out if act == "none" else _TORCH_ACTS[act](out)
-    if out is None:
-        out = torch.empty((n, o, *size), dtype=torch.float32, memory_format=torch.channels_last)
+        out = out.contiguous(memory_format=torch.channels_last)
+        if not main:
+            return out if act == "none" else _TORCH_ACTS[act](out)
+        mat = out.permute(0, 2, 3, 1).view(-1, o)
+        gemm_into(mat, [a[i] for i in main], packed[-1], None, init_out=True, act=act)
+        return out
+    out = torch.empty((n, o, h, w), dtype=torch.float32, memory_format=torch.channels_last)
     mat = out.permute(0, 2, 3, 1).view(-1, o)
-    gemm_into(mat, [a[i] for i in main], packed[-1], b if not low_idx else None, init_out=bool(low_idx), act=act)
+    # the upsampled part's result is read through the nearest upsampling as the initial values (never written out)
+    upsampled = (lows[0], h, w) if lows else None
+    gemm_into(mat, [a[i] for i in main], packed[-1], None if lows else b, act=act, upsampled=upsampled)
     return out
 
 
@@ -281,7 +292,7 @@ def add_pointwise_(acc: Tensor, x: Tensor, weight: Tensor) -> bool:
         return False
     if acc.shape[0] > 1 and acc.is_contiguous() and x.is_contiguous():  # a batch of NCHW maps: image by image
         return all(add_pointwise_(acc[i : i + 1], x[i : i + 1], weight) for i in range(acc.shape[0]))
-    am, xm = _pixel_matrix(acc), _pixel_matrix(x)
+    am, xm = pixel_matrix(acc), pixel_matrix(x)
     if am is None or xm is None:
         return False
     w2 = weight.reshape(weight.shape[0], -1)

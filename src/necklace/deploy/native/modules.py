@@ -8,10 +8,12 @@ applies them (:func:`necklace.deploy.native.apply_native`).
 
 - :class:`NativeConvNormAct` / :class:`NativeRepConv`: a folded 3x3 conv runs Winograd F(4x4, 3x3) where it pays
   (:class:`~necklace.deploy.native.winograd.WinogradConv2d`), with the activation inside the native output
-  transform; a wide 1x1 conv runs as one GEMM (:class:`~necklace.deploy.native.gemm.PointwiseConv2d`).
+  transform; a 1x1 conv on a channels_last map runs as the native GEMM with its bias and activation
+  (:func:`pointwise_act`), a wide one on an NCHW map as one ``addmm`` (:class:`~necklace.deploy.native.gemm.
+  PointwiseConv2d`).
 - :class:`NativeResample`: nearest upsampling by integer factors as strided copies on NCHW maps.
-- :class:`NativeC2f` / :class:`NativeC3k2`: the final 1x1 conv over the concatenation as GEMMs, the
-  concatenation never written.
+- :class:`NativeC2f` / :class:`NativeC3k2` / :class:`NativeCSPBlock`: the final 1x1 conv over the concatenation as
+  one GEMM over its parts, the concatenation never written.
 
 Example:
     >>> plain = ConvNormAct(64, 64, 3, cfg=ConvCfg(act="relu")).eval()
@@ -29,13 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch  # noqa: F401  (the doctest uses it)
+import torch
 from torch import Tensor, nn
 
-from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pointwise_head_ok
+from necklace.deploy.native.cgemm import gemm_into, gemm_ready, packed_columns
+from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pixel_matrix, pointwise_head_ok
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.deploy.native.winograd import NATIVE_ACTS, WinogradConv2d, winograd_eligible
-from necklace.layers.blocks import C2f, C3k2
+from necklace.layers.blocks import C2f, C3k2, CSPBlock
 from necklace.layers.conv import ConvCfg, ConvNormAct, SiLU  # noqa: F401  (ConvCfg: the doctest)
 from necklace.layers.rep import RepConv
 from necklace.layers.resample import Resample
@@ -44,6 +47,7 @@ __all__ = [
     "NATIVE_MODULES",
     "NativeC2f",
     "NativeC3k2",
+    "NativeCSPBlock",
     "NativeConvNormAct",
     "NativeRepConv",
     "NativeResample",
@@ -51,6 +55,7 @@ __all__ = [
     "epilogue_act",
     "fast_conv",
     "native_module",
+    "pointwise_act",
 ]
 
 #: activation module type -> the native output transform's activation (exact types: a subclass may differ)
@@ -116,9 +121,30 @@ class NativeConvNormAct(ConvNormAct):
     def forward(self, x: Tensor) -> Tensor:
         if not self.act_first and not self.same and type(self.norm) is nn.Identity:  # BN folded
             y = conv_act(self.conv, self.act, x)
+            if y is None:
+                y = pointwise_act(self, x)
             if y is not None:
                 return y
         return super().forward(x)
+
+
+def pointwise_act(block: ConvNormAct, x: Tensor) -> Tensor | None:
+    """``block(x)`` for a folded 1x1 :class:`ConvNormAct` on a channels_last map (or a channel slice of one, as C2f
+    and CSP blocks make) by the native GEMM, bias and activation fused, into a channels_last output; ``None`` where
+    that does not run (other convs or inputs, an NCHW map: its output keeps its layout by the conv, autograd...)."""
+    act = epilogue_act(block)
+    if act is None or not pointwise_head_ok(block, x) or not gemm_ready(x):
+        return None
+    mat = pixel_matrix(x)
+    if mat is None or mat[1]:  # (an NCHW map)
+        return None
+    conv = block.conv
+    n, c, h, w = x.shape
+    out = torch.empty((n, conv.out_channels, h, w), dtype=x.dtype, memory_format=torch.channels_last)
+    bias = None if conv.bias is None else conv.bias.detach()
+    packed = packed_columns(conv, ((0, c),))[0]
+    gemm_into(out.permute(0, 2, 3, 1).view(n * h * w, conv.out_channels), [mat[0]], packed, bias, act=act)
+    return out
 
 
 class NativeRepConv(RepConv):
@@ -196,6 +222,30 @@ class NativeC3k2(_GemmMerge, C3k2):
     """
 
 
+class NativeCSPBlock(CSPBlock):
+    """:class:`~necklace.layers.blocks.CSPBlock` (YOLOv5's C3, YOLOX's CSP layer, YOLO11's C3k) whose final 1x1 conv
+    over the concatenation runs as one native GEMM over its two parts (:func:`~necklace.deploy.native.gemm.
+    concat_pointwise`: the concatenation never written).
+
+    Example:
+        >>> block = CSPBlock(16, 16).eval()
+        >>> x = torch.randn(1, 16, 6, 6)
+        >>> with torch.no_grad():
+        ...     type(native_module(block)).__name__, torch.allclose(native_module(block)(x), block(x), atol=1e-5)
+        ('NativeCSPBlock', True)
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.m(self.cv1(x)), self.cv2(x)
+        if pointwise_head_ok(self.cv3, a):
+            act = epilogue_act(self.cv3)
+            conv = self.cv3.conv
+            z = concat_pointwise([a, b], conv.weight, conv.bias, act=act or "none", conv=conv)
+            if z is not None:
+                return z if act is not None else self.cv3.act(self.cv3.norm(z))
+        return self.cv3(torch.cat((a, b), dim=1))
+
+
 def _retyped(module: nn.Module, cls: type[M]) -> M:
     """A new ``cls`` module holding ``module``'s state (parameters, buffers, submodules and attributes shared)."""
     new = cls.__new__(cls)
@@ -229,6 +279,7 @@ NATIVE_MODULES: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
     Resample: lambda m: _retyped(m, NativeResample),
     C2f: lambda m: _retyped(m, NativeC2f),
     C3k2: lambda m: _retyped(m, NativeC3k2),
+    CSPBlock: lambda m: _retyped(m, NativeCSPBlock),
 }
 
 

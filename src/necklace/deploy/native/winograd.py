@@ -108,29 +108,32 @@ MIN_CHANNELS, MIN_SIDE = PAYS_NCHW[0]
 TILES_PER_BAND = 100
 #: the native path's bytes of one band's transformed input and products (V, M), kept in one core's L2 cache
 BAND_BYTES = 480 * 1024
+#: the fewest tiles per band of the native path (see :func:`band_tiles`)
+MIN_BAND_TILES = 24
 
 
 def band_tiles(in_channels: int, out_channels: int) -> int:
     """Tiles per band of the native path: as many as keep a band's transformed input and products within
-    :data:`BAND_BYTES` (at least 6, at most :data:`TILES_PER_BAND`).
+    :data:`BAND_BYTES`, but at least :data:`MIN_BAND_TILES` (each band reads the whole transformed filter,
+    36 x C x O values: fewer tiles would not amortise it) and at most :data:`TILES_PER_BAND`.
 
     Example:
-        >>> band_tiles(32, 32), band_tiles(128, 128), band_tiles(512, 512)
-        (53, 13, 6)
+        >>> band_tiles(32, 32), band_tiles(64, 64), band_tiles(256, 256)
+        (53, 26, 24)
     """
     fit = BAND_BYTES // (N_IN * N_IN * 4 * (in_channels + out_channels))
-    return max(6, min(TILES_PER_BAND, fit))
+    return max(min(MIN_BAND_TILES, TILES_PER_BAND), min(TILES_PER_BAND, fit))
 
 
-#: the same rules for the native path (:func:`winograd_conv3x3_native`: the transforms in C, one pass each), where
-#: the C library is loaded (:mod:`necklace.deploy.native.loader`); a third number is the largest side the rule covers.
-#: ``benchmarks/winograd.py --path native`` on an AVX2 AMD EPYC (``benchmarks/results/epyc_avx2/RESULTS.md``), time
-#: winograd / direct: channels_last 64 ch 0.96 / 0.72 / 0.54 / 0.51 at 14 / 20 / 40 / 80, 48 ch 0.81 at 20,
-#: 32 ch 0.86-0.91 from 40, 128-256 ch 0.37-0.84 from 14 (1.0-1.3 at 8-10); NCHW 96-256 ch 0.43-0.80 at every
-#: side from 8, 48-64 ch 0.54-0.84 from 8-10 up to 80 but 1.00-1.11 at 160 (the channel planes are far apart in
-#: memory: the gather and scatter miss cache), 16-32 ch lose at most sizes.
-PAYS_NATIVE_NCHW: tuple[tuple[int, ...], ...] = ((96, 8), (48, 10, 112))
-PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, ...], ...] = ((64, 14), (48, 20), (32, 40))
+#: the same rules for the native path (:func:`winograd_conv3x3_native`: transforms and channel mixing fused per
+#: band in C), where the C library is loaded (:mod:`necklace.deploy.native.loader`); a third number is the largest
+#: side the rule covers. ``benchmarks/winograd.py --path native`` on the AMD EPYC (2 threads, interleaved), time
+#: winograd / the faster direct conv: NCHW 64-256 ch 0.40-0.74 at every side from 8 to 80 (0.62-0.90 at 160),
+#: 16-32 ch 0.20-0.85 up to 80 but 1.60 at 160 (16 ch: the channel planes far apart in memory); channels_last
+#: 32-128 ch 0.45-0.80 from 10 (0.78-0.89 at 8), 256 ch 0.44-0.91 from 10-14 (1.03 at 8), 16 ch 0.64-0.90 from 10
+#: to 80 but 1.05 at 160.
+PAYS_NATIVE_NCHW: tuple[tuple[int, ...], ...] = ((64, 8), (16, 8, 112))
+PAYS_NATIVE_CHANNELS_LAST: tuple[tuple[int, ...], ...] = ((32, 10), (16, 10, 112))
 #: below this many channels no rule holds (the modules' first, cheapest test)
 LOWEST_CHANNELS = min(r[0] for r in PAYS_NCHW + PAYS_CHANNELS_LAST + PAYS_NATIVE_NCHW + PAYS_NATIVE_CHANNELS_LAST)
 #: activation -> code of the native output transform (the post-op names oneDNN uses too); SiLU ("swish") is the
@@ -374,7 +377,7 @@ def winograd_pays(
         (True, False, False)
         >>> winograd_pays(128, 128, 40, 40), winograd_pays(128, 128, 40, 40, channels_last=True)
         (False, True)
-        >>> winograd_pays(64, 64, 80, 80, native=True), winograd_pays(64, 64, 160, 160, native=True)
+        >>> winograd_pays(16, 16, 80, 80, native=True), winograd_pays(16, 16, 160, 160, native=True)
         (True, False)
     """
     channels, side = min(in_channels, out_channels), min(height, width)
