@@ -161,3 +161,39 @@ def test_pointwise_conv_on_channels_last_maps_and_csp_block() -> None:
         torch.cat = real  # type: ignore[assignment]
     assert cats == [2]  # only the autograd call concatenated
     _close(grad.detach(), csp(y).detach(), 1e-5)
+
+
+def test_bottleneck_shortcut_added_in_the_winograd_output_transform() -> None:
+    from necklace.deploy.native import winograd as wg
+    from necklace.deploy.native.modules import NativeBottleneck
+    from necklace.layers.blocks import Bottleneck
+
+    torch.manual_seed(1)
+    block = Bottleneck(32, 32, cfg=ConvCfg(norm="bn", act="silu")).eval()
+    wide = torch.randn(1, 64, 24, 20).contiguous(memory_format=CL)
+    x = wide[:, 32:]  # a chunk of a C2f's first conv: a channel slice, read in place
+    fast = necklace.deploy(block, runtime="native", example_inputs=x)
+    assert isinstance(fast, NativeBottleneck)
+    seen: list[bool] = []
+    real = wg.winograd_conv3x3_native
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(args[6] is not None if len(args) > 6 else kwargs.get("residual") is not None)
+        return real(*args, **kwargs)
+
+    wg.winograd_conv3x3_native = spy  # type: ignore[assignment]
+    try:
+        with torch.no_grad():
+            got = fast(x)
+    finally:
+        wg.winograd_conv3x3_native = real  # type: ignore[assignment]
+    assert seen == [False, True]  # the second conv took the shortcut
+    with torch.no_grad():
+        _close(got, block(x), 1e-5)
+        hooked: list[int] = []
+        handle = fast.cv2.register_forward_hook(lambda m, i, o: hooked.append(1))
+        _close(fast(x), block(x), 1e-5)  # a hook on the conv block: the modules run, the hook fires
+        handle.remove()
+    assert hooked == [1]
+    with pytest.raises(ValueError, match="residual must be a float32 map of the output's shape"):
+        wg.winograd_conv3x3_native(x, torch.zeros(36, 32, 32), residual=torch.zeros(1, 32, 3, 3))

@@ -92,10 +92,6 @@ def packed_columns(conv: nn.Conv2d, groups: tuple[tuple[int, ...], ...]) -> tupl
     return packed
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def gemm_into(
     out: Tensor,
     parts: Sequence[Tensor],
@@ -128,7 +124,6 @@ def gemm_into(
     if lib is None:
         raise RuntimeError(f"gemm_into: the native library is not loaded ({native.status().error}).")
     m, n = out.shape
-    k = sum(p.shape[1] for p in parts)
     init, ld, lh, lw, hh, hw = None, 0, 1, 1, 1, 1
     if upsampled is not None:
         low, hh, hw = upsampled
@@ -151,13 +146,22 @@ def gemm_into(
         init, ld = low.data_ptr(), n
     elif init_out:
         init, ld, lh, lw, hh, hw = out.data_ptr(), out.stride(0), 1, 1, 1, 1
+    q = len(parts)
+    # one array of (pointer, row stride, column stride, columns) per part; the checks in the same loop
+    desc: list[int] = []
+    ok = 0 < q <= MAX_PARTS and out.stride(1) == 1 and out.dtype == torch.float32
+    k = 0
+    for p in parts:
+        if not ok or p.dim() != 2 or p.shape[0] != m or p.dtype != torch.float32:
+            ok = False
+            break
+        sm, sk = p.stride()
+        desc += (p.data_ptr(), sm, sk, p.shape[1])
+        k += p.shape[1]
+    panels = (n + NR - 1) // NR
     if (
-        not parts
-        or len(parts) > MAX_PARTS
-        or any(p.dim() != 2 or p.shape[0] != m or p.dtype != torch.float32 for p in parts)
-        or out.stride(1) != 1
-        or out.dtype != torch.float32
-        or packed.shape != (-(-n // NR), k, NR)
+        not ok
+        or packed.shape != (panels, k, NR)
         or not packed.is_contiguous()
         or (bias is not None and (bias.shape != (n,) or not bias.is_contiguous()))
     ):
@@ -168,14 +172,8 @@ def gemm_into(
         )
     if m == 0:
         return out
-    q = len(parts)
     lib.nk_gemm(
-        q,
-        (ctypes.c_void_p * q)(*(p.data_ptr() for p in parts)),
-        (ctypes.c_long * q)(*(p.stride(0) for p in parts)),
-        (ctypes.c_long * q)(*(p.stride(1) for p in parts)),
-        (ctypes.c_long * q)(*(p.shape[1] for p in parts)),
-        m, n, packed.data_ptr(), _ptr(bias), out.data_ptr(), out.stride(0), init, ld, lh, lw, hh, hw,
-        GEMM_ACTS[act], torch.get_num_threads(),
+        q, (ctypes.c_long * len(desc))(*desc), m, n, packed.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), out.stride(0), init, ld, lh, lw, hh, hw, GEMM_ACTS[act], torch.get_num_threads(),
     )  # fmt: skip
     return out

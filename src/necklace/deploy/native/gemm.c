@@ -253,23 +253,22 @@ static long chunk_start(long M, long nch, long i) {
     return s < M ? s : M;
 }
 
-/* out (M, N) with row stride ldo = act(init + [A_0 | A_1 | ...] @ B): parts as in this file's header, given as
- * arrays of their base pointers, row / column strides and column counts; init NULL: the bias, else the map at init
- * (row stride init_ld; out itself for a sum into it), read through a nearest upsampling from (lh, lw) to (hh, hw)
- * pixels per image where those differ */
-void nk_gemm(int nparts, const float *const *a, const long *sm, const long *sk, const long *k, long M, long N,
-             const float *bp, const float *bias, float *out, long ldo, const float *init, long init_ld, long lh, long lw,
-             long hh, long hw, int act, int nthreads) {
+/* out (M, N) with row stride ldo = act(init + [A_0 | A_1 | ...] @ B): parts as in this file's header, described by
+ * four longs each in desc (base address, row stride, column stride, columns); init NULL: the bias, else the map at
+ * init (row stride init_ld; out itself for a sum into it), read through a nearest upsampling from (lh, lw) to
+ * (hh, hw) pixels per image where those differ */
+void nk_gemm(int nparts, const long *desc, long M, long N, const float *bp, const float *bias, float *out, long ldo,
+             const float *init, long init_ld, long lh, long lw, long hh, long hw, int act, int nthreads) {
     nk_part parts[NK_MAX_PARTS];
     nk_init in = {init, init_ld, lh, lw, hh, hw};
     long K = 0;
     if (nparts > NK_MAX_PARTS) return;
     for (int q = 0; q < nparts; q++) {
-        parts[q].a = a[q];
-        parts[q].sm = sm[q];
-        parts[q].sk = sk[q];
-        parts[q].k = k[q];
-        K += k[q];
+        parts[q].a = (const float *)(size_t)desc[4 * q];
+        parts[q].sm = desc[4 * q + 1];
+        parts[q].sk = desc[4 * q + 2];
+        parts[q].k = desc[4 * q + 3];
+        K += parts[q].k;
     }
     long nch = n_chunks(M, nthreads);
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)

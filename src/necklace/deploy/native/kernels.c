@@ -14,7 +14,7 @@
 
 #define CB 16
 
-int nk_native_version(void) { return 9; }
+int nk_native_version(void) { return 11; }
 
 /* gemm.c */
 void nk_act_run(float *v, int n, int act);
@@ -86,10 +86,12 @@ static void wino_in_band(const float *x, long H, long W, long C, long sc, long s
     }
 }
 
-/* out[o, 4(r0 + r) + a, 4j + b] = act((A^T m A)[a, b] + bias[o] (+ out, accumulate)) for M (36, t, O); rows and
- * columns past H, W are dropped. act: 0 none, 1 ReLU, 2 SiLU (gemm.c's vectorised form). bias may be NULL. */
+/* out[o, 4(r0 + r) + a, 4j + b] = act((A^T m A)[a, b] + bias[o] (+ out, accumulate)) (+ res) for M (36, t, O); rows
+ * and columns past H, W are dropped. act: 0 none, 1 ReLU, 2 SiLU (gemm.c's vectorised form). bias may be NULL;
+ * res (a residual added after the activation, strides rs[0..2] for channel, row, column) may be NULL. */
 static void wino_out_band(const float *M, const float *bias, long O, long r0, long rows, long tw, float *out, long H,
-                          long W, long sc, long sh, long sw, int act, int accumulate) {
+                          long W, long sc, long sh, long sw, int act, int accumulate, const float *res,
+                          const long *rs) {
     long t = rows * tw, pstride = t * O;
     for (long tile = 0; tile < t; tile++) {
         long i = r0 + tile / tw, j = tile % tw;
@@ -147,6 +149,14 @@ static void wino_out_band(const float *M, const float *bias, long O, long r0, lo
                 } else if (act == 2) {
                     nk_act_run(yb, CB, 2);
                 }
+                if (res != NULL) {
+                    const float *rp = res + yy * rs[1] + xx * rs[2] + o0 * rs[0];
+                    if (cb == CB && rs[0] == 1) {
+                        for (int k = 0; k < CB; k++) yb[k] += rp[k];
+                    } else {
+                        for (int k = 0; k < cb; k++) yb[k] += rp[k * rs[0]];
+                    }
+                }
                 if (cb == CB && sc == 1) {
                     for (int k = 0; k < CB; k++) o[k] = yb[k];
                 } else {
@@ -171,14 +181,16 @@ static float *scratch_get(size_t n) {
     return scratch;
 }
 
-/* out = act(conv3x3(x) + bias (+ out, accumulate)), stride 1, zero padding 1, for n images (image strides xn, on):
+/* out = act(conv3x3(x) + bias (+ out, accumulate)) (+ res), stride 1, zero padding 1, for n images (image strides
+ * xn, on; res: NULL or a map of out's shape with strides rn, rc, rh, rw, added after the activation):
  * per band of whole tile rows, one thread transforms the band's input tiles into V (36, t, C), mixes the channels
  * with gemm.c's kernel into M (36, t, O) (U packed as (36, ceil(O/16), C, 16)) and transforms M back into out, so
  * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads; the call
  * returns -1 (nothing written) where a scratch buffer could not be allocated, else 0. */
 int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long sc, long sh, long sw, const float *up,
                  const float *bias, long O, float *out, long on, long oc, long oh, long ow, int act, int accumulate,
-                 long tiles, int nthreads) {
+                 const float *res, long rn, long rc, long rh, long rw, long tiles, int nthreads) {
+    const long rs[3] = {rc, rh, rw};
     long th = (H + 3) / 4, tw = (W + 3) / 4;
     long nt = nthreads > 1 ? nthreads : 1;
     long per_image = (th * tw + tiles - 1) / tiles;
@@ -203,7 +215,8 @@ int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long s
                 long np = (O + 15) / 16;
                 for (int p = 0; p < 36; p++)
                     nk_gemm_rows(V + (long)p * t * C, C, t, C, O, up + (long)p * np * C * 16, M + (long)p * t * O, O);
-                wino_out_band(M, bias, O, r0, r1 - r0, tw, out + img * on, H, W, oc, oh, ow, act, accumulate);
+                wino_out_band(M, bias, O, r0, r1 - r0, tw, out + img * on, H, W, oc, oh, ow, act, accumulate,
+                              res != NULL ? res + img * rn : NULL, rs);
             }
         }
     }

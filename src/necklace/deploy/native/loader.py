@@ -45,7 +45,7 @@ from typing import Any
 __all__ = ["VERSION", "NativeBuild", "build", "cache_dir", "library", "reset", "status"]
 
 #: what ``nk_native_version()`` of a library built from the sources returns (another version is rebuilt)
-VERSION = 9
+VERSION = 11
 #: the C sources, beside this file: the Winograd transforms and the GEMMs (with the convs' epilogues)
 _SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("gemm.c"))
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
@@ -158,9 +158,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.nk_native_version.restype = _I
     lib.nk_native_version.argtypes = []
     lib.nk_wino_conv.restype = _I
-    lib.nk_wino_conv.argtypes = [_P, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L, _I, _I, _L, _I]
+    lib.nk_wino_conv.argtypes = [_P, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L, _I, _I, _P]
+    lib.nk_wino_conv.argtypes = [*lib.nk_wino_conv.argtypes, _L, _L, _L, _L, _L, _I]
     lib.nk_gemm.restype = None
-    lib.nk_gemm.argtypes = [_I, _P, _P, _P, _P, _L, _L, _P, _P, _P, _L, _P, _L, _L, _L, _L, _L, _I, _I]
+    lib.nk_gemm.argtypes = [_I, _P, _L, _L, _P, _P, _P, _L, _P, _L, _L, _L, _L, _L, _I, _I]
     lib.nk_act.restype = None
     lib.nk_act.argtypes = [_P, _L, _I, _I]
     if lib.nk_native_version() != VERSION:

@@ -38,13 +38,14 @@ from necklace.deploy.native.cgemm import gemm_into, gemm_ready, packed_columns
 from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pixel_matrix, pointwise_head_ok
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.deploy.native.winograd import NATIVE_ACTS, WinogradConv2d, winograd_eligible
-from necklace.layers.blocks import C2f, C3k2, CSPBlock
+from necklace.layers.blocks import Bottleneck, C2f, C3k2, CSPBlock
 from necklace.layers.conv import ConvCfg, ConvNormAct, SiLU  # noqa: F401  (ConvCfg: the doctest)
 from necklace.layers.rep import RepConv
 from necklace.layers.resample import Resample
 
 __all__ = [
     "NATIVE_MODULES",
+    "NativeBottleneck",
     "NativeC2f",
     "NativeC3k2",
     "NativeCSPBlock",
@@ -84,16 +85,18 @@ def fast_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
-def conv_act(conv: nn.Module, act: nn.Module, x: Tensor) -> Tensor | None:
-    """``act(conv(x))`` with the activation inside the native Winograd output transform, where that path runs
-    for ``x`` (no second pass over the output); ``None`` where the modules must run (other convs, other
-    activations, forward hooks on either module, autograd / tracing / export)."""
+def conv_act(conv: nn.Module, act: nn.Module, x: Tensor, residual: Tensor | None = None) -> Tensor | None:
+    """``act(conv(x))`` (``+ residual``) with the activation (and the residual add) inside the native Winograd
+    output transform, where that path runs for ``x`` (no second pass over the output); ``None`` where the modules
+    must run (other convs, other activations, forward hooks on either module, autograd / tracing / export)."""
     if type(conv) is not WinogradConv2d or conv._winograd_path(x) != "native":
         return None
     name = ACT_NAMES.get(type(act))
     if name is None or name not in NATIVE_ACTS or _hooks(conv, act):
         return None
-    return conv._native_act(x, name)
+    if residual is not None and residual.dtype != x.dtype:
+        return None
+    return conv._native_act(x, name, residual=residual)
 
 
 def epilogue_act(block: nn.Module) -> str | None:
@@ -145,6 +148,32 @@ def pointwise_act(block: ConvNormAct, x: Tensor) -> Tensor | None:
     packed = packed_columns(conv, ((0, c),))[0]
     gemm_into(out.permute(0, 2, 3, 1).view(n * h * w, conv.out_channels), [mat[0]], packed, bias, act=act)
     return out
+
+
+class NativeBottleneck(Bottleneck):
+    """:class:`~necklace.layers.blocks.Bottleneck` whose shortcut add runs inside its second conv's native Winograd
+    output transform (``x + act(conv(h))`` in one pass), where that conv runs native Winograd.
+
+    Example:
+        >>> block = Bottleneck(32, 32, cfg=ConvCfg(act="silu")).eval()
+        >>> fast = native_module(block)
+        >>> fast.cv2 = native_module(fast.cv2)
+        >>> x = torch.randn(1, 32, 20, 20).contiguous(memory_format=torch.channels_last)
+        >>> with torch.no_grad():
+        ...     type(fast).__name__, torch.allclose(fast(x), block(x), atol=1e-4)
+        ('NativeBottleneck', True)
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.cv1(x)
+        cv2 = self.cv2
+        if self.add and type(cv2) is NativeConvNormAct and not _hooks(self, cv2):
+            if not cv2.act_first and not cv2.same and type(cv2.norm) is nn.Identity:
+                y = conv_act(cv2.conv, cv2.act, h, residual=x)
+                if y is not None:
+                    return y
+        y = cv2(h)
+        return x + y if self.add else y
 
 
 class NativeRepConv(RepConv):
@@ -280,6 +309,7 @@ NATIVE_MODULES: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
     C2f: lambda m: _retyped(m, NativeC2f),
     C3k2: lambda m: _retyped(m, NativeC3k2),
     CSPBlock: lambda m: _retyped(m, NativeCSPBlock),
+    Bottleneck: lambda m: _retyped(m, NativeBottleneck),
 }
 
 

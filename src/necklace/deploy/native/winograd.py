@@ -275,6 +275,7 @@ def winograd_conv3x3_native(
     act: str = "none",
     out: Tensor | None = None,
     packed: Tensor | None = None,
+    residual: Tensor | None = None,
 ) -> Tensor:
     """:func:`winograd_conv3x3` with the transforms in C (:mod:`necklace.deploy.native.loader`), the activation fused.
 
@@ -283,8 +284,10 @@ def winograd_conv3x3_native(
     about :data:`TILES_PER_BAND` tiles: one pass gathers and transforms the input tiles (zero padding included),
     the 36 channel mixings run as one batched GEMM (the native one of :mod:`~necklace.deploy.native.cgemm` when
     ``packed`` holds ``pack_panels(winograd_filter(weight))``, else ``torch.bmm``), one pass transforms back, adds
-    the bias (and ``out``'s values, when ``out`` is given: ``out += conv(x)``, in place) and applies the
-    activation. The output has ``x``'s memory format (channels_last when its channels are adjacent in memory);
+    the bias (and ``out``'s values, when ``out`` is given: ``out += conv(x)``, in place), applies the
+    activation and adds ``residual`` (a float32 map of the output's shape, any strides: a bottleneck's shortcut,
+    ``residual + act(conv(x))``). The output has ``x``'s memory format (channels_last when its channels are
+    adjacent in memory);
     float32 only. ``RuntimeError`` where the library is not loaded (check :func:`native_winograd_ok`).
 
     Example:
@@ -335,13 +338,21 @@ def winograd_conv3x3_native(
             f"winograd_conv3x3_native: packed must be pack_panels(winograd_filter(weight)), shape "
             f"{(N_IN * N_IN, -(-o // 16), c, 16)}, got {tuple(packed.shape)}."
         )
+    rs: tuple[int, ...] = (0, 0, 0, 0)
+    if residual is not None:
+        if tuple(residual.shape) != (n, o, h, w) or residual.dtype != torch.float32:
+            raise ValueError(
+                f"winograd_conv3x3_native: residual must be a float32 map of the output's shape {(n, o, h, w)}, got "
+                f"{tuple(residual.shape)} {residual.dtype}."
+            )
+        rs = residual.stride()
     if n == 0 or h == 0 or w == 0:
         return out
     xs, os_ = x.stride(), out.stride()
     failed = lib.nk_wino_conv(
         x.data_ptr(), n, h, w, c, xs[0], xs[1], xs[2], xs[3], packed.data_ptr(), bias_ptr, o,
-        out.data_ptr(), os_[0], os_[1], os_[2], os_[3], code, int(accumulate), band_tiles(c, o),
-        torch.get_num_threads(),
+        out.data_ptr(), os_[0], os_[1], os_[2], os_[3], code, int(accumulate),
+        None if residual is None else residual.data_ptr(), *rs, band_tiles(c, o), torch.get_num_threads(),
     )  # fmt: skip
     if failed:
         raise MemoryError(f"winograd_conv3x3_native: no memory for the scratch of a band ({c} -> {o} channels).")
@@ -495,10 +506,11 @@ class WinogradConv2d(nn.Conv2d):
             return None
         return self._native_act(x, act, out)
 
-    def _native_act(self, x: Tensor, act: str, out: Tensor | None = None) -> Tensor:
-        """:meth:`forward_act` for a caller that has checked ``_winograd_path(x) == "native"`` itself."""
+    def _native_act(self, x: Tensor, act: str, out: Tensor | None = None, residual: Tensor | None = None) -> Tensor:
+        """:meth:`forward_act` for a caller that has checked ``_winograd_path(x) == "native"`` itself
+        (``residual``: added after the activation, see :func:`winograd_conv3x3_native`)."""
         _, _, _, ut, packed = self._constants(x)
-        return winograd_conv3x3_native(x, ut, self.bias, act, out, packed)
+        return winograd_conv3x3_native(x, ut, self.bias, act, out, packed, residual)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
         self._wg_cache = None  # .to() / .double() / .cuda(): rebuild the constants on the next call
