@@ -20,6 +20,8 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -214,11 +216,89 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
 
 /* rows [r0, r1) of one product, every panel: panel-major over blocks of up to 8 row tiles, so a panel is read
  * from L1 by 8 tiles and the rows of A stay in L2 across the panels */
+/* one thread's buffer for the rows of a part read across its columns (an NCHW map), kept between calls */
+static __thread float *pack_buf = NULL;
+static __thread size_t pack_n = 0;
+
+static float *pack_get(size_t n) {
+    if (n > pack_n) {
+        free(pack_buf);
+        pack_buf = (float *)malloc(n * sizeof(float));
+        pack_n = pack_buf != NULL ? n : 0;
+    }
+    return pack_buf;
+}
+
+/* dst[r * k + c] = src[r * sm + c * sk] for rows < rows, columns < k: 8 x 8 blocks transposed in registers where
+ * the rows are adjacent in memory (sm = 1: an NCHW map), element by element elsewhere */
+static void transpose_rows(const float *src, long sm, long sk, long rows, long k, float *dst) {
+    long c0 = 0;
+#ifdef NK_AVX2
+    if (sm == 1) {
+        for (; c0 + 8 <= k; c0 += 8) {
+            long r0 = 0;
+            for (; r0 + 8 <= rows; r0 += 8) {
+                const float *s0 = src + r0 + c0 * sk;
+                __m256 v0 = _mm256_loadu_ps(s0), v1 = _mm256_loadu_ps(s0 + sk), v2 = _mm256_loadu_ps(s0 + 2 * sk);
+                __m256 v3 = _mm256_loadu_ps(s0 + 3 * sk), v4 = _mm256_loadu_ps(s0 + 4 * sk);
+                __m256 v5 = _mm256_loadu_ps(s0 + 5 * sk), v6 = _mm256_loadu_ps(s0 + 6 * sk);
+                __m256 v7 = _mm256_loadu_ps(s0 + 7 * sk);
+                __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
+                __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+                __m256 t4 = _mm256_unpacklo_ps(v4, v5), t5 = _mm256_unpackhi_ps(v4, v5);
+                __m256 t6 = _mm256_unpacklo_ps(v6, v7), t7 = _mm256_unpackhi_ps(v6, v7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                float *d = dst + r0 * k + c0;
+                _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+                _mm256_storeu_ps(d + k, _mm256_permute2f128_ps(u1, u5, 0x20));
+                _mm256_storeu_ps(d + 2 * k, _mm256_permute2f128_ps(u2, u6, 0x20));
+                _mm256_storeu_ps(d + 3 * k, _mm256_permute2f128_ps(u3, u7, 0x20));
+                _mm256_storeu_ps(d + 4 * k, _mm256_permute2f128_ps(u0, u4, 0x31));
+                _mm256_storeu_ps(d + 5 * k, _mm256_permute2f128_ps(u1, u5, 0x31));
+                _mm256_storeu_ps(d + 6 * k, _mm256_permute2f128_ps(u2, u6, 0x31));
+                _mm256_storeu_ps(d + 7 * k, _mm256_permute2f128_ps(u3, u7, 0x31));
+            }
+            for (; r0 < rows; r0++)
+                for (long c = c0; c < c0 + 8; c++) dst[r0 * k + c] = src[r0 + c * sk];
+        }
+    }
+#endif
+    for (long c = c0; c < k; c++)
+        for (long r = 0; r < rows; r++) dst[r * k + c] = src[r * sm + c * sk];
+}
+
+#define NK_BLOCK (8 * MR) /* rows a thread runs through every panel before the next block */
+
 static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, long N, long K, const float *bp,
                             const float *bias, float *out, long ldo, const nk_init *init, int act) {
     long np = (N + NR - 1) / NR;
-    for (long b0 = r0; b0 < r1; b0 += 8 * MR) {
-        long b1 = b0 + 8 * MR < r1 ? b0 + 8 * MR : r1;
+    nk_part local[NK_MAX_PARTS];
+    long strided = 0; /* the columns of parts with a column stride (an NCHW map's pixel matrix) */
+    for (int q = 0; q < nparts; q++) {
+        local[q] = parts[q];
+        if (parts[q].sk != 1) strided += parts[q].k;
+    }
+    float *buf = strided > 0 ? pack_get((size_t)NK_BLOCK * strided) : NULL;
+    for (long b0 = r0; b0 < r1; b0 += NK_BLOCK) {
+        long b1 = b0 + NK_BLOCK < r1 ? b0 + NK_BLOCK : r1;
+        if (buf != NULL) {
+            /* copy this block's rows of every strided part into row-major rows (one read of each column's run
+             * of pixels), so the tiles below broadcast from contiguous rows, as for a channels_last map */
+            float *dst = buf;
+            for (int q = 0; q < nparts; q++) {
+                const nk_part *p = parts + q;
+                if (p->sk == 1) continue;
+                transpose_rows(p->a + b0 * p->sm, p->sm, p->sk, b1 - b0, p->k, dst);
+                /* the part's row m is at dst + (m - b0) * k */
+                local[q].a = (const float *)((uintptr_t)dst - (uintptr_t)(b0 * p->k) * sizeof(float));
+                local[q].sm = p->k;
+                local[q].sk = 1;
+                dst += NK_BLOCK * p->k;
+            }
+        }
         for (long j = 0; j < np; j++) {
             int nc = (int)(N - j * NR < NR ? N - j * NR : NR);
             for (long m0 = b0; m0 < b1; m0 += MR) {
@@ -226,7 +306,7 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
                 const float *irow[MR];
                 if (init != NULL)
                     for (int r = 0; r < mr; r++) irow[r] = init_row(init, m0 + r) + j * NR;
-                tile(parts, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
+                tile(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
                      nc, init != NULL ? irow : NULL, act);
             }
         }

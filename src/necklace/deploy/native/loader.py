@@ -45,7 +45,7 @@ from typing import Any
 __all__ = ["VERSION", "NativeBuild", "build", "cache_dir", "library", "reset", "status"]
 
 #: what ``nk_native_version()`` of a library built from the sources returns (another version is rebuilt)
-VERSION = 11
+VERSION = 12
 #: the C sources, beside this file: the Winograd transforms and the GEMMs (with the convs' epilogues)
 _SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("gemm.c"))
 _FLAG_SETS: tuple[tuple[str, ...], ...] = (
