@@ -197,3 +197,34 @@ def test_bottleneck_shortcut_added_in_the_winograd_output_transform() -> None:
     assert hooked == [1]
     with pytest.raises(ValueError, match="residual must be a float32 map of the output's shape"):
         wg.winograd_conv3x3_native(x, torch.zeros(36, 32, 32), residual=torch.zeros(1, 32, 3, 3))
+
+
+@pytest.mark.parametrize("flags", [("-O3", "-mavx2", "-mfma", "-fopenmp"), ("-O3",)], ids=["avx2", "portable"])
+def test_library_built_without_avx512_or_simd_computes_the_same(
+    flags: tuple[str, ...], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The kernels' other code paths (AVX2 without AVX-512; plain C, no OpenMP), built by the loader's own fallback
+    flag sets, give the same results as torch."""
+    from necklace.deploy.native import winograd as wg
+
+    monkeypatch.setenv("NECKLACE_NATIVE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_FLAG_SETS", (flags,))
+    native.reset()
+    try:
+        report = native.build()
+        assert report.loaded and report.flags == " ".join(flags), report
+        g = torch.Generator().manual_seed(7)
+        parts = [torch.randn(50, 20, generator=g), torch.randn(13, 50, generator=g).t()]
+        w, b = torch.randn(21, 33, generator=g), torch.randn(21, generator=g)
+        for act in ("none", "relu", "swish"):
+            out = gemm_into(torch.empty(50, 21), parts, pack_panels(w), b, act=act)
+            _close(out, ACTS[act](torch.cat(parts, 1) @ w.t() + b))
+        x = torch.randn(1, 24, 13, 11, generator=g).contiguous(memory_format=CL)
+        wt, bt = torch.randn(20, 24, 3, 3, generator=g), torch.randn(20, generator=g)
+        ut = wg.winograd_filter(wt).transpose(1, 2).contiguous()
+        y = wg.winograd_conv3x3_native(x, ut, bt, "swish", residual=x[:, :20])
+        _close(y, x[:, :20] + F.silu(F.conv2d(x, wt, bt, padding=1)), 1e-4)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+        assert native.build().loaded  # (the other tests run on the library from the usual cache)
