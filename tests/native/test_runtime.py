@@ -150,3 +150,20 @@ def test_native_nodes_skip_identity_edges_but_plain_nodes_call_every_edge() -> N
     assert plain_calls == sum(len(n.edges) for n in neck.nodes.values())  # hooks fire on every edge, no_grad too
     fast = deploy(neck, runtime="native")
     assert all(isinstance(n, NativeNode) for n in fast.nodes.values())
+
+
+def test_inference_scope_checks_once_and_still_follows_autograd() -> None:
+    from necklace.deploy.native import guard
+
+    with torch.enable_grad(), guard.inference_scope() as on:
+        assert not on and guard.inference_paths_off()  # autograd on: never entered
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="inside"):
+            with guard.inference_scope() as on:
+                assert on and not guard.inference_paths_off()
+                with torch.enable_grad():
+                    assert guard.inference_paths_off()  # autograd is still looked at inside
+                raise RuntimeError("inside")
+        assert getattr(guard._scope, "depth", 0) == 0  # closed on the way out of an error
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert guard.inference_paths_off()  # outside a scope: the full check

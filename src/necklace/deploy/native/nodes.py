@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from necklace.deploy.native.fold import compose_transposed_conv3x3, transposed_conv3x3_constant, transposed_conv3x3_into
 from necklace.deploy.native.gemm import PointwiseToChannelsLast, add_pointwise_, concat_pointwise, pointwise_head_ok
-from necklace.deploy.native.guard import inference_paths_off
+from necklace.deploy.native.guard import inference_paths_off, inference_scope
 from necklace.deploy.native.modules import ACT_NAMES, _retyped, epilogue_act
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.deploy.native.winograd import WinogradConv2d, winograd_eligible
@@ -313,6 +313,10 @@ class NativeGraphNeck(GraphNeck):
         self.channels_last_direct: frozenset[str] = frozenset()
         #: the same for single NCHW maps in inference only: every reader is a concatenation only a 1x1 head reads
         self.channels_last_direct_single: frozenset[str] = frozenset()
+
+    def _run(self, features: list[Tensor], keep: tuple[str, ...]) -> dict[str, Tensor]:
+        with inference_scope():  # (the native paths' guard checked once for the whole forward)
+            return super()._run(features, keep)
 
     def _enter(self, name: str, feature: Tensor) -> Tensor:
         if (
