@@ -228,3 +228,19 @@ def test_library_built_without_avx512_or_simd_computes_the_same(
         monkeypatch.undo()
         native.reset()
         assert native.build().loaded  # (the other tests run on the library from the usual cache)
+
+
+@pytest.mark.parametrize("act", ["silu", "relu"])
+def test_strided_conv_activation_by_the_native_loop(act: str) -> None:
+    from necklace.deploy.native.modules import conv_then_act
+
+    torch.manual_seed(2)
+    block = ConvNormAct(16, 24, 3, stride=2, cfg=ConvCfg(norm="bn", act=act)).eval()
+    x = torch.randn(1, 16, 21, 17).contiguous(memory_format=CL)
+    fast = necklace.deploy(block, runtime="native", example_inputs=x)
+    with torch.no_grad():
+        got = conv_then_act(fast, x)
+        assert got is not None
+        _close(got, block(x), 1e-5)
+        _close(fast(x), block(x), 1e-5)
+    assert conv_then_act(fast, x) is None  # autograd on: the modules run

@@ -34,8 +34,10 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy.native.cgemm import gemm_into, gemm_ready, packed_columns
+from necklace.deploy.native.cgemm import GEMM_ACTS, gemm_into, gemm_ready, packed_columns
 from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pixel_matrix, pointwise_head_ok
+from necklace.deploy.native.guard import inference_paths_off
+from necklace.deploy.native.loader import library as native_library
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.deploy.native.winograd import NATIVE_ACTS, WinogradConv2d, winograd_eligible
 from necklace.layers.blocks import Bottleneck, C2f, C3k2, CSPBlock
@@ -53,6 +55,7 @@ __all__ = [
     "NativeRepConv",
     "NativeResample",
     "conv_act",
+    "conv_then_act",
     "epilogue_act",
     "fast_conv",
     "native_module",
@@ -126,9 +129,28 @@ class NativeConvNormAct(ConvNormAct):
             y = conv_act(self.conv, self.act, x)
             if y is None:
                 y = pointwise_act(self, x)
+            if y is None:
+                y = conv_then_act(self, x)
             if y is not None:
                 return y
         return super().forward(x)
+
+
+def conv_then_act(block: ConvNormAct, x: Tensor) -> Tensor | None:
+    """A folded :class:`ConvNormAct` whose conv runs as torch's (a strided conv, say) with its SiLU or ReLU then run
+    in place by the native library's vectorised loop (half the time of torch's SiLU here); ``None`` where that does
+    not apply (other activations, hooks, autograd / tracing, a layout the loop cannot take as one run)."""
+    act = epilogue_act(block)
+    if act not in ("swish", "relu") or inference_paths_off():
+        return None
+    lib = native_library()
+    if lib is None or not isinstance(x, Tensor) or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    y = block.conv(x)
+    if y.dtype != torch.float32 or not (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last)):
+        return block.act(y)
+    lib.nk_act(y.data_ptr(), y.numel(), GEMM_ACTS[act], torch.get_num_threads())
+    return y
 
 
 def pointwise_act(block: ConvNormAct, x: Tensor) -> Tensor | None:
