@@ -258,19 +258,19 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
 #endif
 }
 
-/* rows [r0, r1) of one product, every panel: panel-major over blocks of up to 8 row tiles, so a panel is read
- * from L1 by 8 tiles and the rows of A stay in L2 across the panels */
-/* one thread's buffer for the rows of a part read across its columns (an NCHW map), kept between calls */
-static __thread float *pack_buf = NULL;
-static __thread size_t pack_n = 0;
+/* one thread's scratch buffers, kept between calls (the OpenMP pool's threads live as long as the process): slot
+ * NK_SCRATCH_PACK for the rows of parts read across their columns, NK_SCRATCH_WINO for a Winograd band (kernels.c).
+ * NULL where the memory could not be had (the callers then do without, or report it). */
+static __thread float *scratch_buf[2] = {NULL, NULL};
+static __thread size_t scratch_len[2] = {0, 0};
 
-static float *pack_get(size_t n) {
-    if (n > pack_n) {
-        free(pack_buf);
-        pack_buf = (float *)malloc(n * sizeof(float));
-        pack_n = pack_buf != NULL ? n : 0;
+float *nk_scratch(int slot, size_t n) {
+    if (n > scratch_len[slot]) {
+        free(scratch_buf[slot]);
+        scratch_buf[slot] = (float *)malloc(n * sizeof(float));
+        scratch_len[slot] = scratch_buf[slot] != NULL ? n : 0;
     }
-    return pack_buf;
+    return scratch_buf[slot];
 }
 
 /* dst[r * k + c] = src[r * sm + c * sk] for rows < rows, columns < k: 8 x 8 blocks transposed in registers where
@@ -325,7 +325,7 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
         local[q] = parts[q];
         if (parts[q].sk != 1) strided += parts[q].k;
     }
-    float *buf = strided > 0 ? pack_get((size_t)NK_BLOCK * strided) : NULL;
+    float *buf = strided > 0 ? nk_scratch(0, (size_t)NK_BLOCK * strided) : NULL;
     for (long b0 = r0; b0 < r1; b0 += NK_BLOCK) {
         long b1 = b0 + NK_BLOCK < r1 ? b0 + NK_BLOCK : r1;
         if (buf != NULL) {

@@ -19,6 +19,7 @@ int nk_native_version(void) { return 12; }
 /* gemm.c */
 void nk_act_run(float *v, int n, int act);
 void nk_gemm_rows(const float *a, long lda, long M, long K, long N, const float *bp, float *out, long ldo);
+float *nk_scratch(int slot, size_t n);
 
 /* B^T row transform of six values (Lavin & Gray F(4x4, 3x3), interpolation points 0, +-1, +-2). */
 #define BT_ROWS(d0, d1, d2, d3, d4, d5, r0, r1, r2, r3, r4, r5) \
@@ -96,89 +97,76 @@ static void wino_out_band(const float *M, const float *bias, long O, long r0, lo
     for (long tile = 0; tile < t; tile++) {
         long i = r0 + tile / tw, j = tile % tw;
         for (long o0 = 0; o0 < O; o0 += CB) {
-        int cb = (int)(O - o0 < CB ? O - o0 : CB);
-        const float *m = M + tile * O + o0;
-        float s[4][6][CB];
-        for (int b = 0; b < 6; b++) {
-            const float *q[6];
-            for (int a = 0; a < 6; a++) q[a] = m + (long)(6 * a + b) * pstride;
-            float v[6][CB];
-            if (cb == CB) {
-                for (int a = 0; a < 6; a++)
-                    for (int k = 0; k < CB; k++) v[a][k] = q[a][k];
-            } else {
-                for (int a = 0; a < 6; a++)
-                    for (int k = 0; k < CB; k++) v[a][k] = k < cb ? q[a][k] : 0.f;
-            }
-            for (int k = 0; k < CB; k++) {
-                float p1 = v[1][k] + v[2][k], n1 = v[1][k] - v[2][k], p2 = v[3][k] + v[4][k], n2 = v[3][k] - v[4][k];
-                s[0][b][k] = v[0][k] + p1 + p2;
-                s[1][b][k] = n1 + 2.f * n2;
-                s[2][b][k] = p1 + 4.f * p2;
-                s[3][b][k] = n1 + 8.f * n2 + v[5][k];
-            }
-        }
-        float bv[CB];
-        for (int k = 0; k < CB; k++) bv[k] = (bias != NULL && k < cb) ? bias[o0 + k] : 0.f;
-        for (int a = 0; a < 4; a++) {
-            long yy = 4 * i + a;
-            if (yy >= H) break;
-            float y[4][CB];
-            for (int k = 0; k < CB; k++) {
-                float p1 = s[a][1][k] + s[a][2][k], n1 = s[a][1][k] - s[a][2][k];
-                float p2 = s[a][3][k] + s[a][4][k], n2 = s[a][3][k] - s[a][4][k];
-                y[0][k] = s[a][0][k] + p1 + p2 + bv[k];
-                y[1][k] = n1 + 2.f * n2 + bv[k];
-                y[2][k] = p1 + 4.f * p2 + bv[k];
-                y[3][k] = n1 + 8.f * n2 + s[a][5][k] + bv[k];
-            }
-            for (int b = 0; b < 4; b++) {
-                long xx = 4 * j + b;
-                if (xx >= W) break;
-                float *o = out + yy * sh + xx * sw + o0 * sc;
-                float *yb = y[b];
-                if (accumulate) {
-                    if (cb == CB && sc == 1) {
-                        for (int k = 0; k < CB; k++) yb[k] += o[k];
-                    } else {
-                        for (int k = 0; k < cb; k++) yb[k] += o[k * sc];
-                    }
-                }
-                if (act == 1) {
-                    for (int k = 0; k < CB; k++) yb[k] = yb[k] < 0.f ? 0.f : yb[k]; /* NaN stays NaN, as torch's */
-                } else if (act == 2) {
-                    nk_act_run(yb, CB, 2);
-                }
-                if (res != NULL) {
-                    const float *rp = res + yy * rs[1] + xx * rs[2] + o0 * rs[0];
-                    if (cb == CB && rs[0] == 1) {
-                        for (int k = 0; k < CB; k++) yb[k] += rp[k];
-                    } else {
-                        for (int k = 0; k < cb; k++) yb[k] += rp[k * rs[0]];
-                    }
-                }
-                if (cb == CB && sc == 1) {
-                    for (int k = 0; k < CB; k++) o[k] = yb[k];
+            int cb = (int)(O - o0 < CB ? O - o0 : CB);
+            const float *m = M + tile * O + o0;
+            float s[4][6][CB];
+            for (int b = 0; b < 6; b++) {
+                const float *q[6];
+                for (int a = 0; a < 6; a++) q[a] = m + (long)(6 * a + b) * pstride;
+                float v[6][CB];
+                if (cb == CB) {
+                    for (int a = 0; a < 6; a++)
+                        for (int k = 0; k < CB; k++) v[a][k] = q[a][k];
                 } else {
-                    for (int k = 0; k < cb; k++) o[k * sc] = yb[k];
+                    for (int a = 0; a < 6; a++)
+                        for (int k = 0; k < CB; k++) v[a][k] = k < cb ? q[a][k] : 0.f;
+                }
+                for (int k = 0; k < CB; k++) {
+                    float p1 = v[1][k] + v[2][k], n1 = v[1][k] - v[2][k], p2 = v[3][k] + v[4][k], n2 = v[3][k] - v[4][k];
+                    s[0][b][k] = v[0][k] + p1 + p2;
+                    s[1][b][k] = n1 + 2.f * n2;
+                    s[2][b][k] = p1 + 4.f * p2;
+                    s[3][b][k] = n1 + 8.f * n2 + v[5][k];
+                }
+            }
+            float bv[CB];
+            for (int k = 0; k < CB; k++) bv[k] = (bias != NULL && k < cb) ? bias[o0 + k] : 0.f;
+            for (int a = 0; a < 4; a++) {
+                long yy = 4 * i + a;
+                if (yy >= H) break;
+                float y[4][CB];
+                for (int k = 0; k < CB; k++) {
+                    float p1 = s[a][1][k] + s[a][2][k], n1 = s[a][1][k] - s[a][2][k];
+                    float p2 = s[a][3][k] + s[a][4][k], n2 = s[a][3][k] - s[a][4][k];
+                    y[0][k] = s[a][0][k] + p1 + p2 + bv[k];
+                    y[1][k] = n1 + 2.f * n2 + bv[k];
+                    y[2][k] = p1 + 4.f * p2 + bv[k];
+                    y[3][k] = n1 + 8.f * n2 + s[a][5][k] + bv[k];
+                }
+                for (int b = 0; b < 4; b++) {
+                    long xx = 4 * j + b;
+                    if (xx >= W) break;
+                    float *o = out + yy * sh + xx * sw + o0 * sc;
+                    float *yb = y[b];
+                    if (accumulate) {
+                        if (cb == CB && sc == 1) {
+                            for (int k = 0; k < CB; k++) yb[k] += o[k];
+                        } else {
+                            for (int k = 0; k < cb; k++) yb[k] += o[k * sc];
+                        }
+                    }
+                    if (act == 1) {
+                        for (int k = 0; k < CB; k++) yb[k] = yb[k] < 0.f ? 0.f : yb[k]; /* NaN stays NaN, as torch's */
+                    } else if (act == 2) {
+                        nk_act_run(yb, CB, 2);
+                    }
+                    if (res != NULL) {
+                        const float *rp = res + yy * rs[1] + xx * rs[2] + o0 * rs[0];
+                        if (cb == CB && rs[0] == 1) {
+                            for (int k = 0; k < CB; k++) yb[k] += rp[k];
+                        } else {
+                            for (int k = 0; k < cb; k++) yb[k] += rp[k * rs[0]];
+                        }
+                    }
+                    if (cb == CB && sc == 1) {
+                        for (int k = 0; k < CB; k++) o[k] = yb[k];
+                    } else {
+                        for (int k = 0; k < cb; k++) o[k * sc] = yb[k];
+                    }
                 }
             }
         }
-        }
     }
-}
-
-/* one thread's scratch (V and M of a band), kept between calls (the pool's threads live as long as the process) */
-static __thread float *scratch = NULL;
-static __thread size_t scratch_n = 0;
-
-static float *scratch_get(size_t n) {
-    if (n > scratch_n) {
-        free(scratch);
-        scratch = (float *)malloc(n * sizeof(float));
-        scratch_n = scratch != NULL ? n : 0;
-    }
-    return scratch;
 }
 
 /* out = act(conv3x3(x) + bias (+ out, accumulate)) (+ res), stride 1, zero padding 1, for n images (image strides
@@ -186,7 +174,8 @@ static float *scratch_get(size_t n) {
  * per band of whole tile rows, one thread transforms the band's input tiles into V (36, t, C), mixes the channels
  * with gemm.c's kernel into M (36, t, O) (U packed as (36, ceil(O/16), C, 16)) and transforms M back into out, so
  * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads; the call
- * returns -1 (nothing written) where a scratch buffer could not be allocated, else 0. */
+ * returns -1 where a scratch buffer could not be allocated (the output is then incomplete: the caller raises),
+ * else 0. */
 int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long sc, long sh, long sw, const float *up,
                  const float *bias, long O, float *out, long on, long oc, long oh, long ow, int act, int accumulate,
                  const float *res, long rn, long rc, long rh, long rw, long tiles, int nthreads) {
@@ -201,7 +190,7 @@ int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long s
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1) reduction(| : failed)
     {
-        float *V = scratch_get((size_t)36 * tmax * (C + O));
+        float *V = nk_scratch(1, (size_t)36 * tmax * (C + O)); /* V and M of a band */
         if (V == NULL) {
             failed = 1;
         } else {
