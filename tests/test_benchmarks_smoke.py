@@ -299,3 +299,18 @@ def test_vs_peers_compiled_path(vs_peers, tmp_path: Path) -> None:  # type: igno
     assert c["max_rel_diff_vs_peer"] <= 1e-3 and c["ratio_compiled_over_peer"]["median"] > 0
     assert c["necklace_compiled"]["median_ms"] > 0
     assert "necklace.compile_model(backend='torchscript')" in md and "compile " in md
+
+
+def test_native_gemm_benchmark_runs_and_checks_values(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import native_gemm
+    finally:
+        sys.path.remove(str(BENCH))
+    argv = ["--repeats", "2", "--warmup", "1", "--threads", "1", "--malloc", "default", "--out", str(tmp_path)]
+    assert native_gemm.main(argv) == 0
+    results = json.loads((tmp_path / "native_gemm.json").read_text())["results"]
+    assert [(r["pixels"], r["parts"], r["out_channels"]) for r in results] == [
+        (m, list(ks), n) for m, ks, n in native_gemm.CASES
+    ]
+    assert all(r["max_rel_diff"] < 1e-5 and r["ratio"]["median"] > 0 and r["native"]["repeats"] == 2 for r in results)
