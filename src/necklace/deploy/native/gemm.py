@@ -4,8 +4,10 @@
   ``addmm`` on the map's own matrix view.
 - :class:`PointwiseToChannelsLast`: a lateral 1x1 conv that reads an NCHW backbone map and writes a channels_last
   one in the same GEMM (no layout conversion pass).
-- :func:`concat_pointwise`: ``conv1x1(cat(parts))`` as one GEMM per part accumulated into one output (YOLOv8's C2f
-  nodes); nearest-upsampled parts run at their own resolution.
+- :func:`concat_pointwise`: ``act(conv1x1(cat(parts)))`` without the concatenation (YOLOv8's C2f nodes, C3k2, CSP
+  blocks): with the native library, one call of its GEMM over every part (:mod:`necklace.deploy.native.cgemm`: bias
+  and activation fused, a nearest-upsampled part multiplied at its own resolution and read through the
+  upsampling); otherwise one ``addmm`` per part accumulated into one output.
 - :func:`add_pointwise_`: ``acc += conv1x1(x)`` in place (FPN's lateral added into the upsampled map).
 
 All are inference paths (:func:`necklace.deploy.native.guard.inference_paths_off`): under autograd, tracing or
