@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -97,3 +98,30 @@ def block_network(mp: Any) -> list[str]:
     mp.setattr(socket, "getaddrinfo", local_only)
     mp.setattr(socket.socket, "connect", refuse)
     return attempts
+
+
+def trial_key(r: Any) -> tuple[Any, ...]:
+    """What must match between two runs of a search: a trial record's number, kind, options, status, rungs, value."""
+    rungs = tuple((d["step"], round(d["ap"], 6), round(d["ap_small"], 6)) for d in r.rungs)
+    return (r.number, r.kind, r.label, json.dumps(r.options, sort_keys=True), r.status, r.pruned_at, rungs, r.value)
+
+
+def assert_search_resumes(search: Any, cfg: Any, reference: Any, trial: int, folder: Any) -> None:
+    """Interrupt ``search(cfg)`` (Ctrl-C) in trial ``trial`` after its first rung, then run it again: the rung
+    checkpoint waits for the rerun, the rerun gives ``reference``'s trials, and the checkpoint is gone after."""
+    import pytest
+
+    stop = {"armed": True}
+
+    def interrupt(number: int, rung: Any) -> None:
+        if number == trial and rung.rung == 0 and stop["armed"]:
+            stop["armed"] = False
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(cfg, progress=False, on_rung=interrupt)
+    checkpoint = folder / "trials" / f"trial{trial}.pt"
+    assert checkpoint.is_file()  # its rung checkpoint waits for the rerun
+    resumed = search(cfg, progress=False)
+    assert [trial_key(r) for r in resumed.records] == [trial_key(r) for r in reference.records]
+    assert not checkpoint.exists()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests.helpers import assert_search_resumes
 
 import necklace
 from necklace import FeatureSpec, GraphNeck
@@ -266,11 +267,6 @@ def tiny(output: Path, **changes: Any) -> SearchConfig:
     return SearchConfig(**kw)
 
 
-def _key(r: TrialRecord) -> tuple[Any, ...]:
-    rungs = tuple((d["step"], round(d["ap"], 6), round(d["ap_small"], 6)) for d in r.rungs)
-    return (r.number, r.kind, r.label, json.dumps(r.options, sort_keys=True), r.status, r.pruned_at, rungs, r.value)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Any:
     pytest.importorskip("optuna")
@@ -300,19 +296,7 @@ def test_resume_after_an_interruption_gives_the_same_trials(uninterrupted: Any, 
     from necklace.detection.search import search
 
     cfg = tiny(tmp_path)
-    stop = {"armed": True}
-
-    def interrupt(number: int, rung: Any) -> None:  # Ctrl-C in the middle of trial 3, after its first rung
-        if number == 3 and rung.rung == 0 and stop["armed"]:
-            stop["armed"] = False
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, progress=False, on_rung=interrupt)
-    assert (tmp_path / "trials" / "trial3.pt").is_file()  # its rung checkpoint waits for the rerun
-    resumed = search(cfg, progress=False)
-    assert [_key(r) for r in resumed.records] == [_key(r) for r in uninterrupted.records]
-    assert not (tmp_path / "trials" / "trial3.pt").exists()
+    assert_search_resumes(search, cfg, uninterrupted, 3, tmp_path)  # Ctrl-C in trial 3, after its first rung
 
 
 def test_another_config_in_the_same_folder_is_refused(uninterrupted: Any) -> None:

@@ -23,7 +23,7 @@ import torch
 ultralytics = pytest.importorskip("ultralytics")
 pytest.importorskip("optuna")
 
-from tests.helpers import block_network  # noqa: E402
+from tests.helpers import assert_search_resumes, block_network  # noqa: E402
 
 from necklace.cli import main  # noqa: E402
 from necklace.cli.search import add_search_parser, search_config_from_args  # noqa: E402
@@ -244,11 +244,6 @@ def _reuse_warmup(searched: Any, output: Path) -> None:
     shutil.copytree(Path(searched.config.output) / "backbone", output / "backbone")
 
 
-def _key(r: TrialRecord) -> tuple[Any, ...]:
-    rungs = tuple((d["step"], round(d["ap"], 6), round(d["ap_small"], 6)) for d in r.rungs)
-    return (r.number, r.kind, r.label, json.dumps(r.options, sort_keys=True), r.status, r.pruned_at, rungs, r.value)
-
-
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("yolo_search")
@@ -325,19 +320,7 @@ def test_the_whole_yolo_detector_can_be_what_is_timed(searched: Any, tmp_path: P
 def test_resume_after_an_interruption_gives_the_same_trials(searched: Any, tmp_path: Path) -> None:
     _reuse_warmup(searched, tmp_path)
     cfg = tiny(tmp_path)
-    stop = {"armed": True}
-
-    def interrupt(number: int, rung: Any) -> None:  # Ctrl-C in the middle of trial 2, after its first rung
-        if number == 2 and rung.rung == 0 and stop["armed"]:
-            stop["armed"] = False
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        search(cfg, progress=False, on_rung=interrupt)
-    assert (tmp_path / "trials" / "trial2.pt").is_file()  # its rung checkpoint waits for the rerun
-    resumed = search(cfg, progress=False)
-    assert [_key(r) for r in resumed.records] == [_key(r) for r in searched.records]
-    assert not (tmp_path / "trials" / "trial2.pt").exists()
+    assert_search_resumes(search, cfg, searched, 2, tmp_path)  # Ctrl-C in trial 2, after its first rung
 
 
 @pytest.mark.train

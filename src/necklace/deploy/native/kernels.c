@@ -10,7 +10,6 @@
  */
 #include <math.h>
 #include <stddef.h>
-#include <stdlib.h>
 
 #define CB 16
 

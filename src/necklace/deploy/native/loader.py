@@ -158,8 +158,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.nk_native_version.restype = _I
     lib.nk_native_version.argtypes = []
     lib.nk_wino_conv.restype = _I
-    lib.nk_wino_conv.argtypes = [_P, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _L, _P, _L, _L, _L, _L, _I, _I, _P]
-    lib.nk_wino_conv.argtypes = [*lib.nk_wino_conv.argtypes, _L, _L, _L, _L, _L, _I]
+    # x, n, H, W, C, 4 strides, packed U, bias, O, out, 4 strides, act, accumulate, residual, 4 strides, tiles, threads
+    lib.nk_wino_conv.argtypes = [_P, *[_L] * 8, _P, _P, _L, _P, *[_L] * 4, _I, _I, _P, *[_L] * 5, _I]
     lib.nk_gemm.restype = None
     lib.nk_gemm.argtypes = [_I, _P, _L, _L, _P, _P, _P, _L, _P, _L, _L, _L, _L, _L, _I, _I]
     lib.nk_act.restype = None

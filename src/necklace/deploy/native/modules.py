@@ -189,11 +189,10 @@ class NativeBottleneck(Bottleneck):
     def forward(self, x: Tensor) -> Tensor:
         h = self.cv1(x)
         cv2 = self.cv2
-        if self.add and type(cv2) is NativeConvNormAct and not _hooks(self, cv2):
-            if not cv2.act_first and not cv2.same and type(cv2.norm) is nn.Identity:
-                y = conv_act(cv2.conv, cv2.act, h, residual=x)
-                if y is not None:
-                    return y
+        if self.add and type(cv2) is NativeConvNormAct and not _hooks(self) and epilogue_act(cv2) is not None:
+            y = conv_act(cv2.conv, cv2.act, h, residual=x)
+            if y is not None:
+                return y
         y = cv2(h)
         return x + y if self.add else y
 
