@@ -67,7 +67,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,148 +76,27 @@ from torch import Tensor, nn
 if __package__ in (None, ""):  # run as a script: make the sibling module importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import common  # type: ignore[import-not-found]
+    from vs_peers_cases import CONFIGS, Case  # type: ignore[import-not-found]
+    from vs_peers_report import _mb, markdown  # type: ignore[import-not-found]
 else:  # imported as benchmarks.vs_peers
     from benchmarks import common  # type: ignore[no-redef]
+    from benchmarks.vs_peers_cases import CONFIGS, Case  # type: ignore[no-redef]
+    from benchmarks.vs_peers_report import _mb, markdown  # type: ignore[no-redef]
 
-from necklace import CompileReport, FeatureSpec, compile_model
+from necklace import CompileReport, compile_model
 from necklace.bench import (
-    EFFICIENTNET_B0_C3_C5,
-    RESNET50_C3_C5,
     count_call_flops,
     count_params,
-    default_in_specs,
     peers,
     random_features,
     train_step,
 )
-from necklace.bench.peers import DEPLOY_TOL, MMYOLO_FACTORS, NO_PEER_DEPLOY, R50_C2, TOL, Pair
+from necklace.bench.peers import DEPLOY_TOL, NO_PEER_DEPLOY, TOL, Pair
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIGS = ("r50_fpn", "r50_pafpn", "bifpn_d0", "yolov8n")
-R50 = RESNET50_C3_C5
-B0 = EFFICIENTNET_B0_C3_C5
 
 Call = Callable[[list[Tensor]], list[Tensor]]
-
-
-# ----------------------------------------------------------------------------------------------- cases
-# the pairs (peer builders, weights carried over by necklace.convert) are necklace.bench.peers'; a case groups them
-@dataclass
-class Case:
-    name: str
-    title: str
-    image_size: tuple[int, int]
-    in_specs: tuple[FeatureSpec, ...]
-    pairs: list[Pair]
-    notes: list[str] = field(default_factory=list)
-
-
-def _r50_fpn(size: tuple[int, int]) -> Case:
-    pairs = [peers.torchvision_fpn_pair(R50, 256), peers.mmdet_pair("FPN", R50, 256)]
-    return Case("r50_fpn", "R50-FPN P3-P5 (C3-C5 512/1024/2048 -> 256)", size, R50, pairs)
-
-
-def _r50_fpn_p6p7(size: tuple[int, int]) -> Case:
-    pairs = [
-        peers.torchvision_fpn_pair(R50, 256, p6p7=True),
-        peers.mmdet_pair("FPN", R50, 256, " (RetinaNet: P6/P7 convs on C5)", add_extra_convs="on_input", num_outs=5),
-    ]
-    return Case("r50_fpn_p6p7", "R50-FPN P3-P7 (C3-C5 -> 256, two stride-2 extra convs)", size, R50, pairs)
-
-
-def _r50_pafpn(size: tuple[int, int]) -> Case:
-    return Case("r50_pafpn", "R50-PAFPN P3-P5 (C3-C5 -> 256)", size, R50, [peers.mmdet_pair("PAFPN", R50, 256)])
-
-
-def _bifpn_d0(size: tuple[int, int]) -> Case:
-    case = Case(
-        "bifpn_d0",
-        "BiFPN-D0 (EfficientNet-B0 C3-C5 40/112/320 -> 64, 3 cells, P3-P7), eager vs eager",
-        size,
-        B0,
-        [peers.effdet_bifpn_pair("tf_efficientdet_d0", B0, size)],
-    )
-    case.notes.append("necklace: bifpn preset d0, padding='same', redundant_bias=True (the tf_ port's layout)")
-    return case
-
-
-def _yolo(scale: str, version: str = "v8") -> Callable[[tuple[int, int]], Case]:
-    """YOLOv8 (``yolo_pafpn``) or YOLO11 (``yolo11_pafpn``) neck of ``scale`` vs ultralytics' own, on the
-    preset's backbone P3-P5."""
-    neck = "yolo_pafpn" if version == "v8" else "yolo11_pafpn"
-    model = f"yolov8{scale}" if version == "v8" else f"yolo11{scale}"
-    make_pair = peers.ultralytics_yolov8_pair if version == "v8" else peers.ultralytics_yolo11_pair
-    specs = default_in_specs(neck, {"preset": scale})
-
-    def build(size: tuple[int, int]) -> Case:
-        chans = "/".join(str(s.channels) for s in specs)
-        case = Case(
-            model, f"{model.upper()[:-1]}{scale} neck (P3-P5 {chans} in)", size, specs, [make_pair(scale, specs)]
-        )
-        case.notes.append(f"necklace: {neck} preset {scale}; ultralytics built from {model}.yaml")
-        return case
-
-    return build
-
-
-def _yolov6(preset: str) -> Callable[[tuple[int, int]], Case]:
-    widen = MMYOLO_FACTORS[preset][1]
-    specs = peers.mmyolo_in_specs(preset)
-    chans = "/".join(str(s.channels) for s in specs)
-
-    def build(size: tuple[int, int]) -> Case:
-        peers.check_divisible(f"yolov6{preset}", size, *peers.MMYOLO_DIVISIBLE)
-        case = Case(
-            f"yolov6{preset}",
-            f"YOLOv6-{preset.upper()} RepPAN (P3-P5 {chans} in)",
-            size,
-            specs,
-            [peers.mmyolo_reppafpn_pair(preset, specs)],
-        )
-        case.notes.append(
-            f"necklace: rep_pafpn preset {preset}; mmyolo YOLOv6RepPAFPN as in its yolov6_{preset} config "
-            f"(deepen {MMYOLO_FACTORS[preset][0]}, widen {widen}, RepVGGBlock, BN eps 1e-3, ReLU)"
-        )
-        return case
-
-    return build
-
-
-def _nasfpn(size: tuple[int, int]) -> Case:
-    peers.check_divisible("nasfpn", size, *peers.NASFPN_DIVISIBLE)
-    case = Case(
-        "nasfpn",
-        "NAS-FPN, RetinaNet config (C2-C5 256/512/1024/2048 in, start_level 1, 256 wide, P3-P7, 7 stacks, BN)",
-        size,
-        R50_C2,
-        [peers.mmdet_nasfpn_pair(R50_C2, 256, stack_times=7, start_level=1)],
-    )
-    case.notes.append(
-        "necklace: nasfpn width 256, stack_times 7, levels (3, 7), norm bn; mmdet NASFPN as in "
-        "retinanet_r50_nasfpn_crop640-50e_coco.py (the C2 map is given, unused by both)"
-    )
-    return case
-
-
-def _tiny_fpn(size: tuple[int, int]) -> Case:
-    specs = (FeatureSpec(16, 8), FeatureSpec(32, 16), FeatureSpec(64, 32))
-    return Case(
-        "tiny_fpn", "tiny FPN (16/32/64 -> 32) for smoke tests", size, specs, [peers.torchvision_fpn_pair(specs, 32)]
-    )
-
-
-CONFIGS: dict[str, tuple[Callable[[tuple[int, int]], Case], tuple[int, int], str]] = {
-    "r50_fpn": (_r50_fpn, (640, 640), "R50 C3-C5 -> 256 FPN vs torchvision FeaturePyramidNetwork and mmdet FPN"),
-    "r50_fpn_p6p7": (_r50_fpn_p6p7, (640, 640), "FPN P3-P7 vs torchvision + LastLevelP6P7, mmdet RetinaNet FPN"),
-    "r50_pafpn": (_r50_pafpn, (640, 640), "R50 C3-C5 -> 256 PAFPN vs mmdet PAFPN"),
-    "bifpn_d0": (_bifpn_d0, (512, 512), "BiFPN-D0 vs efficientdet-pytorch BiFpn (tf_efficientdet_d0)"),
-    "yolov8n": (_yolo("n"), (640, 640), "yolo_pafpn n vs ultralytics YOLOv8n layers 10-21"),
-    "yolov8s": (_yolo("s"), (640, 640), "yolo_pafpn s vs ultralytics YOLOv8s layers 10-21"),
-    "yolo11n": (_yolo("n", "11"), (640, 640), "yolo11_pafpn n vs ultralytics YOLO11n layers 11-22"),
-    "yolov6n": (_yolov6("n"), (640, 640), "rep_pafpn n vs mmyolo YOLOv6RepPAFPN (yolov6_n config; size % 32)"),
-    "nasfpn": (_nasfpn, (640, 640), "nasfpn vs mmdet NASFPN (RetinaNet NAS-FPN, 7 stacks; heavy; size % 128)"),
-    "tiny_fpn": (_tiny_fpn, (64, 64), "16/32/64 -> 32 FPN vs torchvision (smoke tests)"),
-}
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -240,10 +118,6 @@ run_pair_parity = peers.parity
 def _train_step(module: nn.Module, call: Call | None, feats: list[Tensor]) -> Callable[[], object]:
     """One forward + backward of ``sum(out.sum())`` in train mode; grads are set to None first."""
     return train_step(module, feats, call)
-
-
-def _mb(n: int) -> float:
-    return n / 2**20
 
 
 def _deployed(
@@ -588,198 +462,6 @@ def _run_compiled(
             f"  compiled ({args.compile}, {report.compile_s:.1f} s to compile) vs {pair.peer} "
             f"({row['compiled']['peer_form']}): ratio {ratio['median']:.3f}"
         )
-
-
-# ----------------------------------------------------------------------------------------------- reporting
-def _f(v: float, digits: int = 2) -> str:
-    return f"{v:.{digits}f}"
-
-
-def _deployed_cells(p: dict[str, Any]) -> list[str]:
-    """The two deployed columns of a pair's row: ``nk ms / peer ms`` and the ratio nk deployed / peer deployed."""
-    d = p.get("eval_deployed")
-    if d is None:
-        return ["-", "-"]
-    pd = d.get("peer_deploy")  # absent in entries kept (--merge) from runs before peer deploy forms were timed
-    star = "" if pd and pd["has_deploy_form"] and "note" not in pd else " (eager)"
-    nk = _f(d["necklace_deployed"]["median_ms"]) if "necklace_deployed" in d else "-"
-    if "peer_deployed" not in d:
-        return [f"{nk} / -", "-"]
-    cells = [f"{nk} / {_f(d['peer_deployed']['median_ms'])}{star}"]
-    if "ratio_deployed_over_peer_deployed" in d:
-        r = d["ratio_deployed_over_peer_deployed"]
-        cells.append(f"**{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}]{star}")
-    else:
-        cells.append("-")
-    return cells
-
-
-def _compiled_note(d: dict[str, Any]) -> str:
-    """The notes line of ``--compile``: ratio of the compiled necklace neck to the peer's deployed form."""
-    if "note" in d:
-        return str(d["note"])
-    r = d["ratio_compiled_over_peer"]
-    return (
-        f"necklace.compile_model(backend={d['backend']!r}) {_f(d['necklace_compiled']['median_ms'])} ms vs peer "
-        f"{d['peer_form']} {_f(d['peer']['median_ms'])} ms in rounds of their own: ratio compiled / peer "
-        f"{d['peer_form']} **{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}] (compile "
-        f"{d['compile_s']:.1f} s, not in the latency; relative diff vs peer {d['max_rel_diff_vs_peer']:.1g})"
-    )
-
-
-def _deployed_notes(p: dict[str, Any]) -> list[str]:
-    """Notes lines on the deployed forms of one pair (necklace.deploy, the peer's deploy form or its absence)."""
-    notes: list[str] = []
-    d = p.get("eval_deployed")
-    if d is None:
-        notes += [p[k] for k in ("deployed_note", "peer_deploy_note") if p.get(k)]
-        return notes
-    if "necklace_deployed" in d:
-        notes.append(
-            f"{d['what'].split(':')[0]} {_f(d['necklace_deployed']['median_ms'])} ms, "
-            f"ratio deployed/peer {_f(d['ratio_deployed_over_peer']['median'], 3)} "
-            f"(max abs diff {d['equality_vs_peer']['max_abs_diff']:.2g}"
-            + (
-                f", relative {d['equality_vs_peer']['max_rel_diff']:.1g})"
-                if "max_rel_diff" in d["equality_vs_peer"]
-                else ")"
-            )
-        )
-    elif p.get("deployed_note"):
-        notes.append(p["deployed_note"])
-    pd = d.get("peer_deploy")
-    if pd is None:  # kept (--merge) from a run before peer deploy forms were timed
-        return notes
-    if pd["has_deploy_form"] and "note" not in pd:
-        text = (
-            f"peer deployed ({pd['what']}) {_f(d['peer_deployed']['median_ms'])} ms, "
-            f"{pd['params'] / 1e6:.3f} M params, {pd['macs'] / 1e9:.3f} GMACs, "
-            f"ratio peer deployed/peer eager {_f(d['ratio_peer_deployed_over_peer']['median'], 3)} "
-            f"(max abs diff vs its eager form {pd['equality_vs_peer_eager']['max_abs_diff']:.2g})"
-        )
-    else:
-        text = pd["note"]
-    if "ratio_deployed_over_peer_deployed" in d:
-        text += f"; ratio necklace deployed / peer deployed {_f(d['ratio_deployed_over_peer_deployed']['median'], 3)}"
-    notes.append(text)
-    return notes
-
-
-def _malloc_what(mode: str) -> str:
-    if mode == "steady":
-        return "steady (glibc keeps freed memory: no call pays page faults another caused; `common.steady_allocator`)"
-    return "default (glibc as it comes: page faults per call depend on what ran before; see the notes)"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    env = result["env"]
-    s = result["settings"]
-    cpu = env["cpu"]
-    vers = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    lines = [
-        "## necklace vs peers (`benchmarks/vs_peers.py`)",
-        "",
-        f"- date: {env['date_utc']}; git {env.get('git', {}).get('commit')}"
-        f"{' (uncommitted changes)' if env.get('git', {}).get('dirty') else ''}",
-        f"- machine: {cpu['model']}, {cpu['physical_cores']} physical cores / {cpu['logical_cpus']} logical "
-        f"({cpu['usable_cpus']} usable); load average at start {env['load_avg_1_5_15']}",
-        f"- versions: python {env['python']}, {vers}",
-        f"- settings: float32, batch 1, {s['threads']} threads, eval + no_grad; {s['warmup']} warm-up rounds, "
-        f"median of {s['repeats']} interleaved rounds (train: {s['train_repeats']}); command `{s['command']}`",
-        "- ratio = median over rounds of t_necklace / t_peer (< 1: necklace faster), [p25-p75] in brackets; "
-        "GMACs from torch's FlopCounterMode (convs only); roofline share = achieved GMAC/s / GMAC/s of a "
-        f"3x3 conv 256->256 at {s['roofline_hw']}x{s['roofline_hw']} timed in the same rounds",
-        "- train = train() forward + backward of sum(outputs), inputs requiring grad; peak MB = peak of new "
-        "tensor memory in torch's CPU allocator during one step (torch.profiler allocation events)",
-        "- rounds in balanced Latin-square orders (every callable follows every other equally often)"
-        + ("; each timed eval call right after an untimed call of the same neck" if s.get("deployed") else "")
-        + "; malloc "
-        f"{_malloc_what(s.get('malloc', 'default'))}",
-    ]
-    has_dep = any("eval_deployed" in p or "deployed_note" in p for c in result["configs"] for p in c["pairs"])
-    header = (
-        "| config | peer | max abs diff (train input grads) | params M (nk / peer) | GMACs | necklace ms | peer ms "
-        "| ratio nk/peer | GMAC/s (nk / peer) | roofline share (nk / peer) | train ms (nk / peer) | train ratio "
-        "| train peak MB (nk / peer) |"
-    )
-    if has_dep:
-        lines.append(
-            "- deployed = necklace.deploy(neck) vs the peer's own deployment form (ultralytics fuse(), mmyolo "
-            "switch_to_deploy()), timed in the same eval rounds; (eager) = the peer has no deploy form (or it "
-            "failed its check): its eager form stands in"
-        )
-        header += " deployed ms (nk / peer) | ratio deployed nk / deployed peer |"
-    n_cols = header.count("|") - 1
-    lines += ["", header, "|---" * n_cols + "|"]
-    notes: list[str] = []
-    roofs: list[str] = []
-    for c in result["configs"]:
-        if "roofline" in c:
-            r = c["roofline"]
-            spread = (r["p75_ms"] - r["p25_ms"]) / r["median_ms"] * 100
-            roofs.append(f"{c['config']} {_f(r['gmac_per_s'], 1)} (IQR {spread:.0f}% of median)")
-        for p in c["pairs"]:
-            label = f"{c['config']} ({c['image_size'][0]}x{c['image_size'][1]})"
-            if p["status"] != "ok":
-                diff = f"{p['equality']['max_abs_diff']:.2g}" if "equality" in p else "-"
-                lines.append(
-                    f"| {label} | {p['peer']} | {diff} | {p['status']}: {p.get('note', '')} |" + " |" * (n_cols - 4)
-                )
-                continue
-            e = p["eval"]
-            r = e["ratio_necklace_over_peer"]
-            row = [
-                label,
-                p["peer"],
-                f"{p['equality']['max_abs_diff']:.2g}"
-                + (f" (grad {p['train']['input_grad_max_abs_diff']:.2g})" if "train" in p else ""),
-                f"{p['params']['necklace'] / 1e6:.3f} / {p['params']['peer'] / 1e6:.3f}",
-                f"{p['macs']['necklace'] / 1e9:.3f}"
-                + ("" if p["macs"]["necklace"] == p["macs"]["peer"] else f" / {p['macs']['peer'] / 1e9:.3f}"),
-                _f(e["necklace"]["median_ms"]),
-                _f(e["peer"]["median_ms"]),
-                f"**{_f(r['median'], 3)}** [{_f(r['p25'], 2)}-{_f(r['p75'], 2)}]",
-                f"{_f(e['gmac_per_s']['necklace'], 1)} / {_f(e['gmac_per_s']['peer'], 1)}",
-                f"{_f(e['roofline_share']['necklace'])} / {_f(e['roofline_share']['peer'])}",
-            ]
-            if "train" in p:
-                t = p["train"]
-                m = p["memory"]["train_step"]
-                row += [
-                    f"{_f(t['necklace']['median_ms'], 1)} / {_f(t['peer']['median_ms'], 1)}",
-                    _f(t["ratio_necklace_over_peer"]["median"], 3),
-                    f"{_f(_mb(m['necklace']['peak_bytes']), 1)} / {_f(_mb(m['peer']['peak_bytes']), 1)}",
-                ]
-            else:
-                row += ["-", "-", "-"]
-            if has_dep:
-                row += _deployed_cells(p)
-            lines.append("| " + " | ".join(row) + " |")
-        notes += [f"{c['config']}: {n}" for n in c.get("notes", [])]
-        if "error" in c:
-            notes.append(f"{c['config']}: failed: {c['error']}")
-        cs = c.get("settings")
-        mine = {k: s[k] for k in ("threads", "repeats", "train_repeats", "warmup")}
-        if c.get("run_utc", env["date_utc"]) != env["date_utc"] or (cs is not None and cs != mine):
-            notes.append(f"{c['config']}: kept from an earlier run ({c.get('measured_utc')}, settings {cs})")
-        pf = c.get("minor_faults_per_call")
-        if pf and any(v >= 1 for v in pf.values()):
-            notes.append(
-                f"{c['config']}: minor page faults per timed call: " + ", ".join(f"{k} {v:.0f}" for k, v in pf.items())
-            )
-        for p in c["pairs"]:
-            notes += [f"{c['config']} vs {p['peer']}: {n}" for n in _deployed_notes(p)]
-            if "compiled" in p:
-                notes.append(f"{c['config']} vs {p['peer']}: {_compiled_note(p['compiled'])}")
-    if roofs:
-        lines += [
-            "",
-            f"Roofline GMAC/s measured in each config's rounds: {', '.join(roofs)}. A wide roofline IQR or a "
-            "load average above 0 at start means other processes shared the cores: compare ratios only.",
-        ]
-    if notes:
-        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- main
