@@ -29,6 +29,10 @@
 #define NK_AVX2 1
 #endif
 
+#if defined(NK_AVX2) && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define NK_AVX512 1
+#endif
+
 #define NR 16
 #define MR 6
 #define NK_MAX_PARTS 8
@@ -68,13 +72,13 @@ static inline __m256 exp8(__m256 x) {
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    /* 1 + r + r^2 (c2 + c3 r + r^2 (c4 + c5 r + r^2 (c6 + c7 r))): pairs first (Estrin), a shorter dependency chain
+     * than Horner's, so the SiLUs of a tile's rows overlap */
+    __m256 r2 = _mm256_mul_ps(r, r);
+    __m256 p67 = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    __m256 p45 = _mm256_fmadd_ps(_mm256_set1_ps(8.3334519073e-3f), r, _mm256_set1_ps(4.1665795894e-2f));
+    __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(1.6666665459e-1f), r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_fmadd_ps(p67, r2, p45), r2, p23), r2, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
@@ -87,22 +91,20 @@ static inline __m256 act8(__m256 v, int act) {
 }
 #endif
 
-#if defined(NK_AVX2) && defined(__AVX512F__)
-/* exp8 and the SiLU of act8 on 16 floats (the same arithmetic, half the instructions where AVX-512 is there) */
+#ifdef NK_AVX512
+/* exp8's arithmetic on 16 floats, 2^n applied by scalef: finite up to 88.72 and +inf above, as expf (x is clamped
+ * to [-87.34, 89], where 2^128 times the polynomial overflows) */
 static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-87.3365479f), _mm512_min_ps(_mm512_set1_ps(88.7228317f), x));
+    x = _mm512_max_ps(_mm512_set1_ps(-87.3365479f), _mm512_min_ps(_mm512_set1_ps(89.f), x));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    __m512 r2 = _mm512_mul_ps(r, r);
+    __m512 p67 = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    __m512 p45 = _mm512_fmadd_ps(_mm512_set1_ps(8.3334519073e-3f), r, _mm512_set1_ps(4.1665795894e-2f));
+    __m512 p23 = _mm512_fmadd_ps(_mm512_set1_ps(1.6666665459e-1f), r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 p = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_fmadd_ps(p67, r2, p45), r2, p23), r2, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
 }
 
 static inline __m512 silu16(__m512 v) {
@@ -113,7 +115,7 @@ static inline __m512 silu16(__m512 v) {
 #ifdef NK_AVX2
 /* act8 of two vectors (a tile row's 16 columns): one 16-wide SiLU where AVX-512 is there */
 static inline void act16(__m256 x0, __m256 x1, int act, __m256 *v0, __m256 *v1) {
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#ifdef NK_AVX512
     if (act == 2) {
         __m512 y = silu16(_mm512_insertf32x8(_mm512_castps256_ps512(x0), x1, 1));
         *v0 = _mm512_castps512_ps256(y);
@@ -129,7 +131,13 @@ static inline void act16(__m256 x0, __m256 x1, int act, __m256 *v0, __m256 *v1) 
 /* apply act to n contiguous floats in place (also the Winograd output transform's, kernels.c) */
 void nk_act_run(float *v, int n, int act) {
     int i = 0;
-#if defined(NK_AVX2) && defined(__AVX512F__)
+#ifdef NK_AVX512
+    if (act == 2)
+        for (; i + 32 <= n; i += 32) { /* two independent vectors a step, as below */
+            __m512 a = silu16(_mm512_loadu_ps(v + i)), b = silu16(_mm512_loadu_ps(v + i + 16));
+            _mm512_storeu_ps(v + i, a);
+            _mm512_storeu_ps(v + i + 16, b);
+        }
     if (act == 2)
         for (; i + 16 <= n; i += 16) _mm512_storeu_ps(v + i, silu16(_mm512_loadu_ps(v + i)));
 #endif
@@ -175,6 +183,64 @@ static __attribute__((noinline)) void kloop(const float *const *rows, long sk, l
     }
     acc[0] = c00, acc[1] = c01, acc[2] = c10, acc[3] = c11, acc[4] = c20, acc[5] = c21;
     acc[6] = c30, acc[7] = c31, acc[8] = c40, acc[9] = c41, acc[10] = c50, acc[11] = c51;
+}
+#endif
+
+#ifdef NK_AVX2
+/* a whole 6 x 16 tile: the start from the bias or the initial map's rows, the loop over every part's k, the
+ * activation and the stores in one function, so the accumulators never leave the registers (tile() below, for the
+ * partial tiles at the edges, passes them to kloop through memory once per part) */
+static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts, long m0, const float *bp,
+                                               const float *bias, const float *const *irow, float *o, long ldo,
+                                               int act) {
+    __m256 z0 = bias != NULL ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    __m256 z1 = bias != NULL ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+    __m256 c00 = z0, c01 = z1, c10 = z0, c11 = z1, c20 = z0, c21 = z1;
+    __m256 c30 = z0, c31 = z1, c40 = z0, c41 = z1, c50 = z0, c51 = z1;
+    if (irow != NULL) { /* the initial map's rows instead (the bias is then NULL) */
+        c00 = _mm256_loadu_ps(irow[0]), c01 = _mm256_loadu_ps(irow[0] + 8);
+        c10 = _mm256_loadu_ps(irow[1]), c11 = _mm256_loadu_ps(irow[1] + 8);
+        c20 = _mm256_loadu_ps(irow[2]), c21 = _mm256_loadu_ps(irow[2] + 8);
+        c30 = _mm256_loadu_ps(irow[3]), c31 = _mm256_loadu_ps(irow[3] + 8);
+        c40 = _mm256_loadu_ps(irow[4]), c41 = _mm256_loadu_ps(irow[4] + 8);
+        c50 = _mm256_loadu_ps(irow[5]), c51 = _mm256_loadu_ps(irow[5] + 8);
+    }
+    for (int q = 0; q < nparts; q++) {
+        long sm = parts[q].sm, sk = parts[q].sk, kk = parts[q].k;
+        const float *a0 = parts[q].a + m0 * sm, *a1 = a0 + sm, *a2 = a0 + 2 * sm, *a3 = a0 + 3 * sm;
+        const float *a4 = a0 + 4 * sm, *a5 = a0 + 5 * sm;
+        for (long k = 0, off = 0; k < kk; k++, off += sk, bp += NR) {
+            __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), av;
+            av = _mm256_broadcast_ss(a0 + off);
+            c00 = _mm256_fmadd_ps(av, b0, c00);
+            c01 = _mm256_fmadd_ps(av, b1, c01);
+            av = _mm256_broadcast_ss(a1 + off);
+            c10 = _mm256_fmadd_ps(av, b0, c10);
+            c11 = _mm256_fmadd_ps(av, b1, c11);
+            av = _mm256_broadcast_ss(a2 + off);
+            c20 = _mm256_fmadd_ps(av, b0, c20);
+            c21 = _mm256_fmadd_ps(av, b1, c21);
+            av = _mm256_broadcast_ss(a3 + off);
+            c30 = _mm256_fmadd_ps(av, b0, c30);
+            c31 = _mm256_fmadd_ps(av, b1, c31);
+            av = _mm256_broadcast_ss(a4 + off);
+            c40 = _mm256_fmadd_ps(av, b0, c40);
+            c41 = _mm256_fmadd_ps(av, b1, c41);
+            av = _mm256_broadcast_ss(a5 + off);
+            c50 = _mm256_fmadd_ps(av, b0, c50);
+            c51 = _mm256_fmadd_ps(av, b1, c51);
+        }
+    }
+#define NK_STORE1(r, x0, x1)                                                                                     \
+    {                                                                                                            \
+        __m256 v0, v1;                                                                                           \
+        act16(x0, x1, act, &v0, &v1);                                                                            \
+        _mm256_storeu_ps(o + (r) * ldo, v0);                                                                     \
+        _mm256_storeu_ps(o + (r) * ldo + 8, v1);                                                                 \
+    }
+    NK_STORE1(0, c00, c01) NK_STORE1(1, c10, c11) NK_STORE1(2, c20, c21)
+    NK_STORE1(3, c30, c31) NK_STORE1(4, c40, c41) NK_STORE1(5, c50, c51)
+#undef NK_STORE1
 }
 #endif
 
@@ -343,13 +409,23 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
                 dst += NK_BLOCK * p->k;
             }
         }
+        const float *iblock[NK_BLOCK]; /* the block's rows of the initial map (found once for every panel) */
+        if (init != NULL)
+            for (long m = b0; m < b1; m++) iblock[m - b0] = init_row(init, m);
         for (long j = 0; j < np; j++) {
             int nc = (int)(N - j * NR < NR ? N - j * NR : NR);
             for (long m0 = b0; m0 < b1; m0 += MR) {
                 int mr = (int)(b1 - m0 < MR ? b1 - m0 : MR);
                 const float *irow[MR];
                 if (init != NULL)
-                    for (int r = 0; r < mr; r++) irow[r] = init_row(init, m0 + r) + j * NR;
+                    for (int r = 0; r < mr; r++) irow[r] = iblock[m0 - b0 + r] + j * NR;
+#ifdef NK_AVX2
+                if (mr == MR && nc == NR) {
+                    tile_one(local, nparts, m0, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL,
+                             init != NULL ? irow : NULL, out + m0 * ldo + j * NR, ldo, act);
+                    continue;
+                }
+#endif
                 tile(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
                      nc, init != NULL ? irow : NULL, act);
             }

@@ -132,23 +132,26 @@ static void wino_out_band(const float *M, const float *bias, long O, long r0, lo
                     y[2][k] = p1 + 4.f * p2 + bv[k];
                     y[3][k] = n1 + 8.f * n2 + s[a][5][k] + bv[k];
                 }
-                for (int b = 0; b < 4; b++) {
-                    long xx = 4 * j + b;
-                    if (xx >= W) break;
-                    float *o = out + yy * sh + xx * sw + o0 * sc;
-                    float *yb = y[b];
-                    if (accumulate) {
+                int bn = (int)(W - 4 * j < 4 ? W - 4 * j : 4); /* the columns inside the map */
+                if (accumulate)
+                    for (int b = 0; b < bn; b++) {
+                        const float *o = out + yy * sh + (4 * j + b) * sw + o0 * sc;
                         if (cb == CB && sc == 1) {
-                            for (int k = 0; k < CB; k++) yb[k] += o[k];
+                            for (int k = 0; k < CB; k++) y[b][k] += o[k];
                         } else {
-                            for (int k = 0; k < cb; k++) yb[k] += o[k * sc];
+                            for (int k = 0; k < cb; k++) y[b][k] += o[k * sc];
                         }
                     }
-                    if (act == 1) {
-                        for (int k = 0; k < CB; k++) yb[k] = yb[k] < 0.f ? 0.f : yb[k]; /* NaN stays NaN, as torch's */
-                    } else if (act == 2) {
-                        nk_act_run(yb, CB, 2);
-                    }
+                if (act == 1) {
+                    for (int b = 0; b < bn; b++)
+                        for (int k = 0; k < CB; k++) y[b][k] = y[b][k] < 0.f ? 0.f : y[b][k]; /* NaN stays NaN */
+                } else if (act == 2) {
+                    nk_act_run(y[0], bn * CB, 2); /* the row's pixels in one call: their SiLUs overlap */
+                }
+                for (int b = 0; b < bn; b++) {
+                    long xx = 4 * j + b;
+                    float *o = out + yy * sh + xx * sw + o0 * sc;
+                    float *yb = y[b];
                     if (res != NULL) {
                         const float *rp = res + yy * rs[1] + xx * rs[2] + o0 * rs[0];
                         if (cb == CB && rs[0] == 1) {
