@@ -114,16 +114,21 @@ def _big_conv() -> tuple[WinogradConv2d, torch.Tensor]:
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """Input shapes of every Winograd call, either path (pure torch or native transforms)."""
+    """Input shapes of every Winograd call, either path (pure torch, or the native library's call that every native
+    conv makes)."""
     seen: list[tuple[int, ...]] = []
-    for name in ("winograd_conv3x3", "winograd_conv3x3_native"):
-        real = getattr(wg, name)
+    real_torch, real_native = wg.winograd_conv3x3, wg._wino_run
 
-        def spy(x: torch.Tensor, *args: object, _real: object = real, **kwargs: object) -> object:
-            seen.append(tuple(x.shape))
-            return _real(x, *args, **kwargs)  # type: ignore[operator]
+    def spy_torch(x: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(tuple(x.shape))
+        return real_torch(x, *args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(wg, name, spy)
+    def spy_native(lib: object, x: torch.Tensor, *args: object) -> object:
+        seen.append(tuple(x.shape))
+        return real_native(lib, x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wg, "winograd_conv3x3", spy_torch)
+    monkeypatch.setattr(wg, "_wino_run", spy_native)
     return seen
 
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from necklace.deploy.native import loader as native
 
-__all__ = ["GEMM_ACTS", "NR", "gemm_into", "gemm_ready", "pack_panels", "packed_columns"]
+__all__ = ["GEMM_ACTS", "NR", "gemm_into", "gemm_ready", "pack_panels", "packed_columns", "run_gemm"]
 
 #: activation name (the post-op names of :data:`~necklace.deploy.native.winograd.NATIVE_ACTS`) -> epilogue code
 GEMM_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 2}
@@ -149,10 +149,10 @@ def gemm_into(
     q = len(parts)
     # one array of (pointer, row stride, column stride, columns) per part; the checks in the same loop
     desc: list[int] = []
-    ok = 0 < q <= MAX_PARTS and out.stride(1) == 1 and out.dtype == torch.float32
+    ok = 0 < q <= MAX_PARTS and out.stride(1) == 1 and out.dtype == torch.float32 and out.device.type == "cpu"
     k = 0
     for p in parts:
-        if not ok or p.dim() != 2 or p.shape[0] != m or p.dtype != torch.float32:
+        if not ok or p.dim() != 2 or p.shape[0] != m or p.dtype != torch.float32 or p.device.type != "cpu":
             ok = False
             break
         sm, sk = p.stride()
@@ -163,7 +163,7 @@ def gemm_into(
         not ok
         or packed.shape != (panels, k, NR)
         or not packed.is_contiguous()
-        or (bias is not None and (bias.shape != (n,) or not bias.is_contiguous()))
+        or (bias is not None and (bias.shape != (n,) or not bias.is_contiguous() or bias.dtype != torch.float32))
     ):
         raise ValueError(
             f"gemm_into: out (M, N) with unit column stride, 1 to {MAX_PARTS} float32 parts (M, K_i) and packed "
@@ -172,8 +172,39 @@ def gemm_into(
         )
     if m == 0:
         return out
-    lib.nk_gemm(
-        q, (ctypes.c_long * len(desc))(*desc), m, n, packed.data_ptr(), None if bias is None else bias.data_ptr(),
-        out.data_ptr(), out.stride(0), init, ld, lh, lw, hh, hw, GEMM_ACTS[act], torch.get_num_threads(),
-    )  # fmt: skip
+    run_gemm(lib, desc, m, n, packed, bias, out.data_ptr(), out.stride(0), init, ld, lh, lw, hh, hw, act)
     return out
+
+
+#: ctypes array types of part descriptors by length (made once)
+_DESC_TYPES: dict[int, type] = {}
+
+
+def run_gemm(
+    lib: ctypes.CDLL,
+    desc: list[int],
+    m: int,
+    n: int,
+    packed: Tensor,
+    bias: Tensor | None,
+    out: int,
+    ldo: int,
+    init: int | None = None,
+    ld: int = 0,
+    lh: int = 1,
+    lw: int = 1,
+    hh: int = 1,
+    hw: int = 1,
+    act: str = "none",
+) -> None:
+    """The library call behind :func:`gemm_into`, unchecked: ``desc`` holds ``(pointer, row stride, column stride,
+    columns)`` of each float32 part, ``out`` / ``init`` are addresses. For callers that built every operand
+    themselves (the native modules: their shapes follow from the weights they packed), so each call skips the
+    checks of :func:`gemm_into`; anything else calls :func:`gemm_into`."""
+    t = _DESC_TYPES.get(len(desc))
+    if t is None:
+        t = _DESC_TYPES[len(desc)] = ctypes.c_long * len(desc)
+    lib.nk_gemm(
+        len(desc) // 4, t(*desc), m, n, packed.data_ptr(), None if bias is None else bias.data_ptr(), out, ldo,
+        init, ld, lh, lw, hh, hw, GEMM_ACTS[act], torch.get_num_threads(),
+    )  # fmt: skip

@@ -187,28 +187,29 @@ static __attribute__((noinline)) void kloop(const float *const *rows, long sk, l
 #endif
 
 #ifdef NK_AVX2
-/* a whole 6 x 16 tile: the start from the bias or the initial map's rows, the loop over every part's k, the
- * activation and the stores in one function, so the accumulators never leave the registers (tile() below, for the
- * partial tiles at the edges, passes them to kloop through memory once per part) */
-static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts, long m0, const float *bp,
+/* a tile of mr <= 6 rows and all 16 columns: the start from the bias or the initial map's rows, the loop over every
+ * part's k, the activation and the stores in one function, so the accumulators never leave the registers (tile()
+ * below, for a last panel of fewer than 16 columns, passes them to kloop through memory once per part) */
+static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts, long m0, int mr, const float *bp,
                                                const float *bias, const float *const *irow, float *o, long ldo,
                                                int act) {
     __m256 z0 = bias != NULL ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
     __m256 z1 = bias != NULL ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
     __m256 c00 = z0, c01 = z1, c10 = z0, c11 = z1, c20 = z0, c21 = z1;
     __m256 c30 = z0, c31 = z1, c40 = z0, c41 = z1, c50 = z0, c51 = z1;
-    if (irow != NULL) { /* the initial map's rows instead (the bias is then NULL) */
+    if (irow != NULL) { /* the initial map's rows instead (the bias is then NULL; rows past mr start at 0) */
         c00 = _mm256_loadu_ps(irow[0]), c01 = _mm256_loadu_ps(irow[0] + 8);
-        c10 = _mm256_loadu_ps(irow[1]), c11 = _mm256_loadu_ps(irow[1] + 8);
-        c20 = _mm256_loadu_ps(irow[2]), c21 = _mm256_loadu_ps(irow[2] + 8);
-        c30 = _mm256_loadu_ps(irow[3]), c31 = _mm256_loadu_ps(irow[3] + 8);
-        c40 = _mm256_loadu_ps(irow[4]), c41 = _mm256_loadu_ps(irow[4] + 8);
-        c50 = _mm256_loadu_ps(irow[5]), c51 = _mm256_loadu_ps(irow[5] + 8);
+        if (mr > 1) c10 = _mm256_loadu_ps(irow[1]), c11 = _mm256_loadu_ps(irow[1] + 8);
+        if (mr > 2) c20 = _mm256_loadu_ps(irow[2]), c21 = _mm256_loadu_ps(irow[2] + 8);
+        if (mr > 3) c30 = _mm256_loadu_ps(irow[3]), c31 = _mm256_loadu_ps(irow[3] + 8);
+        if (mr > 4) c40 = _mm256_loadu_ps(irow[4]), c41 = _mm256_loadu_ps(irow[4] + 8);
+        if (mr > 5) c50 = _mm256_loadu_ps(irow[5]), c51 = _mm256_loadu_ps(irow[5] + 8);
     }
     for (int q = 0; q < nparts; q++) {
         long sm = parts[q].sm, sk = parts[q].sk, kk = parts[q].k;
-        const float *a0 = parts[q].a + m0 * sm, *a1 = a0 + sm, *a2 = a0 + 2 * sm, *a3 = a0 + 3 * sm;
-        const float *a4 = a0 + 4 * sm, *a5 = a0 + 5 * sm;
+        /* rows past mr read row 0 again (their results are never stored) */
+        const float *a0 = parts[q].a + m0 * sm, *a1 = a0 + (mr > 1 ? sm : 0), *a2 = a0 + (mr > 2 ? 2 * sm : 0);
+        const float *a3 = a0 + (mr > 3 ? 3 * sm : 0), *a4 = a0 + (mr > 4 ? 4 * sm : 0), *a5 = a0 + (mr > 5 ? 5 * sm : 0);
         for (long k = 0, off = 0; k < kk; k++, off += sk, bp += NR) {
             __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), av;
             av = _mm256_broadcast_ss(a0 + off);
@@ -232,7 +233,7 @@ static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts,
         }
     }
 #define NK_STORE1(r, x0, x1)                                                                                     \
-    {                                                                                                            \
+    if ((r) < mr) {                                                                                              \
         __m256 v0, v1;                                                                                           \
         act16(x0, x1, act, &v0, &v1);                                                                            \
         _mm256_storeu_ps(o + (r) * ldo, v0);                                                                     \
@@ -420,8 +421,8 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
                 if (init != NULL)
                     for (int r = 0; r < mr; r++) irow[r] = iblock[m0 - b0 + r] + j * NR;
 #ifdef NK_AVX2
-                if (mr == MR && nc == NR) {
-                    tile_one(local, nparts, m0, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL,
+                if (nc == NR) {
+                    tile_one(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL,
                              init != NULL ? irow : NULL, out + m0 * ldo + j * NR, ldo, act);
                     continue;
                 }

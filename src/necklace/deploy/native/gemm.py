@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from necklace.deploy.native.cgemm import MAX_PARTS, gemm_into, gemm_ready, pack_panels, packed_columns
+from necklace.deploy.native.cgemm import MAX_PARTS, gemm_ready, pack_panels, packed_columns, run_gemm
 from necklace.deploy.native.guard import inference_paths_off
+from necklace.deploy.native.loader import library as native_library
 from necklace.deploy.native.nearest import upsample_nearest
 from necklace.layers.conv import ConvNormAct
 from necklace.spec import is_symbolic
@@ -34,6 +35,7 @@ __all__ = [
     "PointwiseToChannelsLast",
     "add_pointwise_",
     "concat_pointwise",
+    "pixel_layout",
     "pixel_matrix",
     "pointwise_head_ok",
 ]
@@ -111,17 +113,36 @@ class PointwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-def pixel_matrix(x: Tensor) -> tuple[Tensor, bool] | None:
-    """``x`` (N, C, H, W) as a matrix view without a copy: ``(C, H*W)`` for a single NCHW map (``True``: channels
-    major), ``(N*H*W, C)`` for a channels_last map (``False``); channel slices of either work. ``None`` otherwise."""
+def pixel_layout(x: Tensor) -> tuple[int, int, bool] | None:
+    """How ``x`` (N, C, H, W) is a pixel matrix in memory, without making a view: ``(pixel step, channel step, True)``
+    for a single NCHW map (channels major), ``(pixel step, 1, False)`` for a channels_last map (channel slices of
+    either work); ``None`` otherwise. :func:`pixel_matrix` makes the view.
+
+    Example:
+        >>> pixel_layout(torch.zeros(1, 3, 4, 5)), pixel_layout(torch.zeros(2, 3, 4, 5))
+        ((1, 20, True), None)
+    """
     n, c, h, w = x.shape
     sn, sc, sh, sw = x.stride()  # (strides of size-1 dims are arbitrary: they are never stepped over)
     if n == 1 and (w == 1 or sw == 1) and (h == 1 or sh == w) and (c == 1 or sc >= h * w):
-        return x.as_strided((c, h * w), (sc if c > 1 else h * w, 1), x.storage_offset()), True
+        return 1, sc if c > 1 else h * w, True
     p = sw if w > 1 else sh // w if h > 1 else sn // (h * w) if n > 1 else c  # the pixel step
     if (c == 1 or sc == 1) and p >= c and (h == 1 or sh == w * p) and (n == 1 or sn == h * w * p):
-        return x.as_strided((n * h * w, c), (p, 1), x.storage_offset()), False
+        return p, 1, False
     return None
+
+
+def pixel_matrix(x: Tensor) -> tuple[Tensor, bool] | None:
+    """``x`` (N, C, H, W) as a matrix view without a copy: ``(C, H*W)`` for a single NCHW map (``True``: channels
+    major), ``(N*H*W, C)`` for a channels_last map (``False``); channel slices of either work. ``None`` otherwise."""
+    layout = pixel_layout(x)
+    if layout is None:
+        return None
+    n, c, h, w = x.shape
+    step, cstep, major = layout
+    if major:
+        return x.as_strided((c, h * w), (cstep, 1), x.storage_offset()), True
+    return x.as_strided((n * h * w, c), (step, 1), x.storage_offset()), False
 
 
 def concat_pointwise(
@@ -159,29 +180,30 @@ def concat_pointwise(
         >>> y.shape, torch.allclose(y, ref, atol=1e-5)
         (torch.Size([1, 7, 4, 6]), True)
     """
-    w2 = weight.reshape(weight.shape[0], -1)
-    o = w2.shape[0]
+    o = weight.shape[0]
     ups = list(upsample) if upsample is not None else [False] * len(parts)
     if size is None:
         size = (parts[0].shape[2], parts[0].shape[3])
     h, w = size
     n = parts[0].shape[0]
-    mats = [pixel_matrix(p) for p in parts]
-    if any(m is None for m in mats) or len(ups) != len(parts):
+    layouts = [pixel_layout(p) for p in parts]
+    if any(lay is None for lay in layouts) or len(ups) != len(parts):
         return None
     # the output is channels_last when any part is (a channels_last neck); a part in the other layout is read
     # as a transposed operand (e.g. a backbone map left NCHW, as PointwiseToChannelsLast reads it)
-    major = not channels_last and all(m[1] for m in mats)  # type: ignore[index]
+    major = not channels_last and all(lay[2] for lay in layouts)  # type: ignore[index]
     chans = [p.shape[1] for p in parts]
-    if sum(chans) != w2.shape[1]:
+    if weight.numel() != o * sum(chans):
         return None
-    if any(p.shape[0] != n for p in parts):
-        return None
-    if any(p.shape[2:] != (h, w) for p, u in zip(parts, ups, strict=True) if not u):
-        return None
+    for p, u in zip(parts, ups, strict=True):
+        if p.shape[0] != n or (not u and (p.shape[2] != h or p.shape[3] != w)):
+            return None
     starts = [sum(chans[:i]) for i in range(len(chans))]
-    if not major and len(parts) <= MAX_PARTS and gemm_ready(parts[0]) and weight.dtype == torch.float32:
-        return _concat_native(parts, mats, starts, ups, weight, bias, (h, w), act, conv)  # type: ignore[arg-type]
+    if not major and len(parts) <= MAX_PARTS and weight.dtype == torch.float32 and gemm_ready(parts[0]):
+        if all(p.dtype == torch.float32 and p.device.type == "cpu" for p in parts):
+            return _concat_native(parts, layouts, starts, ups, weight, bias, (h, w), act, conv)  # type: ignore[arg-type]
+    w2 = weight.reshape(o, -1)
+    mats = [pixel_matrix(p) for p in parts]
 
     def gemm(i: int, acc: Tensor | None, b: Tensor | None) -> Tensor:
         wi, (xi, x_major) = w2[:, starts[i] : starts[i] + chans[i]], mats[i]  # type: ignore[misc]
@@ -225,7 +247,7 @@ _TORCH_ACTS = {"relu": torch.relu_, "swish": lambda y: F.silu(y, inplace=True)}
 
 def _concat_native(
     parts: Sequence[Tensor],
-    mats: list[tuple[Tensor, bool]],
+    layouts: list[tuple[int, int, bool]],
     starts: list[int],
     ups: list[bool],
     weight: Tensor,
@@ -233,12 +255,21 @@ def _concat_native(
     size: tuple[int, int],
     act: str,
     conv: nn.Conv2d | None,
-) -> Tensor:
+) -> Tensor | None:
     """:func:`concat_pointwise` by the native GEMM, into a channels_last output: the upsampled part's GEMM at its
     own resolution (with the bias); then one call over the other parts starts from its nearest upsampling (read in
-    place, never written) and applies ``act``."""
+    place, never written) and applies ``act``. The operands go to the library as addresses and strides (no views
+    are made: this runs a few times per forward of every C2f neck)."""
+    lib = native_library()
     n, o = parts[0].shape[0], weight.shape[0]
-    a = [m.t() if major else m for m, major in mats]  # (pixels, C_i) views of every part
+    if lib is None or n == 0:
+        return None
+    if bias is not None:
+        bias = bias.detach()
+        if bias.shape != (o,) or bias.dtype != torch.float32 or not bias.is_contiguous():
+            return None
+    # (pointer, row step, column step, columns) of each part's (pixels, channels) matrix
+    desc = [(p.data_ptr(), step, cstep, p.shape[1]) for p, (step, cstep, _) in zip(parts, layouts, strict=True)]
     cols = [(starts[i], starts[i] + p.shape[1]) for i, p in enumerate(parts)]
     low_idx = [i for i in range(len(parts)) if ups[i]]
     main = [i for i in range(len(parts)) if not ups[i]]
@@ -248,13 +279,13 @@ def _concat_native(
     else:
         w2 = weight.detach().reshape(o, -1)
         packed = tuple(pack_panels(torch.cat([w2[:, g[k] : g[k + 1]] for k in range(0, len(g), 2)], 1)) for g in groups)
-    b = None if bias is None else bias.detach().contiguous()
     h, w = size
     lows: list[Tensor] = []
     for k, i in enumerate(low_idx):
         hl, wl = parts[i].shape[2], parts[i].shape[3]
         low = torch.empty((n, o, hl, wl), dtype=torch.float32, memory_format=torch.channels_last)
-        gemm_into(low.permute(0, 2, 3, 1).view(n * hl * wl, o), [a[i]], packed[k], None if lows else b)
+        if low.numel():
+            run_gemm(lib, [*desc[i]], n * hl * wl, o, packed[k], None if lows else bias, low.data_ptr(), o)
         lows.append(low)
     exact = not lows or (len(lows) == 1 and h % lows[0].shape[2] == 0 and w % lows[0].shape[3] == 0)
     if not main or not exact:  # (rare: no full-resolution part, several upsampled ones or a fractional factor)
@@ -266,14 +297,17 @@ def _concat_native(
         out = out.contiguous(memory_format=torch.channels_last)
         if not main:
             return out if act == "none" else _TORCH_ACTS[act](out)
-        mat = out.permute(0, 2, 3, 1).view(-1, o)
-        gemm_into(mat, [a[i] for i in main], packed[-1], None, init_out=True, act=act)
+        if out.numel():
+            run_gemm(lib, [x for i in main for x in desc[i]], n * h * w, o, packed[-1], None, out.data_ptr(), o,
+                     out.data_ptr(), o, act=act)  # fmt: skip
         return out
     out = torch.empty((n, o, h, w), dtype=torch.float32, memory_format=torch.channels_last)
-    mat = out.permute(0, 2, 3, 1).view(-1, o)
+    if out.numel() == 0:
+        return out
     # the upsampled part's result is read through the nearest upsampling as the initial values (never written out)
-    upsampled = (lows[0], h, w) if lows else None
-    gemm_into(mat, [a[i] for i in main], packed[-1], None if lows else b, act=act, upsampled=upsampled)
+    init = (lows[0].data_ptr(), o, lows[0].shape[2], lows[0].shape[3], h, w) if lows else (None, 0, 1, 1, 1, 1)
+    run_gemm(lib, [x for i in main for x in desc[i]], n * h * w, o, packed[-1], None if lows else bias,
+             out.data_ptr(), o, *init, act=act)  # fmt: skip
     return out
 
 

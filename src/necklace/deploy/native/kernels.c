@@ -72,13 +72,12 @@ static void in_tile(const float *x, long H, long W, long sc, long sh, long sw, l
     }
 }
 
-/* V[6a + b, tile, c] = (B^T d B)[a, b] for the 6x6 window of tile (r0 + r, j) at rows 4(r0 + r) - 1 ..., columns
- * 4j - 1 ... of the map x (one image; zero outside it), for tile rows r0 .. r0 + rows - 1, tw tiles a row. */
-static void wino_in_band(const float *x, long H, long W, long C, long sc, long sh, long sw, long r0, long rows, long tw,
+/* V[6a + b, tile, c] = (B^T d B)[a, b] for the 6x6 window of tile (i, j) = divmod(t0 + tile, tw) at rows 4i - 1 ...,
+ * columns 4j - 1 ... of the map x (one image; zero outside it), for the t tiles from t0 (tw tiles a row). */
+static void wino_in_band(const float *x, long H, long W, long C, long sc, long sh, long sw, long t0, long t, long tw,
                          float *V) {
-    long t = rows * tw;
     for (long tile = 0; tile < t; tile++) {
-        long i = r0 + tile / tw, j = tile % tw;
+        long i = (t0 + tile) / tw, j = (t0 + tile) % tw;
         for (long c0 = 0; c0 < C; c0 += CB) {
             int cb = (int)(C - c0 < CB ? C - c0 : CB);
             in_tile(x + c0 * sc, H, W, sc, sh, sw, 4 * i - 1, 4 * j - 1, cb, V + tile * C + c0, t * C);
@@ -86,15 +85,16 @@ static void wino_in_band(const float *x, long H, long W, long C, long sc, long s
     }
 }
 
-/* out[o, 4(r0 + r) + a, 4j + b] = act((A^T m A)[a, b] + bias[o] (+ out, accumulate)) (+ res) for M (36, t, O); rows
+/* out[o, 4i + a, 4j + b] = act((A^T m A)[a, b] + bias[o] (+ out, accumulate)) (+ res) for M (36, t, O), tile (i, j) =
+ * divmod(t0 + tile, tw); rows
  * and columns past H, W are dropped. act: 0 none, 1 ReLU, 2 SiLU (gemm.c's vectorised form). bias may be NULL;
  * res (a residual added after the activation, strides rs[0..2] for channel, row, column) may be NULL. */
-static void wino_out_band(const float *M, const float *bias, long O, long r0, long rows, long tw, float *out, long H,
+static void wino_out_band(const float *M, const float *bias, long O, long t0, long t, long tw, float *out, long H,
                           long W, long sc, long sh, long sw, int act, int accumulate, const float *res,
                           const long *rs) {
-    long t = rows * tw, pstride = t * O;
+    long pstride = t * O;
     for (long tile = 0; tile < t; tile++) {
-        long i = r0 + tile / tw, j = tile % tw;
+        long i = (t0 + tile) / tw, j = (t0 + tile) % tw;
         for (long o0 = 0; o0 < O; o0 += CB) {
             int cb = (int)(O - o0 < CB ? O - o0 : CB);
             const float *m = M + tile * O + o0;
@@ -173,7 +173,7 @@ static void wino_out_band(const float *M, const float *bias, long O, long r0, lo
 
 /* out = act(conv3x3(x) + bias (+ out, accumulate)) (+ res), stride 1, zero padding 1, for n images (image strides
  * xn, on; res: NULL or a map of out's shape with strides rn, rc, rh, rw, added after the activation):
- * per band of whole tile rows, one thread transforms the band's input tiles into V (36, t, C), mixes the channels
+ * per band of tiles (consecutive in row-major order), one thread transforms the band's input tiles into V (36, t, C), mixes the channels
  * with gemm.c's kernel into M (36, t, O) (U packed as (36, ceil(O/16), C, 16)) and transforms M back into out, so
  * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads; the call
  * returns -1 where a scratch buffer could not be allocated (the output is then incomplete: the caller raises),
@@ -182,13 +182,13 @@ int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long s
                  const float *bias, long O, float *out, long on, long oc, long oh, long ow, int act, int accumulate,
                  const float *res, long rn, long rc, long rh, long rw, long tiles, int nthreads) {
     const long rs[3] = {rc, rh, rw};
-    long th = (H + 3) / 4, tw = (W + 3) / 4;
+    long th = (H + 3) / 4, tw = (W + 3) / 4, T = th * tw;
     long nt = nthreads > 1 ? nthreads : 1;
-    long per_image = (th * tw + tiles - 1) / tiles;
+    long per_image = (T + tiles - 1) / tiles;
     per_image = (per_image + nt - 1) / nt * nt; /* a multiple of the threads (for one image: balanced) */
-    if (per_image > th) per_image = th;
+    if (per_image > T) per_image = T;
     if (per_image < 1) per_image = 1;
-    long work = n * per_image, tmax = ((th + per_image - 1) / per_image) * tw;
+    long work = n * per_image, tmax = (T + per_image - 1) / per_image;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && work > 1) reduction(| : failed)
     {
@@ -200,13 +200,13 @@ int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long s
 #pragma omp for schedule(static)
             for (long w = 0; w < work; w++) {
                 long img = w / per_image, band = w % per_image;
-                long r0 = th * band / per_image, r1 = th * (band + 1) / per_image, t = (r1 - r0) * tw;
+                long t0 = T * band / per_image, t = T * (band + 1) / per_image - t0; /* sizes differ by one at most */
                 if (t == 0) continue;
-                wino_in_band(x + img * xn, H, W, C, sc, sh, sw, r0, r1 - r0, tw, V);
+                wino_in_band(x + img * xn, H, W, C, sc, sh, sw, t0, t, tw, V);
                 long np = (O + 15) / 16;
                 for (int p = 0; p < 36; p++)
                     nk_gemm_rows(V + (long)p * t * C, C, t, C, O, up + (long)p * np * C * 16, M + (long)p * t * O, O);
-                wino_out_band(M, bias, O, r0, r1 - r0, tw, out + img * on, H, W, oc, oh, ow, act, accumulate,
+                wino_out_band(M, bias, O, t0, t, tw, out + img * on, H, W, oc, oh, ow, act, accumulate,
                               res != NULL ? res + img * rn : NULL, rs);
             }
         }

@@ -34,8 +34,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
-from necklace.deploy.native.cgemm import GEMM_ACTS, gemm_into, gemm_ready, packed_columns
-from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pixel_matrix, pointwise_head_ok
+from necklace.deploy.native.cgemm import GEMM_ACTS, gemm_ready, packed_columns, run_gemm
+from necklace.deploy.native.gemm import PointwiseConv2d, concat_pointwise, pixel_layout, pointwise_head_ok
 from necklace.deploy.native.guard import inference_paths_off
 from necklace.deploy.native.loader import library as native_library
 from necklace.deploy.native.nearest import upsample_nearest
@@ -68,12 +68,17 @@ ACT_NAMES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.SiLU: "swish", SiLU
 M = TypeVar("M", bound=nn.Module)
 
 
+_GLOBAL = nn.modules.module
+
+
 def _hooks(*modules: nn.Module) -> bool:
     """Whether any forward hook would miss a call if these modules ran as one fused op."""
-    g = nn.modules.module
-    if getattr(g, "_global_forward_hooks", None) or getattr(g, "_global_forward_pre_hooks", None):
+    if getattr(_GLOBAL, "_global_forward_hooks", None) or getattr(_GLOBAL, "_global_forward_pre_hooks", None):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    for m in modules:  # (a loop: a generator costs a microsecond, and this runs for every fused op)
+        if m._forward_hooks or m._forward_pre_hooks:
+            return True
+    return False
 
 
 def fast_conv(conv: nn.Conv2d) -> nn.Conv2d:
@@ -160,15 +165,20 @@ def pointwise_act(block: ConvNormAct, x: Tensor) -> Tensor | None:
     act = epilogue_act(block)
     if act is None or not pointwise_head_ok(block, x) or not gemm_ready(x):
         return None
-    mat = pixel_matrix(x)
-    if mat is None or mat[1]:  # (an NCHW map)
+    layout = pixel_layout(x)
+    if layout is None or layout[2]:  # (an NCHW map)
         return None
     conv = block.conv
     n, c, h, w = x.shape
-    out = torch.empty((n, conv.out_channels, h, w), dtype=x.dtype, memory_format=torch.channels_last)
     bias = None if conv.bias is None else conv.bias.detach()
+    if n * h * w == 0 or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous())):
+        return None
+    lib = native_library()
+    assert lib is not None  # (gemm_ready)
+    out = torch.empty((n, conv.out_channels, h, w), dtype=x.dtype, memory_format=torch.channels_last)
     packed = packed_columns(conv, ((0, c),))[0]
-    gemm_into(out.permute(0, 2, 3, 1).view(n * h * w, conv.out_channels), [mat[0]], packed, bias, act=act)
+    run_gemm(lib, [x.data_ptr(), layout[0], 1, c], n * h * w, conv.out_channels, packed, bias, out.data_ptr(),
+             conv.out_channels, act=act)  # fmt: skip
     return out
 
 

@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -354,6 +355,23 @@ def winograd_conv3x3_native(
                 f"{tuple(residual.shape)} {residual.dtype}."
             )
         rs = residual.stride()
+    return _wino_run(lib, x, packed, bias_ptr, o, code, out, accumulate, residual, rs)
+
+
+def _wino_run(
+    lib: Any,
+    x: Tensor,
+    packed: Tensor,
+    bias_ptr: int | None,
+    o: int,
+    code: int,
+    out: Tensor,
+    accumulate: bool,
+    residual: Tensor | None,
+    rs: tuple[int, ...],
+) -> Tensor:
+    """The library call of :func:`winograd_conv3x3_native`, its operands checked by the caller."""
+    n, c, h, w = x.shape
     if n == 0 or h == 0 or w == 0:
         return out
     xs, os_ = x.stride(), out.stride()
@@ -456,12 +474,22 @@ class WinogradConv2d(nn.Conv2d):
 
     def _winograd_path(self, x: Tensor) -> str | None:
         """``"native"`` (:func:`winograd_conv3x3_native`), ``"torch"`` (:func:`winograd_conv3x3`) or ``None``
-        (the direct conv) for the input ``x``."""
+        (the direct conv) for the input ``x`` (the answer remembered per input shape, strides and dtype)."""
         # cheapest tests first: most convs of a light neck are too narrow, and return after one comparison
         if not self.winograd or min(self.in_channels, self.out_channels) < LOWEST_CHANNELS or inference_paths_off():
             return None
         if not isinstance(x, Tensor) or x.dim() != 4 or x.device.type != "cpu" or is_symbolic(*x.shape):
             return None
+        key = (x.shape, x.stride(), x.dtype, self.weight.dtype, self.native, native.library() is not None)
+        paths: dict[tuple[Any, ...], str | None] = self.__dict__.setdefault("_wg_paths", {})
+        if key in paths:
+            return paths[key]
+        if len(paths) >= 16:  # (a conv run on many sizes: start over)
+            paths.clear()
+        path = paths[key] = self._choose_path(x)
+        return path
+
+    def _choose_path(self, x: Tensor) -> str | None:
         if x.dtype not in (torch.float32, torch.float64) or self.weight.dtype != x.dtype or not winograd_eligible(self):
             return None
         h, w = x.shape[2], x.shape[3]
@@ -518,10 +546,25 @@ class WinogradConv2d(nn.Conv2d):
         """:meth:`forward_act` for a caller that has checked ``_winograd_path(x) == "native"`` itself
         (``residual``: added after the activation, see :func:`winograd_conv3x3_native`)."""
         _, _, _, ut, packed = self._constants(x)
-        return winograd_conv3x3_native(x, ut, self.bias, act, out, packed, residual)
+        b, lib, o = self.bias, native.library(), self.out_channels
+        n, _, h, w = x.shape
+        if (
+            out is None
+            and lib is not None
+            and packed is not None
+            and (b is None or (b.dtype == torch.float32 and b.is_contiguous()))
+            and (residual is None or (residual.dtype == torch.float32 and residual.shape == (n, o, h, w)))
+        ):  # the operands this conv made itself: straight to the library (the checks cost more than small calls)
+            fmt = torch.channels_last if x.stride(1) == 1 and x.shape[1] > 1 else torch.contiguous_format
+            y = torch.empty((n, o, h, w), dtype=x.dtype, memory_format=fmt)
+            rs = (0, 0, 0, 0) if residual is None else residual.stride()
+            return _wino_run(lib, x, packed, None if b is None else b.data_ptr(), o, NATIVE_ACTS[act], y, False,
+                             residual, rs)  # fmt: skip
+        return winograd_conv3x3_native(x, ut, b, act, out, packed, residual)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> WinogradConv2d:
         self._wg_cache = None  # .to() / .double() / .cuda(): rebuild the constants on the next call
+        self.__dict__.pop("_wg_paths", None)
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict[str, object]:
