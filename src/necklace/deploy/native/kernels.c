@@ -10,6 +10,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #define CB 16
 
@@ -30,6 +31,40 @@ float *nk_scratch(int slot, size_t n);
         r4 = 2.f * ((d1) - (d3)) - (d2) + (d4);                  \
         r5 = 4.f * (d1) - 5.f * (d3) + (d5);                     \
     } while (0)
+
+/* 16 floats as one value (GCC / clang vector extension: one 512-bit register with AVX-512, two 256-bit ones with
+ * AVX2, a loop elsewhere); loads and stores through memcpy, which compiles to unaligned vector moves */
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 ld16(const float *p) {
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+/* in_tile for a window inside the map, 16 adjacent channels (channel stride 1): no bounds checks, no copies */
+static void in_tile16(const float *x, long sh, long sw, float *V, long pstride) {
+    v16 t[6][6];
+    for (int b = 0; b < 6; b++) {
+        const float *c = x + b * sw;
+        v16 d0 = ld16(c), d1 = ld16(c + sh), d2 = ld16(c + 2 * sh), d3 = ld16(c + 3 * sh), d4 = ld16(c + 4 * sh);
+        v16 d5 = ld16(c + 5 * sh);
+        BT_ROWS(d0, d1, d2, d3, d4, d5, t[0][b], t[1][b], t[2][b], t[3][b], t[4][b], t[5][b]);
+    }
+    for (int a = 0; a < 6; a++) {
+        v16 r0, r1, r2, r3, r4, r5;
+        BT_ROWS(t[a][0], t[a][1], t[a][2], t[a][3], t[a][4], t[a][5], r0, r1, r2, r3, r4, r5);
+        float *o = V + (long)(6 * a) * pstride;
+        st16(o, r0);
+        st16(o + pstride, r1);
+        st16(o + 2 * pstride, r2);
+        st16(o + 3 * pstride, r3);
+        st16(o + 4 * pstride, r4);
+        st16(o + 5 * pstride, r5);
+    }
+}
 
 static void in_tile(const float *x, long H, long W, long sc, long sh, long sw, long y0, long x0, int cb, float *V,
                     long pstride) {
@@ -78,9 +113,53 @@ static void wino_in_band(const float *x, long H, long W, long C, long sc, long s
                          float *V) {
     for (long tile = 0; tile < t; tile++) {
         long i = (t0 + tile) / tw, j = (t0 + tile) % tw;
+        long y0 = 4 * i - 1, x0 = 4 * j - 1;
+        int inside = sc == 1 && y0 >= 0 && x0 >= 0 && y0 + 5 < H && x0 + 5 < W;
         for (long c0 = 0; c0 < C; c0 += CB) {
             int cb = (int)(C - c0 < CB ? C - c0 : CB);
-            in_tile(x + c0 * sc, H, W, sc, sh, sw, 4 * i - 1, 4 * j - 1, cb, V + tile * C + c0, t * C);
+            if (inside && cb == CB)
+                in_tile16(x + c0 + y0 * sh + x0 * sw, sh, sw, V + tile * C + c0, t * C);
+            else
+                in_tile(x + c0 * sc, H, W, sc, sh, sw, y0, x0, cb, V + tile * C + c0, t * C);
+        }
+    }
+}
+
+/* one 16-channel block of a whole output tile inside the map, channel strides 1 (out and res): wino_out_band's
+ * arithmetic (A^T m A, bias, accumulate, activation, residual) on 16-float vectors */
+static void out_tile16(const float *m, long pstride, const float *bias, float *o, long sh, long sw, int act,
+                       int accumulate, const float *res, long rh, long rw) {
+    v16 s[4][6];
+    for (int b = 0; b < 6; b++) {
+        v16 v0 = ld16(m + b * pstride), v1 = ld16(m + (6 + b) * pstride), v2 = ld16(m + (12 + b) * pstride);
+        v16 v3 = ld16(m + (18 + b) * pstride), v4 = ld16(m + (24 + b) * pstride), v5 = ld16(m + (30 + b) * pstride);
+        v16 p1 = v1 + v2, n1 = v1 - v2, p2 = v3 + v4, n2 = v3 - v4;
+        s[0][b] = v0 + p1 + p2;
+        s[1][b] = n1 + 2.f * n2;
+        s[2][b] = p1 + 4.f * p2;
+        s[3][b] = n1 + 8.f * n2 + v5;
+    }
+    v16 bv = {0};
+    if (bias != NULL) bv = ld16(bias);
+    for (int a = 0; a < 4; a++) {
+        float y[4 * CB];
+        v16 p1 = s[a][1] + s[a][2], n1 = s[a][1] - s[a][2], p2 = s[a][3] + s[a][4], n2 = s[a][3] - s[a][4];
+        v16 y0 = s[a][0] + p1 + p2 + bv, y1 = n1 + 2.f * n2 + bv, y2 = p1 + 4.f * p2 + bv;
+        v16 y3 = n1 + 8.f * n2 + s[a][5] + bv;
+        float *row = o + a * sh;
+        if (accumulate) {
+            y0 += ld16(row), y1 += ld16(row + sw), y2 += ld16(row + 2 * sw), y3 += ld16(row + 3 * sw);
+        }
+        st16(y, y0), st16(y + CB, y1), st16(y + 2 * CB, y2), st16(y + 3 * CB, y3);
+        if (act == 1) {
+            for (int k = 0; k < 4 * CB; k++) y[k] = y[k] < 0.f ? 0.f : y[k]; /* NaN stays NaN */
+        } else if (act == 2) {
+            nk_act_run(y, 4 * CB, 2);
+        }
+        for (int b = 0; b < 4; b++) {
+            v16 v = ld16(y + b * CB);
+            if (res != NULL) v += ld16(res + a * rh + b * rw);
+            st16(row + b * sw, v);
         }
     }
 }
@@ -95,9 +174,15 @@ static void wino_out_band(const float *M, const float *bias, long O, long t0, lo
     long pstride = t * O;
     for (long tile = 0; tile < t; tile++) {
         long i = (t0 + tile) / tw, j = (t0 + tile) % tw;
+        int whole = sc == 1 && 4 * i + 3 < H && 4 * j + 3 < W && (res == NULL || rs[0] == 1);
         for (long o0 = 0; o0 < O; o0 += CB) {
             int cb = (int)(O - o0 < CB ? O - o0 : CB);
             const float *m = M + tile * O + o0;
+            if (whole && cb == CB) {
+                out_tile16(m, pstride, bias != NULL ? bias + o0 : NULL, out + 4 * i * sh + 4 * j * sw + o0, sh, sw, act,
+                           accumulate, res != NULL ? res + 4 * i * rs[1] + 4 * j * rs[2] + o0 : NULL, rs[1], rs[2]);
+                continue;
+            }
             float s[4][6][CB];
             for (int b = 0; b < 6; b++) {
                 const float *q[6];
