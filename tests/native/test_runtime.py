@@ -137,6 +137,22 @@ def test_every_registered_neck_deploys_native_and_matches(name: str) -> None:
     assert _max_rel(out, ref) <= 1e-3
 
 
+@pytest.mark.parametrize("name", ["yolo_pafpn", "rep_pafpn", "fpn"])
+def test_a_neck_built_under_inference_mode_deploys_native(name: str) -> None:
+    """Weights made under ``torch.inference_mode()`` have no version counter; the packed-weight caches key them
+    by identity instead (this raised "Inference tensors do not track version counter" from inside the caches)."""
+    specs = (FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32))
+    opts = {"width": 32} if name == "fpn" else {}
+    with torch.inference_mode():
+        neck = necklace.build_neck(name, specs, **opts).eval()
+        feats = pyramid(specs, (160, 160), batch=1)
+        ref = neck(feats)
+        fast = deploy(neck, runtime="native", example_inputs=feats)
+        assert fast.deploy_report.native.total > 0
+        assert _max_rel(fast(feats), ref) <= 1e-4
+        assert _max_rel(fast(feats), ref) <= 1e-4  # (the cached panels again)
+
+
 def test_native_nodes_skip_identity_edges_but_plain_nodes_call_every_edge() -> None:
     neck = _randomize(necklace.build_neck("fpn", SPECS, width=16))
     calls: list[str] = []

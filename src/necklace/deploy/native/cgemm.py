@@ -37,7 +37,16 @@ from torch import Tensor, nn
 
 from necklace.deploy.native import loader as native
 
-__all__ = ["GEMM_ACTS", "NR", "gemm_into", "gemm_ready", "pack_panels", "packed_columns", "run_gemm"]
+__all__ = [
+    "GEMM_ACTS",
+    "NR",
+    "gemm_into",
+    "gemm_ready",
+    "pack_panels",
+    "packed_columns",
+    "run_gemm",
+    "tensor_version",
+]
 
 #: activation name (the post-op names of :data:`~necklace.deploy.native.winograd.NATIVE_ACTS`) -> epilogue code
 GEMM_ACTS: dict[str, int] = {"none": 0, "relu": 1, "swish": 2}
@@ -50,6 +59,21 @@ MAX_PARTS = 8
 def gemm_ready(x: Tensor) -> bool:
     """Whether the native GEMM can run on maps like ``x``: the library is loaded and ``x`` is float32 on CPU."""
     return x.dtype == torch.float32 and x.device.type == "cpu" and native.library() is not None
+
+
+def tensor_version(t: Tensor) -> int:
+    """``t._version`` (bumped by every in-place change), the key of the packed-weight caches; -1 for an inference
+    tensor (made under ``torch.inference_mode()``), which has no version counter: a cache keyed on it sees a new tensor,
+    not an in-place change made inside inference mode.
+
+    Example:
+        >>> w = torch.zeros(2)
+        >>> v = tensor_version(w)
+        >>> _ = w.add_(1)
+        >>> tensor_version(w) == v + 1
+        True
+    """
+    return -1 if t.is_inference() else t._version
 
 
 def pack_panels(w2: Tensor) -> Tensor:
@@ -82,13 +106,13 @@ def packed_columns(conv: nn.Conv2d, groups: tuple[tuple[int, ...], ...]) -> tupl
         "_nk_packed", {}
     )
     hit = cache.get(groups)
-    if hit is not None and hit[0] is w and hit[1] == w._version:
+    if hit is not None and hit[0] is w and hit[1] == tensor_version(w):
         return hit[2]
     w2 = w.detach().reshape(w.shape[0], -1)
     packed = tuple(pack_panels(torch.cat([w2[:, g[i] : g[i + 1]] for i in range(0, len(g), 2)], dim=1)) for g in groups)
     if len(cache) >= 8:  # (a module called with many part layouts: start over)
         cache.clear()
-    cache[groups] = (w, w._version, packed)
+    cache[groups] = (w, tensor_version(w), packed)
     return packed
 
 

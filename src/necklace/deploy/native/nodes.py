@@ -25,6 +25,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from necklace.deploy.native.cgemm import tensor_version
 from necklace.deploy.native.fold import compose_transposed_conv3x3, transposed_conv3x3_constant, transposed_conv3x3_into
 from necklace.deploy.native.gemm import PointwiseToChannelsLast, add_pointwise_, concat_pointwise, pointwise_head_ok
 from necklace.deploy.native.guard import inference_paths_off, inference_scope
@@ -187,7 +188,9 @@ class NativeNode(_NodeModule):
         w, cu = conv.weight, up.out_channels
         # (the strides too: deploy switches memory formats in place, which keeps the tensors and their versions)
         key = tuple(
-            (t, t._version, t.dtype, t.device, t.stride()) for t in (w, conv.bias, up.weight, up.bias) if t is not None
+            (t, tensor_version(t), t.dtype, t.device, t.stride())
+            for t in (w, conv.bias, up.weight, up.bias)
+            if t is not None
         )
         cache = self._up_cache
         if (

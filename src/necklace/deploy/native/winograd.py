@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from necklace.deploy.native import loader as native
-from necklace.deploy.native.cgemm import pack_panels
+from necklace.deploy.native.cgemm import pack_panels, tensor_version
 from necklace.deploy.native.guard import inference_paths_off
 from necklace.spec import is_symbolic
 
@@ -512,11 +512,11 @@ class WinogradConv2d(nn.Conv2d):
     def _constants(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
         w = self.weight
         cache = self._wg_cache
-        if cache is None or cache[0] is not w or cache[1] != w._version or cache[2].dtype != w.dtype:
+        if cache is None or cache[0] is not w or cache[1] != tensor_version(w) or cache[2].dtype != w.dtype:
             u = winograd_filter(w)
             self._wg_cache = cache = (
                 w,
-                w._version,
+                tensor_version(w),
                 u,
                 _input_matrix(w.dtype, w.device),
                 _kron(_AT, w.dtype, w.device),
