@@ -111,10 +111,14 @@ def epilogue_act(block: nn.Module) -> str | None:
     """The activation of a folded :class:`ConvNormAct` (BatchNorm folded into the conv: ``norm`` is Identity) as
     the native kernels' epilogue name (``"none"``, ``"relu"``, ``"swish"``), or ``None`` where its modules must run
     one by one (another norm or activation, activation first, forward hooks on the block or its parts)."""
-    if not isinstance(block, ConvNormAct) or block.act_first or block.same or type(block.norm) is not nn.Identity:
+    if not isinstance(block, ConvNormAct) or block.act_first or block.same:
         return None
-    name = ACT_NAMES.get(type(block.act))
-    if name is None or _hooks(block, block.conv, block.norm, block.act):
+    mods = block._modules  # (the submodules straight from their table: nn.Module.__getattr__ is the slow path)
+    norm, act = mods["norm"], mods["act"]
+    if type(norm) is not nn.Identity:
+        return None
+    name = ACT_NAMES.get(type(act))  # type: ignore[arg-type]
+    if name is None or _hooks(block, mods["conv"], norm, act):  # type: ignore[arg-type]
         return None
     return name
 
