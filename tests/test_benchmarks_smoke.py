@@ -314,3 +314,19 @@ def test_native_gemm_benchmark_runs_and_checks_values(tmp_path: Path) -> None:
         (m, list(ks), n) for m, ks, n in native_gemm.CASES
     ]
     assert all(r["max_rel_diff"] < 1e-5 and r["ratio"]["median"] > 0 and r["native"]["repeats"] == 2 for r in results)
+
+
+def test_native_overhead_benchmark_times_the_forward_and_its_python_share(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import native_overhead
+    finally:
+        sys.path.remove(str(BENCH))
+    argv = ["--configs", "yolov8n", "--repeats", "2", "--number", "2", "--threads", "1", "--out", str(tmp_path)]
+    assert native_overhead.main(argv) == 0
+    (res,) = json.loads((tmp_path / "native_overhead.json").read_text())["results"]
+    assert res["config"] == "yolov8n" and res["max_rel_diff"] < 1e-3
+    # the stubbed forward does no compute: it must take a fraction of the real one
+    assert 0 < res["python_ms"] < res["forward_ms"] and res["python_share"] < 0.8
+    with pytest.raises(SystemExit):
+        native_overhead.main(["--configs", "nope", "--out", str(tmp_path)])

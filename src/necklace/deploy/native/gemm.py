@@ -305,9 +305,13 @@ def _concat_native(
     if out.numel() == 0:
         return out
     # the upsampled part's result is read through the nearest upsampling as the initial values (never written out)
-    init = (lows[0].data_ptr(), o, lows[0].shape[2], lows[0].shape[3], h, w) if lows else (None, 0, 1, 1, 1, 1)
-    run_gemm(lib, [x for i in main for x in desc[i]], n * h * w, o, packed[-1], None if lows else bias,
-             out.data_ptr(), o, *init, act=act)  # fmt: skip
+    main_desc = [x for i in main for x in desc[i]]
+    if lows:
+        low = lows[0]
+        run_gemm(lib, main_desc, n * h * w, o, packed[-1], None, out.data_ptr(), o, low.data_ptr(), o, low.shape[2],
+                 low.shape[3], h, w, act=act)  # fmt: skip
+    else:
+        run_gemm(lib, main_desc, n * h * w, o, packed[-1], bias, out.data_ptr(), o, act=act)
     return out
 
 
