@@ -1,7 +1,10 @@
 """How much of a native neck's forward is Python: ``necklace.deploy(neck, runtime="native")`` timed as it runs, then
 with its compute stubbed out (the C library's kernels replaced by functions that return at once, torch's convs by an
 ``empty`` of the output's shape), which leaves what the Python side costs: routing, checks, allocations, ctypes
-calls. Batch 1, float32, ``--threads`` threads, median of ``--repeats`` rounds of ``--number`` forwards each.
+calls. Torch ops outside ``nn.Conv2d`` modules still run (input layout conversions, YOLOv6's folded transposed-conv
+upsample: ``F.conv2d`` and an add), so for necks that have them the "Python" time is an upper bound (YOLOv6-N: about
+1.3 of its 2.1 ms are those ops). Batch 1, float32, ``--threads`` threads, median of ``--repeats`` rounds of
+``--number`` forwards each.
 
 The stubbed forward computes nothing (its outputs are garbage); it is timed only. The real forward is checked
 against the plain neck first.
