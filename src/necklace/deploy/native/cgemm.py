@@ -8,7 +8,7 @@ in ``out`` (a sum into an existing map); ``act`` ReLU or SiLU (:data:`GEMM_ACTS`
 tile is in registers, so the output is written once. The same kernel mixes the channels of the native Winograd
 conv (:mod:`necklace.deploy.native.winograd`, inside ``kernels.c``).
 
-On this machine (AMD EPYC, 2 threads) it takes 0.86-0.92 of the time of torch's ``addmm`` + ``addmm_`` + ``silu_``
+On this machine (AMD EPYC, 2 threads) it takes 0.75-0.89 of the time of torch's ``addmm`` + ``addmm_`` + ``silu_``
 on the YOLO necks' 1x1 shapes (``benchmarks/native_gemm.py``): no bias copy, no separate SiLU pass, no re-reads of
 the output per part. Inference only: the callers check autograd, tracing and the dtype first.
 
