@@ -85,6 +85,8 @@ def test_bad_shapes_are_refused_with_the_expected_layout() -> None:
         gemm_into(torch.empty(5, 4), [torch.randn(5, 6, dtype=torch.float64)], w)
     with pytest.raises(ValueError, match="integer factors"):
         gemm_into(torch.empty(5 * 7, 4), [torch.randn(35, 6)], w, upsampled=(torch.randn(1, 4, 2, 3), 5, 7))
+    with pytest.raises(ValueError, match="float32 parts"):  # a float64 bias would be read as float32 memory
+        gemm_into(torch.empty(5, 4), [torch.randn(5, 6)], w, torch.randn(4, dtype=torch.float64))
 
 
 def test_packed_weights_follow_in_place_changes() -> None:
