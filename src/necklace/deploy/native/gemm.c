@@ -509,7 +509,9 @@ void nk_gemm_rows(const float *a, long lda, long M, long K, long N, const float 
     rows_all_panels(&part, 1, 0, M, N, K, bp, NULL, out, ldo, NULL, 0);
 }
 
-/* the work split: chunks of whole row tiles, a multiple of nthreads of them, about 48 rows each */
+/* the work split: chunks of whole row tiles, a multiple of nthreads of them, about 48 rows each, taken by the threads
+ * as they come (schedule dynamic): on a shared machine one core at a time runs slower for a while (a busy sibling
+ * hyperthread), and a static split would wait for its half; in quiet phases the two schedules measured the same */
 static long n_chunks(long M, int nthreads) {
     long tiles = (M + MR - 1) / MR, want = (tiles + 7) / 8;
     long t = nthreads > 1 ? nthreads : 1;
@@ -541,7 +543,7 @@ void nk_gemm(int nparts, const long *desc, long M, long N, const float *bp, cons
         K += parts[q].k;
     }
     long nch = n_chunks(M, nthreads);
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (nthreads > 1)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1)
     for (long i = 0; i < nch; i++)
         rows_all_panels(parts, nparts, chunk_start(M, nch, i), chunk_start(M, nch, i + 1), N, K, bp,
                         init != NULL ? NULL : bias, out, ldo, init != NULL ? &in : NULL, act);

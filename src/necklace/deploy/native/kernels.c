@@ -260,7 +260,8 @@ static void wino_out_band(const float *M, const float *bias, long O, long t0, lo
  * xn, on; res: NULL or a map of out's shape with strides rn, rc, rh, rw, added after the activation):
  * per band of tiles (consecutive in row-major order), one thread transforms the band's input tiles into V (36, t, C), mixes the channels
  * with gemm.c's kernel into M (36, t, O) (U packed as (36, ceil(O/16), C, 16)) and transforms M back into out, so
- * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads; the call
+ * V and M stay in that core's cache. Bands are about `tiles` tiles, their number a multiple of nthreads, taken by the
+ * threads as they come; the call
  * returns -1 where a scratch buffer could not be allocated (the output is then incomplete: the caller raises),
  * else 0. */
 int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long sc, long sh, long sw, const float *up,
@@ -282,7 +283,7 @@ int nk_wino_conv(const float *x, long n, long H, long W, long C, long xn, long s
             failed = 1;
         } else {
             float *M = V + (size_t)36 * tmax * C;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1) /* (taken as they come: see gemm.c's n_chunks) */
             for (long w = 0; w < work; w++) {
                 long img = w / per_image, band = w % per_image;
                 long t0 = T * band / per_image, t = T * (band + 1) / per_image - t0; /* sizes differ by one at most */
