@@ -221,6 +221,11 @@ def test_library_built_without_avx512_or_simd_computes_the_same(
         for act in ("none", "relu", "swish"):
             out = gemm_into(torch.empty(50, 21), parts, pack_panels(w), b, act=act)
             _close(out, ACTS[act](torch.cat(parts, 1) @ w.t() + b))
+        # the initial values read through an upsampling (a last panel of 5 columns: masked loads and stores)
+        low = torch.randn(1, 21, 5, 5, generator=g).contiguous(memory_format=CL)
+        up = F.interpolate(low, size=(10, 5), mode="nearest").permute(0, 2, 3, 1).reshape(50, 21)
+        out = gemm_into(torch.empty(50, 21), parts, pack_panels(w), act="swish", upsampled=(low, 10, 5))
+        _close(out, F.silu(up + torch.cat(parts, 1) @ w.t()))
         x = torch.randn(1, 24, 13, 11, generator=g).contiguous(memory_format=CL)
         wt, bt = torch.randn(20, 24, 3, 3, generator=g), torch.randn(20, generator=g)
         ut = wg.winograd_filter(wt).transpose(1, 2).contiguous()

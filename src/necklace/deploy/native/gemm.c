@@ -153,58 +153,36 @@ void nk_act_run(float *v, int n, int act) {
 }
 
 #ifdef NK_AVX2
-/* the inner loop of a 6 x 16 tile over k (a function of its own, so that the twelve accumulators live in
- * registers for the whole loop: inlined into the tile's code, the compiler spilled some of them) */
-static __attribute__((noinline)) void kloop(const float *const *rows, long sk, long kk, const float *bp, __m256 *acc) {
-    const float *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3], *a4 = rows[4], *a5 = rows[5];
-    __m256 c00 = acc[0], c01 = acc[1], c10 = acc[2], c11 = acc[3], c20 = acc[4], c21 = acc[5];
-    __m256 c30 = acc[6], c31 = acc[7], c40 = acc[8], c41 = acc[9], c50 = acc[10], c51 = acc[11];
-    for (long k = 0; k < kk; k++, bp += NR) {
-        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8), av;
-        long off = k * sk;
-        av = _mm256_broadcast_ss(a0 + off);
-        c00 = _mm256_fmadd_ps(av, b0, c00);
-        c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a1 + off);
-        c10 = _mm256_fmadd_ps(av, b0, c10);
-        c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a2 + off);
-        c20 = _mm256_fmadd_ps(av, b0, c20);
-        c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a3 + off);
-        c30 = _mm256_fmadd_ps(av, b0, c30);
-        c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a4 + off);
-        c40 = _mm256_fmadd_ps(av, b0, c40);
-        c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a5 + off);
-        c50 = _mm256_fmadd_ps(av, b0, c50);
-        c51 = _mm256_fmadd_ps(av, b1, c51);
-    }
-    acc[0] = c00, acc[1] = c01, acc[2] = c10, acc[3] = c11, acc[4] = c20, acc[5] = c21;
-    acc[6] = c30, acc[7] = c31, acc[8] = c40, acc[9] = c41, acc[10] = c50, acc[11] = c51;
-}
-#endif
-
-#ifdef NK_AVX2
-/* a tile of mr <= 6 rows and all 16 columns: the start from the bias or the initial map's rows, the loop over every
- * part's k, the activation and the stores in one function, so the accumulators never leave the registers (tile()
- * below, for a last panel of fewer than 16 columns, passes them to kloop through memory once per part) */
+/* a tile of mr <= 6 rows and nc <= 16 columns: the start from the bias or the initial map's rows, the loop over every
+ * part's k, the activation and the stores in one function, so the accumulators never leave the registers */
 static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts, long m0, int mr, const float *bp,
                                                const float *bias, const float *const *irow, float *o, long ldo,
-                                               int act) {
-    __m256 z0 = bias != NULL ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-    __m256 z1 = bias != NULL ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+                                               int nc, int act) {
+    /* columns past nc (a last panel of fewer than 16 output channels) are never read nor written: masked moves */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m0k = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lane);
+    const __m256i m1k = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8), lane);
+#define NK_LD(p, x0, x1)                                                                                         \
+    {                                                                                                            \
+        if (nc == NR) {                                                                                          \
+            x0 = _mm256_loadu_ps(p), x1 = _mm256_loadu_ps((p) + 8);                                              \
+        } else {                                                                                                 \
+            x0 = _mm256_maskload_ps(p, m0k), x1 = _mm256_maskload_ps((p) + 8, m1k);                               \
+        }                                                                                                        \
+    }
+    __m256 z0 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
+    if (bias != NULL) NK_LD(bias, z0, z1)
     __m256 c00 = z0, c01 = z1, c10 = z0, c11 = z1, c20 = z0, c21 = z1;
     __m256 c30 = z0, c31 = z1, c40 = z0, c41 = z1, c50 = z0, c51 = z1;
     if (irow != NULL) { /* the initial map's rows instead (the bias is then NULL; rows past mr start at 0) */
-        c00 = _mm256_loadu_ps(irow[0]), c01 = _mm256_loadu_ps(irow[0] + 8);
-        if (mr > 1) c10 = _mm256_loadu_ps(irow[1]), c11 = _mm256_loadu_ps(irow[1] + 8);
-        if (mr > 2) c20 = _mm256_loadu_ps(irow[2]), c21 = _mm256_loadu_ps(irow[2] + 8);
-        if (mr > 3) c30 = _mm256_loadu_ps(irow[3]), c31 = _mm256_loadu_ps(irow[3] + 8);
-        if (mr > 4) c40 = _mm256_loadu_ps(irow[4]), c41 = _mm256_loadu_ps(irow[4] + 8);
-        if (mr > 5) c50 = _mm256_loadu_ps(irow[5]), c51 = _mm256_loadu_ps(irow[5] + 8);
+        NK_LD(irow[0], c00, c01)
+        if (mr > 1) NK_LD(irow[1], c10, c11)
+        if (mr > 2) NK_LD(irow[2], c20, c21)
+        if (mr > 3) NK_LD(irow[3], c30, c31)
+        if (mr > 4) NK_LD(irow[4], c40, c41)
+        if (mr > 5) NK_LD(irow[5], c50, c51)
     }
+#undef NK_LD
     for (int q = 0; q < nparts; q++) {
         long sm = parts[q].sm, sk = parts[q].sk, kk = parts[q].k;
         /* rows past mr read row 0 again (their results are never stored) */
@@ -236,8 +214,13 @@ static __attribute__((noinline)) void tile_one(const nk_part *parts, int nparts,
     if ((r) < mr) {                                                                                              \
         __m256 v0, v1;                                                                                           \
         act16(x0, x1, act, &v0, &v1);                                                                            \
-        _mm256_storeu_ps(o + (r) * ldo, v0);                                                                     \
-        _mm256_storeu_ps(o + (r) * ldo + 8, v1);                                                                 \
+        if (nc == NR) {                                                                                          \
+            _mm256_storeu_ps(o + (r) * ldo, v0);                                                                 \
+            _mm256_storeu_ps(o + (r) * ldo + 8, v1);                                                             \
+        } else {                                                                                                 \
+            _mm256_maskstore_ps(o + (r) * ldo, m0k, v0);                                                         \
+            _mm256_maskstore_ps(o + (r) * ldo + 8, m1k, v1);                                                     \
+        }                                                                                                        \
     }
     NK_STORE1(0, c00, c01) NK_STORE1(1, c10, c11) NK_STORE1(2, c20, c21)
     NK_STORE1(3, c30, c31) NK_STORE1(4, c40, c41) NK_STORE1(5, c50, c51)
@@ -301,69 +284,12 @@ static __attribute__((noinline)) void tile_two(const nk_part *parts, int nparts,
 }
 #endif
 
-/* one tile: rows m0 .. m0 + mr - 1 (mr <= MR) and columns n0 .. n0 + nc - 1 (nc <= NR) of out */
+#ifndef NK_AVX2
+/* one tile without AVX2 (tile_one's arithmetic as plain loops): rows m0 .. m0 + mr - 1 (mr <= MR) and columns
+ * n0 .. n0 + nc - 1 (nc <= NR) of out */
 static void tile(const nk_part *parts, int nparts, long m0, int mr, const float *bp, const float *bias, float *out,
                  long ldo, int nc, const float *const *irow, int act) {
     int init_out = irow != NULL;
-#ifdef NK_AVX2
-    /* twelve named accumulators (an array of them is spilled to the stack by the compiler) */
-    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
-    float buf[NR];
-    __m256 z0 = _mm256_setzero_ps(), z1 = _mm256_setzero_ps();
-    if (bias != NULL && !init_out) {
-        for (int k = 0; k < NR; k++) buf[k] = k < nc ? bias[k] : 0.f;
-        z0 = _mm256_loadu_ps(buf);
-        z1 = _mm256_loadu_ps(buf + 8);
-    }
-#define NK_INIT(r, x0, x1)                                                 \
-    if (init_out && (r) < mr) {                                            \
-        const float *o = irow[r];                                          \
-        if (nc == NR) {                                                    \
-            x0 = _mm256_loadu_ps(o);                                       \
-            x1 = _mm256_loadu_ps(o + 8);                                   \
-        } else {                                                           \
-            for (int k = 0; k < NR; k++) buf[k] = k < nc ? o[k] : 0.f;     \
-            x0 = _mm256_loadu_ps(buf);                                     \
-            x1 = _mm256_loadu_ps(buf + 8);                                 \
-        }                                                                  \
-    } else {                                                               \
-        x0 = z0;                                                           \
-        x1 = z1;                                                           \
-    }
-    NK_INIT(0, c00, c01) NK_INIT(1, c10, c11) NK_INIT(2, c20, c21)
-    NK_INIT(3, c30, c31) NK_INIT(4, c40, c41) NK_INIT(5, c50, c51)
-#undef NK_INIT
-    for (int q = 0; q < nparts; q++) {
-        const nk_part *p = parts + q;
-        long sm = p->sm;
-        /* rows past mr read row 0 again (their results are never stored) */
-        const float *a0 = p->a + m0 * sm;
-        const float *rows[MR] = {a0, a0 + (mr > 1 ? sm : 0), a0 + (mr > 2 ? 2 * sm : 0), a0 + (mr > 3 ? 3 * sm : 0),
-                                 a0 + (mr > 4 ? 4 * sm : 0), a0 + (mr > 5 ? 5 * sm : 0)};
-        __m256 acc[2 * MR] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-        kloop(rows, p->sk, p->k, bp, acc);
-        bp += p->k * NR;
-        c00 = acc[0], c01 = acc[1], c10 = acc[2], c11 = acc[3], c20 = acc[4], c21 = acc[5];
-        c30 = acc[6], c31 = acc[7], c40 = acc[8], c41 = acc[9], c50 = acc[10], c51 = acc[11];
-    }
-#define NK_STORE(r, x0, x1)                                                \
-    if ((r) < mr) {                                                        \
-        __m256 v0, v1;                                                     \
-        act16(x0, x1, act, &v0, &v1);                                      \
-        float *o = out + (m0 + (r)) * ldo;                                 \
-        if (nc == NR) {                                                    \
-            _mm256_storeu_ps(o, v0);                                       \
-            _mm256_storeu_ps(o + 8, v1);                                   \
-        } else {                                                           \
-            _mm256_storeu_ps(buf, v0);                                     \
-            _mm256_storeu_ps(buf + 8, v1);                                 \
-            for (int k = 0; k < nc; k++) o[k] = buf[k];                    \
-        }                                                                  \
-    }
-    NK_STORE(0, c00, c01) NK_STORE(1, c10, c11) NK_STORE(2, c20, c21)
-    NK_STORE(3, c30, c31) NK_STORE(4, c40, c41) NK_STORE(5, c50, c51)
-#undef NK_STORE
-#else
     float c[MR][NR];
     for (int r = 0; r < mr; r++)
         for (int k = 0; k < NR; k++)
@@ -378,11 +304,11 @@ static void tile(const nk_part *parts, int nparts, long m0, int mr, const float 
     }
     for (int r = 0; r < mr; r++)
         for (int k = 0; k < nc; k++) out[(m0 + r) * ldo + k] = act1(c[r][k], act);
-#endif
 }
+#endif
 
 /* one thread's scratch buffers, kept between calls (the OpenMP pool's threads live as long as the process): slot
- * NK_SCRATCH_PACK for the rows of parts read across their columns, NK_SCRATCH_WINO for a Winograd band (kernels.c).
+ * 0 for the rows of parts read across their columns, slot 1 for a Winograd band (kernels.c).
  * NULL where the memory could not be had (the callers then do without, or report it). */
 static __thread float *scratch_buf[2] = {NULL, NULL};
 static __thread size_t scratch_len[2] = {0, 0};
@@ -487,14 +413,12 @@ static void rows_all_panels(const nk_part *parts, int nparts, long r0, long r1, 
                 }
 #endif
 #ifdef NK_AVX2
-                if (nc == NR) {
-                    tile_one(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL,
-                             init != NULL ? irow : NULL, out + m0 * ldo + j * NR, ldo, act);
-                    continue;
-                }
-#endif
+                tile_one(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL,
+                         init != NULL ? irow : NULL, out + m0 * ldo + j * NR, ldo, nc, act);
+#else
                 tile(local, nparts, m0, mr, bp + j * K * NR, bias != NULL ? bias + j * NR : NULL, out + j * NR, ldo,
                      nc, init != NULL ? irow : NULL, act);
+#endif
             }
 #ifdef NK_AVX512
             j += pair;
